@@ -1,0 +1,57 @@
+"""PrepConfig: every knob of `python -m prep` and its default, in one block."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+MODES = ("padding", "packed", "concat")
+PACKERS = ("bfd", "seed")
+LOSS_ON = ("assistant", "all")
+OVERLONG = ("truncate", "drop", "error")
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    data: str = _opt("yahma/alpaca-cleaned", "hub dataset id, a .json/.jsonl/.parquet/.csv file, or 'sample' (embedded, offline)")
+    split: str = _opt("train", "split of a hub dataset to read")
+    tokenizer: str = _opt("gpt2", "'gpt2' (vendored, offline), a hub id or a local tokenizer folder")
+    mode: str = _opt("concat", "row layout: padding (one sample a row), packed (concatenate and cut), concat (bin-pack whole samples)", choices=MODES)
+    max_length: int = _opt(256, "tokens per row (the seed's context_length)")
+    packer: str = _opt("bfd", "concat packer: bfd (best-fit-decreasing + repair) or seed (two-pointer greedy)", choices=PACKERS)
+    loss_on: str = _opt("assistant", "tokens with loss: assistant (response + its <|im_end|>) or all (the seed's code)", choices=LOSS_ON)
+    overlong: str = _opt("truncate", "sample longer than max-length in padding/concat: truncate, drop or error", choices=OVERLONG)
+    val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the seed) kept for validation, always padding mode")
+    seed: int = _opt(0, "seed of the concat row shuffle")
+    skip_bad: bool = _opt(False, "skip bad records (counted by reason in the manifest) instead of stopping")
+    limit: int | None = _opt(None, "read only the first N records (quick runs)")
+    batch_size: int = _opt(1000, "records tokenized per batch (bounds prep's memory)")
+    out: str | None = _opt(None, "output folder (default: shards/MODE-MAX_LENGTH)")
+    stats_batch_size: int = _opt(16, "batch size assumed by the pad_fraction_at_batch statistic")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("shards") / f"{self.mode}-{self.max_length}"
+
+    def validate(self) -> "PrepConfig":
+        problems = []
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.max_length < 2:
+            problems.append(f"--max-length must be at least 2, got {self.max_length}")
+        if not 0.0 <= self.val_ratio < 1.0:
+            problems.append(f"--val-ratio must be in [0, 1), got {self.val_ratio}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit must be positive, got {self.limit}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be positive, got {self.batch_size}")
+        if self.stats_batch_size < 1:
+            problems.append(f"--stats-batch-size must be positive, got {self.stats_batch_size}")
+        if problems:
+            raise ValueError("invalid prep options:\n  " + "\n  ".join(problems))
+        return self

@@ -1,0 +1,345 @@
+"""Which tokens of which sample go in which training row: pure functions over sample lengths.
+
+Three layouts of the same samples, all as a `Layout` (rows of pieces of samples):
+
+* `pack_padding`: one sample per row, truncated to `max_length`.
+* `pack_packed`: pretraining style; the samples, concatenated in order, cut every
+  `max_length` tokens, so samples are split across rows.
+* `pack_concat`: whole samples bin-packed into rows of at most `max_length` tokens.
+
+`lower_bound_rows` says how far `pack_concat` is from any whole-sample packing, and
+`shuffle_rows` permutes rows. Nothing here reads or writes files.
+
+>>> layout = pack_concat([5, 3, 2, 4, 6], max_length=10)
+>>> layout.num_rows, lower_bound_rows([5, 3, 2, 4, 6], capacity=10)
+(2, 2)
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+PACKERS = ("bfd", "seed")
+# Shift-or steps of one machine word that the minimum-slack repair may spend; past it,
+# the samples it has not placed yet keep their best-fit-decreasing rows. About 2 s of
+# work: only inputs with thousands of distinct lengths near the limit come close.
+REPAIR_WORD_BUDGET = 50_000_000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Rows as pieces of samples, CSR form: row r holds pieces row_offsets[r]:row_offsets[r+1];
+    piece k is tokens [start[k], stop[k]) of sample `sample[k]`.
+
+    >>> layout = Layout(row_offsets=[0, 2, 3], sample=[0, 1, 1], start=[0, 0, 2], stop=[3, 2, 5])
+    >>> layout.num_rows, layout.row_lengths().tolist(), layout.samples_split()
+    (2, [5, 3], 1)
+    """
+
+    row_offsets: np.ndarray  # int64, num_rows + 1
+    sample: np.ndarray  # int64, sample index into the `lengths` array
+    start: np.ndarray  # int64
+    stop: np.ndarray  # int64
+
+    def __post_init__(self) -> None:
+        for name in ("row_offsets", "sample", "start", "stop"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_offsets) - 1
+
+    def row_lengths(self) -> np.ndarray:
+        """Tokens in each row.
+
+        >>> pack_padding([3, 9], max_length=4).row_lengths().tolist()
+        [3, 4]
+        """
+        # Prefix sums rather than np.add.reduceat, which misreads empty rows.
+        tokens_before = np.concatenate(([0], np.cumsum(self.stop - self.start)))
+        return tokens_before[self.row_offsets[1:]] - tokens_before[self.row_offsets[:-1]]
+
+    def samples_split(self) -> int:
+        """Number of samples whose tokens are spread over more than one row.
+
+        >>> pack_packed([3, 5, 2], max_length=4).samples_split()
+        1
+        """
+        row = np.repeat(np.arange(self.num_rows), np.diff(self.row_offsets))
+        order = np.lexsort((row, self.sample))
+        sample, row = self.sample[order], row[order]
+        moved_on = (sample[1:] == sample[:-1]) & (row[1:] != row[:-1])
+        return int(np.unique(sample[1:][moved_on]).size)
+
+
+def pack_padding(lengths, max_length: int) -> Layout:
+    """One row per sample, each truncated to `max_length`.
+
+    >>> layout = pack_padding([3, 9, 5], max_length=4)
+    >>> layout.sample.tolist(), layout.stop.tolist()
+    ([0, 1, 2], [3, 4, 4])
+    """
+    lengths = _checked_lengths(lengths, max_length, must_fit=False)
+    count = len(lengths)
+    return Layout(np.arange(count + 1), np.arange(count), np.zeros(count), np.minimum(lengths, max_length))
+
+
+def pack_packed(lengths, max_length: int) -> Layout:
+    """All samples concatenated in order and cut every `max_length` tokens; the last row may be shorter.
+
+    >>> layout = pack_packed([3, 5, 2], max_length=4)
+    >>> layout.row_offsets.tolist(), layout.row_lengths().tolist()
+    ([0, 2, 3, 4], [4, 4, 2])
+    >>> [(int(s), int(a), int(b)) for s, a, b in zip(layout.sample, layout.start, layout.stop)]
+    [(0, 0, 3), (1, 0, 1), (1, 1, 5), (2, 0, 2)]
+    """
+    lengths = _checked_lengths(lengths, max_length, must_fit=False)
+    sample_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else np.zeros(0, np.int64)
+    total = int(lengths.sum())
+    row_starts = np.arange(0, total, max_length)
+    # A piece begins wherever a sample or a row begins, in stream positions.
+    piece_starts = np.union1d(sample_starts, row_starts)
+    piece_stops = np.append(piece_starts[1:], total)
+    sample = np.searchsorted(sample_starts, piece_starts, side="right") - 1
+    row_offsets = np.append(np.searchsorted(piece_starts, row_starts), len(piece_starts))
+    return Layout(row_offsets, sample, piece_starts - sample_starts[sample], piece_stops - sample_starts[sample])
+
+
+def pack_concat(lengths, max_length: int, packer: str = "bfd") -> Layout:
+    """Whole samples bin-packed into rows of at most `max_length` tokens; no sample is split.
+
+    packer "bfd": best-fit decreasing over all samples, then a repair that repacks by minimum
+    bin slack and keeps whichever packing has fewer rows. packer "seed": the longest remaining
+    sample opens a row, the shortest remaining ones fill it while they fit.
+
+    >>> layout = pack_concat([5, 3, 2, 4, 6], max_length=10)
+    >>> [layout.sample[a:b].tolist() for a, b in zip(layout.row_offsets[:-1], layout.row_offsets[1:])]
+    [[3, 4], [0, 1, 2]]
+    >>> pack_concat([5, 3, 2, 4, 6], max_length=10, packer="seed").row_lengths().tolist()
+    [10, 9, 5]
+    >>> pack_concat([5, 11], max_length=10)
+    Traceback (most recent call last):
+    ...
+    ValueError: sample 1 has length 11 > max_length 10; truncate or drop it before packing whole samples
+    """
+    lengths = _checked_lengths(lengths, max_length, must_fit=True)
+    if packer == "bfd":
+        order = _longest_first(lengths, max_length)
+        sizes = lengths[order]
+        bins = _repaired(sizes, max_length, _best_fit_decreasing(sizes, max_length))
+    elif packer == "seed":
+        order = np.argsort(lengths, kind="stable")
+        bins = _longest_then_shortest(lengths[order], max_length)
+    else:
+        raise ValueError(f"packer must be one of {PACKERS}, got {packer!r}")
+    return _whole_sample_rows(order, bins, lengths)
+
+
+def lower_bound_rows(lengths, capacity: int) -> int:
+    """Martello–Toth L2 lower bound on the rows of any packing of whole samples into `capacity`.
+
+    >>> lower_bound_rows([6, 6, 6], capacity=10)  # the token count alone says 2
+    3
+    >>> lower_bound_rows([5, 5, 5, 5], capacity=10)
+    2
+    """
+    lengths = _checked_lengths(lengths, capacity, must_fit=True)
+    count_at_least = np.append(np.cumsum(np.bincount(lengths, minlength=capacity + 1)[::-1])[::-1], 0)
+    tokens_below = np.concatenate(([0], np.cumsum(np.bincount(lengths, weights=lengths, minlength=capacity + 1))))
+    tokens_below = tokens_below.astype(np.int64)
+    half = capacity // 2
+    k = np.arange(half + 1)  # the bound holds for every threshold k <= capacity / 2; take the best
+    alone = count_at_least[capacity - k + 1]  # longer than capacity - k: nothing of length >= k fits beside
+    large = count_at_least[half + 1] - alone  # over half: one per row, some room left
+    large_tokens = tokens_below[capacity - k + 1] - tokens_below[half + 1]
+    small_tokens = tokens_below[half + 1] - tokens_below[k]
+    overflow = np.maximum(0, small_tokens - (large * capacity - large_tokens))
+    return int(np.max(alone + large - (-overflow // capacity)))
+
+
+def shuffle_rows(layout: Layout, seed: int) -> Layout:
+    """Rows in the order of `np.random.default_rng(seed).permutation`; pieces move with their row.
+
+    >>> layout = shuffle_rows(pack_padding([1, 2, 3, 4], max_length=8), seed=0)
+    >>> sorted(layout.sample.tolist()) == [0, 1, 2, 3], layout.row_lengths().tolist() == layout.stop.tolist()
+    (True, True)
+    """
+    permutation = np.random.default_rng(seed).permutation(layout.num_rows)
+    counts = np.diff(layout.row_offsets)[permutation]
+    row_offsets = np.concatenate(([0], np.cumsum(counts)))
+    pieces = np.repeat(layout.row_offsets[permutation] - row_offsets[:-1], counts) + np.arange(row_offsets[-1])
+    return Layout(row_offsets, layout.sample[pieces], layout.start[pieces], layout.stop[pieces])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _checked_lengths(lengths, max_length: int, must_fit: bool) -> np.ndarray:
+    """`lengths` as int64, or a ValueError that names the first bad sample.
+
+    >>> _checked_lengths([3, 0, 2], 8, must_fit=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: sample 1 has length 0; every sample needs at least one token
+    """
+    if int(max_length) != max_length or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    array = np.asarray(lengths)
+    if array.size == 0:
+        return np.zeros(0, np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"lengths must be a 1-D array of integers, got {array.dtype} of shape {array.shape}")
+    array = array.astype(np.int64)
+    bad = (array <= 0) | (array > max_length) if must_fit else array <= 0
+    if bad.any():
+        index = int(np.argmax(bad))
+        if array[index] <= 0:
+            raise ValueError(f"sample {index} has length {array[index]}; every sample needs at least one token")
+        raise ValueError(f"sample {index} has length {array[index]} > max_length {max_length}; "
+                         "truncate or drop it before packing whole samples")
+    return array
+
+
+def _longest_first(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Sample indices by decreasing length; equal lengths keep their order.
+
+    >>> _longest_first(np.array([2, 5, 2, 7]), 8).tolist()
+    [3, 1, 0, 2]
+    """
+    # numpy's stable sort is a linear radix sort for 16-bit keys, a merge sort for wider ones.
+    key_type = np.uint16 if max_length < 2**16 else np.int64
+    return np.argsort((max_length - lengths).astype(key_type), kind="stable")
+
+
+def _runs(sizes: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """Equal values of a sorted array as (value, first position, count) lists.
+
+    >>> _runs(np.array([7, 5, 5, 2]))
+    ([7, 5, 2], [0, 1, 3], [1, 2, 1])
+    """
+    firsts = np.flatnonzero(np.diff(sizes, prepend=np.int64(-1) if len(sizes) else sizes))
+    counts = np.diff(np.append(firsts, len(sizes)))
+    return sizes[firsts].tolist(), firsts.tolist(), counts.tolist()
+
+
+def _whole_sample_rows(order: np.ndarray, bins: np.ndarray, lengths: np.ndarray) -> Layout:
+    """Layout whose row r holds the samples `order[i]` with `bins[i] == r`, in position order.
+
+    >>> _whole_sample_rows(np.array([2, 0, 1]), np.array([1, 0, 1]), np.array([3, 4, 5])).sample.tolist()
+    [0, 2, 1]
+    """
+    sample = order[np.argsort(bins, kind="stable")]
+    num_rows = int(bins.max()) + 1 if len(bins) else 0
+    row_offsets = np.concatenate(([0], np.cumsum(np.bincount(bins, minlength=num_rows))))
+    return Layout(row_offsets, sample, np.zeros(len(sample)), lengths[sample])
+
+
+class _BinsByRoom:
+    """Open bins grouped by their remaining room, plus a bitset of the rooms that have bins.
+
+    The best fit for a sample is the smallest room >= its length: one shift and one
+    lowest-set-bit on a max_length-bit integer, whatever the number of open bins.
+
+    >>> bins = _BinsByRoom()
+    >>> bins.put(7, [0, 1]); bins.put(3, [2])
+    >>> bins.smallest_at_least(4), bins.smallest_at_least(8), bins.take(7, 1), bins.smallest_at_least(4)
+    (7, None, [1], 7)
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[int, list[int]] = {}
+        self.rooms = 0  # bit r set <=> groups[r] has bins
+
+    def smallest_at_least(self, size: int) -> int | None:
+        above = self.rooms >> size
+        return size + (above & -above).bit_length() - 1 if above else None
+
+    def count(self, room: int) -> int:
+        return len(self.groups[room])
+
+    def take(self, room: int, count: int) -> list[int]:
+        group = self.groups[room]
+        taken = group[len(group) - count:]
+        del group[len(group) - count:]
+        if not group:
+            self.rooms &= ~(1 << room)
+        return taken
+
+    def put(self, room: int, bins: list[int]) -> None:
+        if room and bins:  # a bin without room takes nothing more
+            self.groups.setdefault(room, []).extend(bins)
+            self.rooms |= 1 << room
+
+
+def _best_fit_decreasing(sizes: np.ndarray, capacity: int) -> np.ndarray:
+    """Bin of each item, sizes sorted decreasing: each item goes to the open bin with the least room that fits it.
+
+    Items of one size are placed together: a bin with room r takes r // size of them in a
+    row (it stays the best fit until its room drops below size), so the loop runs per
+    (size, room) pair, not per item.
+
+    >>> _best_fit_decreasing(np.array([7, 5, 3, 3, 2, 2]), capacity=10).tolist()
+    [0, 1, 0, 1, 1, 2]
+    """
+    open_bins = _BinsByRoom()
+    chunks: list[np.ndarray] = []
+    num_bins = 0
+    for size, _, count in zip(*_runs(sizes)):
+        while count:
+            room = open_bins.smallest_at_least(size)
+            if room is None:  # no bin fits: open as many as the rest of this size needs
+                per_bin = capacity // size
+                new = -(-count // per_bin)
+                ids = list(range(num_bins, num_bins + new))
+                num_bins += new
+                chunks.append(np.repeat(ids, per_bin)[:count])
+                open_bins.put(capacity - per_bin * size, ids[:-1])
+                open_bins.put(capacity - (count - (new - 1) * per_bin) * size, ids[-1:])
+                break
+            per_bin = room // size
+            filled = min(open_bins.count(room), count // per_bin)
+            taking = [(filled, per_bin)] if filled else []
+            if count < per_bin or (count - filled * per_bin < per_bin and open_bins.count(room) > filled):
+                taking.append((1, count - filled * per_bin))
+            for bins_taken, per in taking:
+                if bins_taken and per:
+                    ids = open_bins.take(room, bins_taken)
+                    chunks.append(np.repeat(ids, per))
+                    open_bins.put(room - per * size, ids)
+                    count -= bins_taken * per
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
+
+def _fullest_subset(counts: dict[int, int], sizes: list[int], room: int) -> tuple[dict[int, int], int]:
+    """Subset of the available items (counts by size, sizes ascending) that fills `room` the most.
+
+    Bounded subset sum on a bitset (bit t: some subset sums to t), one shift-or per copy
+    of a size; stops at the first size that makes `room` exact. Returns the subset as
+    {size: copies} and the machine words it shifted.
+
+    >>> _fullest_subset({2: 3, 5: 1, 9: 1}, [2, 5, 9], room=8)
+    ({2: 4}, 2)
+    >>> _fullest_subset({2: 3, 5: 1, 9: 1}, [2, 5, 9], room=7)
+    ({5: 1, 2: 1}, 2)
+    """
+    reachable, before, words = 1, [], 0
+    window = (1 << (room + 1)) - 1
+    for size in reversed(sizes[:bisect.bisect_right(sizes, room)]):
+        copies = min(counts[size], room // size)
+        before.append((size, reachable))
+        for _ in range(copies):
+            reachable |= reachable << size
+        reachable &= window
+        words += copies * (room // 64 + 1)
+        if reachable >> room & 1:
+            break
+    subset, rest = {}, reachable.bit_length() - 1
+    for size, earlier in reversed(before):
+        copies = 0
+        while not earlier >> (rest - copies * size) & 1:
+            copies += 1
+        if copies:
+            subset[size], rest = copies, rest - copies * size
+    return dict(reversed(subset.items())), words

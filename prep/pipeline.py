@@ -1,0 +1,279 @@
+"""The prep pipeline: records -> ids and loss masks -> row layout -> shard set.
+
+Two passes keep memory bounded by one batch of records:
+1. stream the records in batches, tokenize them, and spill each sample's ids and
+   mask to `samples.arrow` in the staging folder (only per-sample lengths stay in RAM);
+2. split train/val, apply the length policy, lay the rows out with the pure packing
+   functions (prep.packing), and write the rows by gathering from the memory-mapped spill.
+The staging folder becomes the shard set by one rename (shards.format.staged_folder).
+"""
+from __future__ import annotations
+
+import collections
+import shlex
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from prep import packing
+from prep.config import PrepConfig
+from prep.sources import DataError, read_conversations, source_fingerprint
+from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
+from shards import format as fmt
+from shards.stats import row_stats, sample_stats
+
+SPILL = "samples.arrow"
+ROWS_PER_WRITE = 8192
+
+
+class PrepError(Exception):
+    """A prep run that cannot produce a correct shard set; the message says how to fix it."""
+
+
+def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> dict:
+    """Build the shard set described by `config`; returns its manifest."""
+    config.validate()
+    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
+    encoder = ConversationEncoder(tokenizer, config.loss_on)
+    token_dtype = fmt.token_dtype_for(len(tokenizer))
+    bad_counts: collections.Counter = collections.Counter()
+    with fmt.staged_folder(config.out_dir) as staging:
+        spill = _tokenize_to_spill(config, encoder, staging / SPILL, bad_counts, progress)
+        _check_disk_space(staging, spill, token_dtype)
+        manifest = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
+        del spill
+        (staging / SPILL).unlink()
+        tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
+        manifest["stats"]["dropped"].update(dict(bad_counts))
+        manifest.update(
+            mode=config.mode, max_length=config.max_length, packer=config.packer if config.mode == "concat" else None,
+            loss_on=config.loss_on, token_dtype=token_dtype.name, vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
+            source=config.data, source_fingerprint=source_fingerprint(config.data, split=config.split),
+            args={k: v for k, v in asdict(config).items()},
+            command=command or _command_line(config),
+        )
+        fmt.write_manifest(staging, manifest)
+    return fmt.read_manifest(config.out_dir)
+
+
+def _command_line(config: PrepConfig) -> str:
+    parts = ["python -m prep"]
+    for key, value in asdict(config).items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- pass 1
+
+
+class _Spill:
+    """Per-sample ids and masks of every valid record, memory-mapped from the staging folder."""
+
+    def __init__(self, path: Path, sources: np.ndarray):
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        ids = table.column("input_ids").combine_chunks()
+        mask = table.column("loss_mask").combine_chunks()
+        self.table = table  # keeps the map alive
+        self.ids = ids.values.to_numpy(zero_copy_only=True)
+        self.mask = mask.values.to_numpy(zero_copy_only=True)
+        self.offsets = ids.offsets.to_numpy().astype(np.int64)
+        self.lengths = np.diff(self.offsets)
+        self.sources = sources
+        # Supervised tokens before each position of each sample, for cheap truncation checks.
+        self.mask_cumsum = np.concatenate([[0], np.cumsum(self.mask, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def supervised_within(self, samples: np.ndarray, limit: np.ndarray) -> np.ndarray:
+        start = self.offsets[samples]
+        return self.mask_cumsum[start + limit] - self.mask_cumsum[start]
+
+
+def _tokenize_to_spill(config, encoder, path, bad_counts, progress) -> _Spill:
+    schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.uint8()))])
+    sources: list[np.ndarray] = []
+    read = 0
+    checked = False
+    bar = tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
+                                        bad_counts=bad_counts, batch_size=config.batch_size):
+            if config.limit is not None:
+                batch = batch[: config.limit - read]
+            if not batch:
+                break
+            conversations = [c.messages for c in batch]
+            ids, mask, offsets = encoder.encode(conversations)
+            if not checked:  # the tokenizer alone must agree with the construction
+                bad = encoder.check_prompts(conversations, ids, offsets)
+                if bad is not None:
+                    raise PrepError(
+                        f"{config.data}: record {batch[bad].index}: the rendered prompt tokenizes differently on its "
+                        f"own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
+                        "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
+                        "a token boundary"
+                    )
+                checked = True
+            writer.write_batch(pa.record_batch(
+                [pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
+                 pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(mask))], schema=schema))
+            sources.append(np.fromiter((c.index for c in batch), dtype=np.int64, count=len(batch)))
+            read += len(batch)
+            bar.update(len(batch))
+            if config.limit is not None and read >= config.limit:
+                break
+    bar.close()
+    if read == 0:
+        raise DataError(f"{config.data}: no records to prepare")
+    return _Spill(path, np.concatenate(sources))
+
+
+def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
+    # Tokens + mask + offsets, plus segment columns and Arrow framing; padding mode is the largest.
+    need = int(spill.offsets[-1]) * (token_dtype.itemsize + 1) + len(spill) * 32 + (1 << 20)
+    free = shutil.disk_usage(staging).free
+    if free < need:
+        raise PrepError(
+            f"{staging.parent}: {free / 2**20:.1f} MiB free, the shard set needs about {need / 2**20:.1f} MiB; "
+            "free some space or choose another --out"
+        )
+
+
+# --------------------------------------------------------------------------- pass 2
+
+
+def _apply_length_policy(config: PrepConfig, spill: _Spill, samples: np.ndarray, policy: str,
+                         dropped: collections.Counter) -> tuple[np.ndarray, np.ndarray, int]:
+    """Samples kept and their lengths after truncation; counts what was dropped."""
+    lengths = spill.lengths[samples]
+    over = lengths > config.max_length
+    if policy == "error" and over.any():
+        first = samples[np.argmax(over)]
+        raise PrepError(
+            f"{config.data}: record {spill.sources[first]} is {spill.lengths[first]} tokens, over --max-length "
+            f"{config.max_length}; raise --max-length, or pass --overlong truncate or --overlong drop"
+        )
+    keep = np.ones(len(samples), dtype=bool)
+    if policy == "drop":
+        keep &= ~over
+        dropped["too_long"] += int(over.sum())
+    lengths = np.minimum(lengths, config.max_length)
+    no_labels = keep & (spill.supervised_within(samples, lengths) == 0)
+    dropped["no_supervised_tokens_after_truncation"] += int(no_labels.sum())
+    keep &= ~no_labels
+    truncated = int((over & keep).sum())
+    return samples[keep], lengths[keep], truncated
+
+
+def _layout(config: PrepConfig, mode: str, lengths: np.ndarray) -> packing.Layout:
+    if mode == "padding":
+        return packing.pack_padding(lengths, config.max_length)
+    if mode == "packed":
+        return packing.pack_packed(lengths, config.max_length)
+    layout = packing.pack_concat(lengths, config.max_length, packer=config.packer)
+    # Packers emit rows grouped by size; shuffle so training does not see all long rows first.
+    return packing.shuffle_rows(layout, config.seed)
+
+
+def _gather(spill: _Spill, samples: np.ndarray, layout: packing.Layout, rows: slice) -> fmt.Rows:
+    """Rows [rows] of `layout` as flat token arrays, gathered from the spill."""
+    p0, p1 = layout.row_offsets[rows.start], layout.row_offsets[rows.stop]
+    sample = samples[layout.sample[p0:p1]]
+    start, stop = layout.start[p0:p1], layout.stop[p0:p1]
+    piece_lengths = stop - start
+    piece_offsets = np.concatenate([[0], np.cumsum(piece_lengths)])
+    # index of every token: its piece's first token in the spill plus its place in the piece
+    index = np.repeat(spill.offsets[sample] + start - piece_offsets[:-1], piece_lengths) + np.arange(piece_offsets[-1])
+    row_piece_offsets = layout.row_offsets[rows.start:rows.stop + 1] - p0
+    return fmt.Rows(
+        tokens=spill.ids[index], loss_mask=spill.mask[index],
+        row_offsets=piece_offsets[row_piece_offsets],
+        segment_lengths=piece_lengths, segment_sources=spill.sources[sample],
+        segment_offsets=row_piece_offsets,
+    )
+
+
+def _write_split(config, spill, staging, split, mode, samples, lengths, token_dtype, vocab_size, progress):
+    layout = _layout(config, mode, lengths)
+    writer = fmt.SplitWriter(staging, split, token_dtype, vocab_size)
+    row_lengths, row_supervised, segments = [], [], []
+    dropped_rows = 0
+    for start in tqdm(range(0, layout.num_rows, ROWS_PER_WRITE), desc=f"write {split}", unit=" blocks",
+                      disable=not progress, file=sys.stderr):
+        rows = _gather(spill, samples, layout, slice(start, min(start + ROWS_PER_WRITE, layout.num_rows)))
+        supervised = np.add.reduceat(rows.loss_mask.astype(np.int64), rows.row_offsets[:-1]) if len(rows.tokens) else np.zeros(0, np.int64)
+        if mode == "packed" and (supervised == 0).any():
+            # A cut can leave a row of prompt tokens only: it would give a 0/0 loss.
+            rows, supervised, n = _drop_unsupervised_rows(rows, supervised)
+            dropped_rows += n
+        writer.write(rows)
+        row_lengths.append(np.diff(rows.row_offsets))
+        row_supervised.append(supervised)
+        segments.append(np.diff(rows.segment_offsets))
+    files = writer.finish()
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    stats = row_stats(cat(row_lengths), cat(row_supervised), cat(segments), config.max_length, config.stats_batch_size)
+    stats["rows_without_supervised_tokens_dropped"] = dropped_rows
+    stats["split"] = layout.samples_split()
+    return files, stats
+
+
+def _drop_unsupervised_rows(rows: fmt.Rows, supervised: np.ndarray) -> tuple[fmt.Rows, np.ndarray, int]:
+    keep = supervised > 0
+    token_keep = np.repeat(keep, np.diff(rows.row_offsets))
+    segment_keep = np.repeat(keep, np.diff(rows.segment_offsets))
+    lengths = np.diff(rows.row_offsets)[keep]
+    segs = np.diff(rows.segment_offsets)[keep]
+    kept = fmt.Rows(
+        tokens=rows.tokens[token_keep], loss_mask=rows.loss_mask[token_keep],
+        row_offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        segment_lengths=rows.segment_lengths[segment_keep], segment_sources=rows.segment_sources[segment_keep],
+        segment_offsets=np.concatenate([[0], np.cumsum(segs)]),
+    )
+    return kept, supervised[keep], int((~keep).sum())
+
+
+def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> dict:
+    n = len(spill)
+    n_val = int(round(n * config.val_ratio))
+    if config.val_ratio > 0 and n_val == 0 and n > 1:
+        n_val = 1
+    all_samples = np.arange(n, dtype=np.int64)
+    train_samples, val_samples = all_samples[: n - n_val], all_samples[n - n_val:]
+    dropped: collections.Counter = collections.Counter()
+    if config.mode == "packed":
+        kept, lengths, truncated = train_samples, spill.lengths[train_samples], 0
+    else:
+        kept, lengths, truncated = _apply_length_policy(config, spill, train_samples, config.overlong, dropped)
+    if len(kept) == 0:
+        raise PrepError(
+            f"{config.data}: no training sample is left after the length policy ({dict(dropped)}); "
+            "raise --max-length or use --overlong truncate"
+        )
+    val_dropped: collections.Counter = collections.Counter()
+    val_kept, val_lengths, val_truncated = _apply_length_policy(config, spill, val_samples, "truncate", val_dropped)
+    train_files, train_stats = _write_split(config, spill, staging, "train", config.mode, kept, lengths,
+                                            token_dtype, vocab_size, progress)
+    val_files, val_stats = _write_split(config, spill, staging, "val", "padding", val_kept, val_lengths,
+                                        token_dtype, vocab_size, progress)
+    train_stats.update(sample_stats(lengths, config.max_length))
+    train_stats.update(
+        samples=int(len(kept)), truncated=truncated, dropped={k: v for k, v in dropped.items() if v},
+        lower_bound_rows=packing.lower_bound_rows(np.minimum(lengths, config.max_length), config.max_length),
+        records_read=int(n),
+    )
+    val_stats.update(samples=int(len(val_kept)), truncated=val_truncated,
+                     dropped={k: v for k, v in val_dropped.items() if v})
+    return {"files": train_files + val_files, "stats": {**train_stats, "val": val_stats}}

@@ -1,0 +1,46 @@
+"""python -m shards stats DIR [DIR ...] [--json] [--batch-size 16] [--plot FILE.png]
+
+Prints what is in one or several shard sets side by side: rows, tokens, supervised
+tokens, fill, padding a collator would add, the packing lower bound, lengths.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Inspect shard sets written by `python -m prep`."""
+
+
+@main.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per shard set, one per line")
+@click.option("--batch-size", default=16, show_default=True, help="batch size for pad_fraction_at_batch")
+@click.option("--markdown", is_flag=True, help="print the table as Markdown")
+@click.option("--plot", type=click.Path(path_type=Path), help="write sample-length and row-fill histograms to this PNG")
+def stats(folders, as_json, batch_size, markdown, plot):
+    """Statistics of each shard set in FOLDERS."""
+    from shards.format import ShardError
+    from shards.stats import format_table, plot as draw, shard_set_stats
+
+    try:
+        all_stats = [shard_set_stats(folder, batch_size) for folder in folders]
+        if plot:
+            draw(list(folders), plot)
+    except ShardError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        for s in all_stats:
+            print(json.dumps(s, sort_keys=True))
+    else:
+        print(format_table(all_stats, markdown=markdown))
+    if plot:
+        click.echo(f"wrote {plot}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Shard sets for the train tests, written directly with `shards.format` (no prep involved).
+
+Samples are (token ids, loss mask) pairs; `pack` lays them into rows the three
+ways prep does (padding, packed, concat) so the trainer can be tested alone.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from shards.format import (ShardSet, SplitWriter, Rows, staged_folder, token_dtype_for, tokenizer_fingerprint,
+                           write_manifest)
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_FILES = ROOT / "prep" / "assets" / "gpt2"
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer_files(cache: str = "/tmp/sftpack-test-tokenizer") -> Path:
+    """The ChatML GPT-2 tokenizer, saved once per process (saving it takes a while)."""
+    from transformers import GPT2Tokenizer
+
+    folder = Path(cache) / str(__import__("os").getpid())
+    if not (folder / "tokenizer_config.json").exists():
+        tok = GPT2Tokenizer.from_pretrained(str(GPT2_FILES), model_max_length=1024)
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.eos_token, tok.bos_token, tok.pad_token = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
+        tok.chat_template = CHATML
+        tok.save_pretrained(str(folder))
+    return folder
+
+
+IM_START, IM_END, PAD, VOCAB = 50257, 50258, 50256, 50259
+
+
+def synthetic_samples(count: int, seed: int, min_length: int = 6, max_length: int = 40) -> list:
+    """ChatML-shaped samples of random tokens: <|im_start|> prompt (mask 0), answer <|im_end|> (mask 1)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        length = int(rng.integers(min_length, max_length + 1))
+        prompt = int(rng.integers(2, length - 2))
+        ids = rng.integers(0, 50000, size=length)
+        ids[0], ids[-1] = IM_START, IM_END
+        mask = np.zeros(length, np.uint8)
+        mask[prompt:] = 1
+        samples.append((ids, mask))
+    return samples
+
+
+def pack(samples: list, mode: str, max_length: int) -> list:
+    """Rows of (ids, mask, segment_lengths, segment_sources), laid out as prep's three modes."""
+    if mode == "padding":
+        return [(ids[:max_length], mask[:max_length], [min(len(ids), max_length)], [i])
+                for i, (ids, mask) in enumerate(samples)]
+    rows = []
+    if mode == "concat":  # whole samples, in order, into the first row with room (first fit)
+        bins = []
+        for i, (ids, mask) in enumerate(samples):
+            ids, mask = ids[:max_length], mask[:max_length]
+            for b in bins:
+                if b["length"] + len(ids) <= max_length:
+                    break
+            else:
+                b = {"length": 0, "pieces": []}
+                bins.append(b)
+            b["pieces"].append((i, ids, mask))
+            b["length"] += len(ids)
+        for b in bins:
+            rows.append((np.concatenate([p[1] for p in b["pieces"]]), np.concatenate([p[2] for p in b["pieces"]]),
+                         [len(p[1]) for p in b["pieces"]], [p[0] for p in b["pieces"]]))
+        return rows
+    # packed: one stream cut every max_length; a sample cut in two gives a segment in each row
+    ids = np.concatenate([s[0] for s in samples])
+    mask = np.concatenate([s[1] for s in samples])
+    sources = np.concatenate([np.full(len(s[0]), i) for i, s in enumerate(samples)])
+    for start in range(0, len(ids), max_length):
+        src = sources[start:start + max_length]
+        cuts = np.flatnonzero(np.diff(src)) + 1
+        bounds = np.concatenate([[0], cuts, [len(src)]])
+        rows.append((ids[start:start + max_length], mask[start:start + max_length],
+                     np.diff(bounds).tolist(), src[bounds[:-1]].tolist()))
+    return rows
+
+
+def to_rows(rows: list) -> Rows:
+    lengths = [len(r[0]) for r in rows]
+    segments = [len(r[2]) for r in rows]
+    return Rows(
+        tokens=np.concatenate([r[0] for r in rows]).astype(np.int64),
+        loss_mask=np.concatenate([r[1] for r in rows]).astype(np.uint8),
+        row_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        segment_lengths=np.concatenate([r[2] for r in rows]).astype(np.int64),
+        segment_sources=np.concatenate([r[3] for r in rows]).astype(np.int64),
+        segment_offsets=np.concatenate([[0], np.cumsum(segments)]).astype(np.int64),
+    )
+
+
+def write_shard_set(folder: Path, mode: str = "concat", max_length: int = 64, train_samples: int = 64,
+                    val_samples: int = 12, seed: int = 0, samples: list | None = None,
+                    vocab_size: int = VOCAB, max_tokens_per_file: int | None = None) -> Path:
+    """A complete shard set at `folder`, as prep would write it (one write per split)."""
+    train = samples if samples is not None else synthetic_samples(train_samples, seed, max_length=max_length // 2)
+    val = synthetic_samples(val_samples, seed + 1000, max_length=max_length // 2)
+    command = f"python -m prep --mode {mode} --max-length {max_length} --out {folder}"
+    with staged_folder(Path(folder)) as staging:
+        shutil.copytree(tokenizer_files(), staging / "tokenizer")
+        files = []
+        for split, split_rows in (("train", pack(train, mode, max_length)), ("val", pack(val, "padding", max_length))):
+            extra = {} if max_tokens_per_file is None else {"max_tokens_per_file": max_tokens_per_file}
+            writer = SplitWriter(staging, split, token_dtype_for(vocab_size), vocab_size, **extra)
+            writer.write(to_rows(split_rows))
+            files += writer.finish()
+        write_manifest(staging, {
+            "mode": mode, "max_length": max_length, "packer": "first_fit" if mode == "concat" else mode,
+            "loss_on": "assistant", "token_dtype": str(token_dtype_for(vocab_size)), "vocab_size": VOCAB,
+            "pad_token_id": PAD, "eos_token_id": IM_END, "bos_token_id": IM_START,
+            "tokenizer_fingerprint": tokenizer_fingerprint(staging / "tokenizer"), "files": files,
+            "command": command, "stats": {"rows": {"train": len(pack(train, mode, max_length))}},
+        })
+    return Path(folder)
+
+
+def read_metrics(out: Path, kind: str = "train") -> list[dict]:
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def open_shards(folder: Path) -> ShardSet:
+    return ShardSet.open(folder)

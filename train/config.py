@@ -1,0 +1,130 @@
+"""The train stage's one configuration: a frozen dataclass, every knob and its default below.
+
+Each field's help text becomes its `python -m train --help` line (see `train/__main__.py`).
+
+    >>> config = TrainConfig(shards=Path("shards/concat-256"), out=Path("runs/concat"))
+    >>> config.batch_size, config.learning_rate, config.warmup_steps, config.eval_interval
+    (16, 0.0001, 1000, 300)
+    >>> TrainConfig(shards=Path("s"), batch_size=0, precision="fp8").validate()
+    Traceback (most recent call last):
+    ...
+    train.config.ConfigError: 2 problems with the train options: --batch-size: must be at least 1, got 0; --precision: must be one of auto, fp16, bf16, fp32, got 'fp8'
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args, get_type_hints
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+ISOLATIONS = ("on", "off")
+ATTENTIONS = ("sdpa", "eager")
+# Fields that may differ between a run and its --resume: they change neither the model,
+# nor the data order, nor the learning-rate schedule (max_steps does: extend a run on purpose).
+RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress")
+
+
+class ConfigError(ValueError):
+    """Options that cannot run together; the message lists every problem at once."""
+
+
+def opt(default, help: str, **kwargs):  # noqa: A002 - `help` mirrors click's keyword
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ---- what to train on, what to train, where to write (defaults: the seed's where it had one)
+    shards: Path = opt(None, "shard set folder written by `python -m prep` (required)")
+    out: Path = opt(Path("runs/train"), "run folder: config.json, metrics.jsonl, tb/, best/, last/, summary.json")
+    model: str = opt("tiny", "named random-init config (tiny, gpt2-124m), a local model folder, or a hub id")
+    # ---- the loop: the seed's defaults
+    batch_size: int = opt(16, "rows per micro-batch, summed over all processes (each takes batch_size / N)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; the loss is normalised over the whole step")
+    max_steps: int = opt(10000, "optimizer steps of the whole run; the learning rate decays to 0 at this step")
+    learning_rate: float = opt(1e-4, "peak AdamW learning rate")
+    warmup_steps: int = opt(1000, "steps of linear warm-up from 0 to --learning-rate")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    weight_decay: float = opt(0.01, "AdamW weight decay (torch's default, which the seed used implicitly)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    eval_interval: int = opt(300, "evaluate on the whole val split and save best/ and last/ every this many steps")
+    log_interval: int = opt(10, "write train metrics every this many steps")
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = opt(
+        "auto", "auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU; or force one")
+    # ---- batching
+    isolation: Literal["on", "off"] = opt(
+        "on", "on: positions restart and attention stops at every segment; off: the seed's cross-sample attention")
+    shuffle: bool = opt(True, "seeded per-epoch permutation of the rows (--no-shuffle: file order, like the seed)")
+    seed: int = opt(1337, "seed of the row permutation, random init and dropout")
+    # ---- model set-up
+    pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
+    dropout: float | None = opt(None, "override the model's dropout probabilities (default: keep the model's)")
+    attention: Literal["sdpa", "eager"] = opt("sdpa", "attention implementation")
+    # ---- safety and resuming
+    verify: bool = opt(False, "also check each shard file's sha256 before training")
+    resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
+    stop_after: int | None = opt(None, "stop (after saving last/) at this step; the schedule still runs to --max-steps")
+    max_nan_steps: int = opt(10, "stop with an error after more than this many consecutive steps with a NaN loss")
+    progress: bool = opt(True, "show a tqdm bar (it hides itself when stderr is not a terminal)")
+
+    def validate(self) -> "TrainConfig":
+        """Collect every problem, raise once; return self so calls chain."""
+        problems = []
+
+        def need(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                problems.append(f"--{name.replace('_', '-')}: {message}")
+
+        need(self.shards is not None, "shards", "required (a folder written by python -m prep)")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval", "pad_vocab_to"):
+            value = getattr(self, name)
+            need(value >= 1, name, f"must be at least 1, got {value}")
+        for name in ("warmup_steps", "max_nan_steps"):
+            value = getattr(self, name)
+            need(value >= 0, name, f"must be at least 0, got {value}")
+        need(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        need(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be at least 0, got {self.weight_decay}")
+        need(self.grad_clip >= 0, "grad_clip", f"must be at least 0, got {self.grad_clip}")
+        for name in ("precision", "isolation", "attention"):
+            choices = get_args(get_type_hints(TrainConfig)[name])
+            value = getattr(self, name)
+            need(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
+        need(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        need(self.stop_after is None or 1 <= self.stop_after <= self.max_steps, "stop_after",
+             f"must be between 1 and --max-steps ({self.max_steps}), got {self.stop_after}")
+        if problems:
+            noun = "problem" if len(problems) == 1 else "problems"
+            raise ConfigError(f"{len(problems)} {noun} with the train options: " + "; ".join(problems))
+        return self
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown train options in a saved config: {', '.join(unknown)}")
+        return cls(**{k: Path(v) if hints[k] is Path and v is not None else v for k, v in data.items()})
+
+    def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
+        """Options that differ from the run being resumed and would change what it trains.
+
+        >>> a = TrainConfig(shards=Path("s"))
+        >>> a.resume_mismatches(dataclasses.replace(a, seed=1, resume=True, stop_after=5))
+        ['--seed: the run used 1, now 1337']
+        """
+        return [
+            f"--{f.name.replace('_', '-')}: the run used {getattr(saved, f.name)}, now {getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(saved, f.name)
+        ]
+
+
+def load_config(path: Path) -> TrainConfig:
+    return TrainConfig.from_json(json.loads(Path(path).read_text()))

@@ -1,0 +1,87 @@
+"""The model: a named random-initialised GPT-2 shape, a local folder, or a hub id; fitted to the shards' tokenizer.
+
+    >>> sorted(NAMED_CONFIGS)
+    ['gpt2-124m', 'tiny']
+    >>> padded_vocab_size(50259, 64), padded_vocab_size(50259, 1)
+    (50304, 50259)
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
+
+# Random-initialised shapes that need no network. `tiny` is for CPU tests and demos
+# (positions as long as GPT-2's, so any max_length up to 1024 fits); `gpt2-124m` is
+# GPT-2 small, for throughput runs.
+NAMED_CONFIGS = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, n_positions=1024),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
+}
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or cannot read these shards."""
+
+
+class _NoPaddingWarning(logging.Filter):
+    # Padding here needs no attention mask: it sits after every real token (causal
+    # attention never looks forward) and its labels are ignored; isolation comes from
+    # position ids. transformers cannot know that and would warn once per process.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_NoPaddingWarning())
+
+
+def padded_vocab_size(num_tokens: int, multiple: int) -> int:
+    return -(-num_tokens // multiple) * multiple
+
+
+def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int = 1, seed: int = 0,
+               dropout: float | None = None, attention: str = "sdpa") -> PreTrainedModel:
+    """Build or load the model in fp32, size its embeddings to the tokenizer, set its special ids."""
+    vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)
+    overrides = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    if name in NAMED_CONFIGS:
+        torch.manual_seed(seed)  # the random init is part of the run, like the data order
+        config = GPT2Config(vocab_size=vocab_size, **NAMED_CONFIGS[name], **overrides)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, attn_implementation=attention,
+                                                         **overrides)
+        except (OSError, ValueError) as e:
+            local = " (no such folder)" if not Path(name).exists() and "/" in name else ""
+            raise ModelError(
+                f"cannot load model {name!r}{local}: {str(e).splitlines()[0]}; use a local folder, a hub id "
+                f"reachable from here, or a named config: {', '.join(NAMED_CONFIGS)}"
+            ) from None
+        if model.get_input_embeddings().num_embeddings != vocab_size:
+            model.resize_token_embeddings(vocab_size)
+    set_special_tokens(model, tokenizer)
+    return model
+
+
+def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """pad/eos/bos ids into the model and generation configs, as TRL's `setup_chat_format` does.
+
+    eos is the template's end-of-turn token, so generation stops at `<|im_end|>`.
+    """
+    for config in (model.config, model.generation_config):
+        if config is None:
+            continue
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id
+
+
+def vocab_rows(model: PreTrainedModel) -> int:
+    return model.get_input_embeddings().num_embeddings
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
