@@ -202,9 +202,13 @@ def staged_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    for stale in sorted(target.parent.glob(f".{target.name}.tmp-*")) + sorted(target.parent.glob(f".{target.name}.old-*")):
         pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if ".old-" in stale.name and not target.exists() and (stale / MANIFEST).is_file():
+            stale.rename(target)  # a run was killed between its two renames: restore the previous set
+        else:
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     # Tag the staging folder with our pid so a later run knows whether it is stale.

@@ -5,12 +5,13 @@ ways prep does (padding, packed, concat) so the trainer can be tested alone.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shards.format import (ShardSet, SplitWriter, Rows, staged_folder, token_dtype_for, tokenizer_fingerprint,
                            write_manifest)
@@ -22,18 +23,15 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
 
 
 @functools.lru_cache(maxsize=1)
-def tokenizer_files(cache: str = "/tmp/sftpack-test-tokenizer") -> Path:
-    """The ChatML GPT-2 tokenizer, saved once per process (saving it takes a while)."""
+def chatml_tokenizer():
+    """The vendored GPT-2 tokenizer with the ChatML set-up prep uses (pad differs from eos)."""
     from transformers import GPT2Tokenizer
 
-    folder = Path(cache) / str(__import__("os").getpid())
-    if not (folder / "tokenizer_config.json").exists():
-        tok = GPT2Tokenizer.from_pretrained(str(GPT2_FILES), model_max_length=1024)
-        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-        tok.eos_token, tok.bos_token, tok.pad_token = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
-        tok.chat_template = CHATML
-        tok.save_pretrained(str(folder))
-    return folder
+    tok = GPT2Tokenizer.from_pretrained(str(GPT2_FILES), model_max_length=1024)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token, tok.bos_token, tok.pad_token = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
+    tok.chat_template = CHATML
+    return tok
 
 
 IM_START, IM_END, PAD, VOCAB = 50257, 50258, 50256, 50259
@@ -45,7 +43,7 @@ def synthetic_samples(count: int, seed: int, min_length: int = 6, max_length: in
     samples = []
     for _ in range(count):
         length = int(rng.integers(min_length, max_length + 1))
-        prompt = int(rng.integers(2, length - 2))
+        prompt = int(rng.integers(1, length))  # at least one prompt and one answer token
         ids = rng.integers(0, 50000, size=length)
         ids[0], ids[-1] = IM_START, IM_END
         mask = np.zeros(length, np.uint8)
@@ -110,7 +108,7 @@ def write_shard_set(folder: Path, mode: str = "concat", max_length: int = 64, tr
     val = synthetic_samples(val_samples, seed + 1000, max_length=max_length // 2)
     command = f"python -m prep --mode {mode} --max-length {max_length} --out {folder}"
     with staged_folder(Path(folder)) as staging:
-        shutil.copytree(tokenizer_files(), staging / "tokenizer")
+        chatml_tokenizer().save_pretrained(str(staging / "tokenizer"))
         files = []
         for split, split_rows in (("train", pack(train, mode, max_length)), ("val", pack(val, "padding", max_length))):
             extra = {} if max_tokens_per_file is None else {"max_tokens_per_file": max_tokens_per_file}
@@ -134,3 +132,53 @@ def read_metrics(out: Path, kind: str = "train") -> list[dict]:
 
 def open_shards(folder: Path) -> ShardSet:
     return ShardSet.open(folder)
+
+
+def tiny_config(shards: Path, out: Path, **overrides):
+    """A few-second CPU run of the `tiny` model: the shape every loop test starts from."""
+    from train.config import TrainConfig
+
+    settings = dict(shards=Path(shards), out=Path(out), model="tiny", batch_size=4, max_steps=8, warmup_steps=2,
+                    learning_rate=1e-3, eval_interval=3, log_interval=1, progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def cli_args(config) -> list[str]:
+    """The `python -m train` arguments that make `config`."""
+    import dataclasses
+
+    args = []
+    for field in dataclasses.fields(config):
+        value, flag = getattr(config, field.name), "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def subprocess_env() -> dict:
+    """Environment for `python -m train` children: this checkout importable, one thread (as in-process tests)."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def single_thread():
+    """CPU tests run one torch thread: small ops are faster so on 2 cores, and in-process
+    runs then compute exactly what `python -m train` children (OMP_NUM_THREADS=1) compute."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield

@@ -1,0 +1,223 @@
+"""The loop end to end on CPU: the run folder, resume, accumulation, overflow and NaN faults, SIGKILL."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thread, subprocess_env,  # noqa: F401
+                                 tiny_config, write_shard_set)
+from train.__main__ import main
+from train.config import TrainConfig
+from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
+from train import loop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
+                           train_samples=48, val_samples=8)
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """An uninterrupted 8-step run (dropout on, shuffled, two epochs): what resumed runs must reproduce."""
+    with single_thread():
+        config = tiny_config(shards, tmp_path_factory.mktemp("runs") / "reference")
+        summary = loop.train(config)
+    return config, summary
+
+
+def losses(out) -> list[float]:
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_a_run_writes_its_folder(reference):
+    config, summary = reference
+    out = config.out
+    for name in ("config.json", "metrics.jsonl", "summary.json", "tb", "best", "last"):
+        assert (out / name).exists(), name
+    assert sorted(p.name for p in (out / "best").iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "chat_template.jinja", "trainer_state.json"])
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= {p.name for p in (out / "last").iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    # metrics: one train record per step, a val record per evaluation, the documented keys
+    train_records, val_records = read_metrics(out, "train"), read_metrics(out, "val")
+    assert [r["step"] for r in train_records] == list(range(1, 9))
+    assert [r["step"] for r in val_records] == [3, 6, 8]
+    assert all(tuple(r) == TRAIN_KEYS for r in train_records) and all(tuple(r) == VAL_KEYS for r in val_records)
+    assert train_records[-1]["loss"] < train_records[0]["loss"]
+    assert 0 <= train_records[0]["padding_fraction"] < 1
+    # summary
+    saved = json.loads((out / "summary.json").read_text())
+    assert tuple(saved) == SUMMARY_KEYS and saved == summary
+    assert summary["steps"] == 8 and summary["completed"] and summary["mode"] == "concat"
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in val_records)
+    assert summary["tokens"] == train_records[-1]["tokens"] and summary["overflow_skipped_steps"] == 0
+    # tensorboard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert {"Loss/train", "Loss/val", "learning_rate", "Throughput/tokens_per_second",
+            "Throughput/supervised_tokens_per_second", "Data/padding_fraction",
+            "Steps/overflow_skipped"} <= set(events.Tags()["scalars"])
+    # best/ is a plain Hugging Face folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "best")
+    tokenizer = AutoTokenizer.from_pretrained(out / "best")
+    assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>") == 50258
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == 50256
+    assert model.generation_config.eos_token_id == 50258
+
+
+def test_resume_continues_exactly(reference, tmp_path):
+    config, _ = reference
+    out = tmp_path / "stopped"
+    first = loop.train(dataclasses.replace(config, out=out, stop_after=4))
+    assert first["steps"] == 4 and not first["completed"]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["progress"]["step"] == 4
+    loop.train(dataclasses.replace(config, out=out, resume=True))
+    np.testing.assert_allclose(losses(out), losses(config.out), rtol=0, atol=1e-6)
+    reference_val = {r["step"]: r["val_loss"] for r in read_metrics(config.out, "val")}
+    resumed_val = {r["step"]: r["val_loss"] for r in read_metrics(out, "val")}
+    assert sorted(resumed_val) == [3, 4, 6, 8]  # 4: where it stopped
+    for step, loss in reference_val.items():
+        assert abs(resumed_val[step] - loss) <= 1e-6
+
+
+def test_sigkill_between_checkpoints_then_resume(reference, tmp_path):
+    config, _ = reference
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "train", *cli_args(dataclasses.replace(config, out=out))]
+    child = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.PIPE)
+    state = out / "last" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    killed_at = None
+    while time.monotonic() < deadline and child.poll() is None:
+        saved = json.loads(state.read_text())["progress"]["step"] if state.exists() else None
+        logged = [r["step"] for r in read_metrics(out)] if (out / "metrics.jsonl").exists() else []
+        if saved is not None and logged and logged[-1] > saved:
+            child.send_signal(signal.SIGKILL)  # steps after the checkpoint are lost
+            killed_at = (saved, logged[-1])
+            break
+        time.sleep(0.005)
+    child.wait()
+    assert killed_at is not None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
+    assert child.returncode == -signal.SIGKILL
+    loop.train(dataclasses.replace(config, out=out, resume=True))  # in-process: one interpreter start less
+    np.testing.assert_allclose(losses(out), losses(config.out), rtol=0, atol=1e-6)
+
+
+def test_grad_accum_normalises_by_the_tokens_of_the_whole_step(shards, tmp_path):
+    # one step over 8 rows == two micro-batches of 4 rows, because the loss of each is
+    # divided by the supervised tokens of the whole step (not averaged per micro-batch)
+    base = tiny_config(shards, tmp_path / "a", max_steps=2, eval_interval=2, dropout=0.0, batch_size=8)
+    loop.train(base)
+    loop.train(dataclasses.replace(base, out=tmp_path / "b", batch_size=4, grad_accum=2))
+    np.testing.assert_allclose(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-6)
+    a, b = (load_file(tmp_path / run / "last" / "model.safetensors") for run in "ab")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaler", [True, False])
+def test_overflowing_gradients_are_skipped_counted_and_logged(shards, tmp_path, monkeypatch, scaler):
+    calls = {"n": 0}
+    real = loop.token_losses
+
+    def overflow_on_third_call(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 3 and logits.requires_grad:  # step 3's gradients become inf, its loss stays finite
+            logits.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+        return real(logits, labels)
+
+    monkeypatch.setattr(loop, "token_losses", overflow_on_third_call)
+    # The fp16 GradScaler, on fp32 compute: CPU fp16 kernels are 8x slower, and the
+    # scaler's skip is what is under test. Without a scaler (fp32/bf16) the loop skips itself.
+    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: (None, scaler))
+    summary = loop.train(tiny_config(shards, tmp_path / "fp16", max_steps=5, eval_interval=5))
+    records = read_metrics(tmp_path / "fp16")
+    assert [r["overflow_skipped_steps"] for r in records] == [0, 0, 1, 1, 1]
+    assert summary["overflow_skipped_steps"] == 1 and summary["nan_loss_steps"] == 0
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert np.isfinite(summary["final_val_loss"])
+    scale = torch.load(tmp_path / "fp16" / "last" / "optimizer.pt", weights_only=True)["scaler"].get("scale")
+    assert scale == (2.0**15 if scaler else None)  # the scaler halved its scale on the skipped step
+
+
+def test_nan_loss_stops_the_run_and_keeps_checkpoints(shards, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop.token_losses
+
+    def nan_from_step_3(logits, labels):
+        calls["n"] += 1
+        losses_ = real(logits, labels)
+        return losses_ * float("nan") if logits.requires_grad and calls["n"] >= 3 else losses_
+
+    monkeypatch.setattr(loop, "token_losses", nan_from_step_3)
+    out = tmp_path / "nan"
+    config = tiny_config(shards, out, max_steps=20, eval_interval=2, max_nan_steps=2)
+    result = CliRunner().invoke(main, cli_args(config))
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: the loss was NaN/inf for 3")
+    assert "Traceback" not in result.output
+    records = read_metrics(out)
+    assert [r["nan_loss_steps"] for r in records] == [0, 0, 1, 2]  # step 5 raised before logging
+    # the updates of the NaN steps were skipped: last/ (step 4) holds the weights of best/ (step 2)
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["progress"]["step"] == 4
+    best, last = (load_file(out / name / "model.safetensors") for name in ("best", "last"))
+    for name in best:
+        assert torch.isfinite(last[name]).all()
+        torch.testing.assert_close(last[name], best[name], rtol=0, atol=0)
+
+
+def test_a_run_folder_is_not_reused_by_accident(reference):
+    config, _ = reference
+    result = CliRunner().invoke(main, cli_args(config))
+    assert result.exit_code == 1 and "already holds a run: pass --resume" in result.stderr
+    result = CliRunner().invoke(main, cli_args(dataclasses.replace(config, resume=True, seed=5)))
+    assert result.exit_code == 1 and "--seed: the run used 1337, now 5" in result.stderr
+
+
+def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
+    target = tmp_path / "last"
+    with loop.atomic_folder(target) as folder:
+        (folder / "a").write_text("1")
+    # a kill after `last` -> `.last.old` and before `.last.tmp` -> `last`:
+    target.rename(tmp_path / ".last.old")
+    (tmp_path / ".last.tmp").mkdir()
+    (tmp_path / ".last.tmp" / "a").write_text("half")
+    loop.recover_folder(target)
+    assert (target / "a").read_text() == "1"
+    with loop.atomic_folder(target) as folder:
+        (folder / "a").write_text("2")
+    assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_bad_options_are_listed_together():
+    result = CliRunner().invoke(main, ["--shards", "x", "--batch-size", "0", "--stop-after", "0"])
+    assert result.exit_code == 1
+    assert result.stderr == ("error: 2 problems with the train options: --batch-size: must be at least 1, got 0; "
+                             "--stop-after: must be between 1 and --max-steps (10000), got 0\n")
+
+
+def test_cli_help_documents_every_option():
+    text = CliRunner().invoke(main, ["--help"], terminal_width=200).output
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text
+        assert field.metadata["help"].split()[0] in text
+
