@@ -23,6 +23,12 @@ SHARDS ?= shards/$(MODE)-$(MAX_LENGTH)
 MODEL ?= gpt2
 RUN ?= runs/$(notdir $(SHARDS))
 TRAIN_ARGS ?=
+DEMO_DIR ?= runs/demo
+DEMO_MODES ?= padding packed concat
+DEMO_MAX_LENGTH ?= 256
+DEMO_STEPS ?= 40
+DEMO_TRAIN_ARGS ?= --model tiny --max-steps $(DEMO_STEPS) --warmup-steps 5 --learning-rate 1e-3 \
+	--eval-interval 10 --log-interval 5 --no-progress
 
 .PHONY: install test demo shards stats train bench bench-gpu clean
 
@@ -37,8 +43,17 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests prep shards train
 
+# The seed's experiment, CPU-sized: same data, validation split and hyperparameters for the
+# three layouts; a tiny random-initialised GPT-2 (the real tokenizer) so it ends in minutes.
 demo: $(STAMP)
-	$(PY) -m train.demo --out runs/demo
+	@rm -rf $(DEMO_DIR)
+	@for mode in $(DEMO_MODES); do \
+	  $(PY) -m prep --data sample --mode $$mode --max-length $(DEMO_MAX_LENGTH) --out $(DEMO_DIR)/shards/$$mode >/dev/null || exit 1; \
+	  echo "prep  $$mode: $(DEMO_DIR)/shards/$$mode"; done
+	@for mode in $(DEMO_MODES); do \
+	  echo "train $$mode: $(DEMO_DIR)/$$mode"; \
+	  $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_DIR)/$$mode $(DEMO_TRAIN_ARGS) || exit 1; done
+	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report
 
 shards: $(STAMP)
 	$(PY) -m prep --data $(DATA) --mode $(MODE) --max-length $(MAX_LENGTH) --tokenizer $(TOKENIZER) --out $(OUT)

@@ -106,8 +106,8 @@ def _tokenize_to_spill(config, encoder, path, bad_counts, progress) -> _Spill:
     sources: list[np.ndarray] = []
     read = 0
     checked = False
-    bar = tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+    with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
+            pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
                                         bad_counts=bad_counts, batch_size=config.batch_size):
             if config.limit is not None:
@@ -134,7 +134,6 @@ def _tokenize_to_spill(config, encoder, path, bad_counts, progress) -> _Spill:
             bar.update(len(batch))
             if config.limit is not None and read >= config.limit:
                 break
-    bar.close()
     if read == 0:
         raise DataError(f"{config.data}: no records to prepare")
     return _Spill(path, np.concatenate(sources))

@@ -19,6 +19,7 @@ types `<|im_start|>` gets plain text, not a forged turn.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,10 @@ class _Plan:
 
     segments: list  # each: (kind, value, supervised); kind "special" (id) | "text" (list of str|int parts)
     const_ids: dict  # segment index -> token ids of segments without contents
+
+    @property
+    def supervised(self) -> list[bool]:
+        return [seg[2] for seg in self.segments]
 
 
 class ConversationEncoder:
@@ -194,21 +199,25 @@ class ConversationEncoder:
                 if seg[0] == "text" and i not in plan.const_ids:
                     texts.append("".join(p if isinstance(p, str) else conv[p][1] for p in seg[1]))
         encoded = iter(self._encode_plain(texts)) if texts else iter(())
-        all_ids: list[int] = []
-        all_mask: list[int] = []
-        offsets = [0]
-        mask_all = self.loss_on == "all"
-        for plan in plans:
+        # Gather the pieces as lists and convert once: per-token Python work is the cost here.
+        pieces: list[list[int]] = []
+        supervised: list[bool] = []
+        pieces_per_sample = np.empty(len(plans), dtype=np.int64)
+        for k, plan in enumerate(plans):
             for i, (kind, value, sup) in enumerate(plan.segments):
-                if kind == "special":
-                    piece = [value]
-                else:
-                    piece = plan.const_ids[i] if i in plan.const_ids else next(encoded)
-                all_ids.extend(piece)
-                all_mask.extend([1 if (sup or mask_all) else 0] * len(piece))
-            offsets.append(len(all_ids))
-        return (np.array(all_ids, dtype=np.int64), np.array(all_mask, dtype=np.uint8),
-                np.array(offsets, dtype=np.int64))
+                pieces.append([value] if kind == "special" else plan.const_ids[i] if i in plan.const_ids else next(encoded))
+            supervised.extend(plan.supervised)
+            pieces_per_sample[k] = len(plan.segments)
+        piece_lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        total = int(piece_lengths.sum())
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=total)
+        if self.loss_on == "all":
+            mask = np.ones(total, dtype=np.uint8)
+        else:
+            mask = np.repeat(np.array(supervised, dtype=np.uint8), piece_lengths)
+        piece_ends = np.cumsum(piece_lengths)
+        offsets = np.concatenate([[0], piece_ends[np.cumsum(pieces_per_sample) - 1]]) if len(plans) else np.zeros(1, np.int64)
+        return ids, mask, offsets.astype(np.int64)
 
     def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray) -> int | None:
         """Tokenize each rendered prompt on its own, as generation will, and compare it with the

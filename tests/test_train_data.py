@@ -115,7 +115,7 @@ def test_check_shards_finds_rows_whose_segments_do_not_add_up(tmp_path):
         write_manifest(staging, {"mode": "concat", "max_length": 16, "token_dtype": "uint16", "vocab_size": VOCAB,
                                  "pad_token_id": PAD, "files": files, "command": "python -m prep --mode concat",
                                  "tokenizer_fingerprint": tokenizer_fingerprint(staging / "tokenizer")})
-    with pytest.raises(Exception, match=r"row 1 has 6 tokens but segments summing to 5.*python -m prep"):
+    with pytest.raises(Exception, match=r"train row 1 is malformed: 6 tokens \(max_length 16\), segment lengths \[5\]; rebuild it with: python -m prep"):
         check_shards(ShardSet.open(folder), VOCAB)
 
 
@@ -128,23 +128,24 @@ def _rss_anon_bytes() -> int:
     raise AssertionError("no RssAnon in /proc/self/status")
 
 
-def _write_bulk(folder, rows: int, length: int = 512):
-    """A padding-mode shard set of rows * length random tokens, written in one go."""
+def _write_bulk(folder, rows: int, length: int = 512, blocks: int = 1):
+    """A padding-mode shard set of rows * length random tokens, written in `blocks` writes (prep writes
+    8192 rows at a time, so a real train file holds several Arrow record batches)."""
     rng = np.random.default_rng(0)
-    n = rows * length
     with staged_folder(folder) as staging:
         chatml_tokenizer().save_pretrained(str(staging / "tokenizer"))
         files = []
-        for split, count in (("train", rows), ("val", 4)):
+        for split, count, writes in (("train", rows, blocks), ("val", 4, 1)):
             writer = SplitWriter(staging, split, np.uint16, VOCAB)
-            m = count * length
-            writer.write(Rows(rng.integers(0, 50000, m), np.ones(m, np.uint8), np.arange(0, m + 1, length),
-                              np.full(count, length), np.arange(count), np.arange(count + 1)))
+            block = count // writes
+            m = block * length
+            for _ in range(writes):
+                writer.write(Rows(rng.integers(0, 50000, m), np.ones(m, np.uint8), np.arange(0, m + 1, length),
+                                  np.full(block, length), np.arange(block), np.arange(block + 1)))
             files += writer.finish()
         write_manifest(staging, {"mode": "padding", "max_length": length, "token_dtype": "uint16", "vocab_size": VOCAB,
                                  "pad_token_id": PAD, "files": files, "command": "python -m prep",
                                  "tokenizer_fingerprint": tokenizer_fingerprint(staging / "tokenizer")})
-    del n
     return folder
 
 
@@ -164,9 +165,15 @@ def _memory_growth_of_one_epoch(folder) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_resident_memory_does_not_grow_with_shard_set_size(tmp_path):
-    small = _write_bulk(tmp_path / "small", rows=256)  # 128 Ki tokens
-    large = _write_bulk(tmp_path / "large", rows=16384)  # 8 Mi tokens: 24 MiB of ids + masks
+@pytest.mark.parametrize("blocks", [
+    1,
+    pytest.param(16, marks=pytest.mark.xfail(strict=True, reason=(
+        "shards/format.py _flat() calls combine_chunks() on a file of several record batches, which copies "
+        "the whole column into RAM; prep writes 8192 rows per batch. Fix belongs in shards/format.py"))),
+])
+def test_resident_memory_does_not_grow_with_shard_set_size(tmp_path, blocks):
+    small = _write_bulk(tmp_path / "small", rows=256, blocks=blocks)  # 128 Ki tokens
+    large = _write_bulk(tmp_path / "large", rows=16384, blocks=blocks)  # 8 Mi tokens: 24 MiB of ids + masks
     _memory_growth_of_one_epoch(small)  # warm up allocator and imports
     small_growth, _ = _memory_growth_of_one_epoch(small)
     large_growth, touched = _memory_growth_of_one_epoch(large)

@@ -103,20 +103,25 @@ def test_sigkill_between_checkpoints_then_resume(reference, tmp_path):
     config, _ = reference
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "train", *cli_args(dataclasses.replace(config, out=out))]
-    child = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.PIPE)
+    log = open(tmp_path / "stderr.txt", "wb")  # a file, not a pipe: a full pipe would stall the child
+    child = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=log)
     state = out / "last" / "trainer_state.json"
     deadline = time.monotonic() + 120
     killed_at = None
     while time.monotonic() < deadline and child.poll() is None:
-        saved = json.loads(state.read_text())["progress"]["step"] if state.exists() else None
-        logged = [r["step"] for r in read_metrics(out)] if (out / "metrics.jsonl").exists() else []
+        try:  # the child may be renaming last/ or writing a line right now: look again later
+            saved = json.loads(state.read_text())["progress"]["step"]
+            logged = [r["step"] for r in read_metrics(out)]
+        except (OSError, json.JSONDecodeError):
+            saved, logged = None, []
         if saved is not None and logged and logged[-1] > saved:
             child.send_signal(signal.SIGKILL)  # steps after the checkpoint are lost
             killed_at = (saved, logged[-1])
             break
         time.sleep(0.005)
     child.wait()
-    assert killed_at is not None, f"the run ended before it could be killed: {child.stderr.read().decode()[-2000:]}"
+    log.close()
+    assert killed_at is not None, "the run ended before it could be killed: " + (tmp_path / "stderr.txt").read_text()[-2000:]
     assert child.returncode == -signal.SIGKILL
     loop.train(dataclasses.replace(config, out=out, resume=True))  # in-process: one interpreter start less
     np.testing.assert_allclose(losses(out), losses(config.out), rtol=0, atol=1e-6)

@@ -74,14 +74,14 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: boo
 
     loss_mask.flat[starts] = False
     labels = np.where(loss_mask, input_ids, IGNORE_INDEX)
-    columns = np.arange(width, dtype=np.int64)
     if isolation:
-        # Each position minus the column where its segment began (a running max over the row).
-        segment_start = np.zeros((rows, width), dtype=np.int64)
-        segment_start.flat[starts] = column
-        position_ids = columns - np.maximum.accumulate(segment_start, axis=1)
+        # A running sum of +1 steps, with a step back to 0 at every segment that does not open its row.
+        steps = np.ones((rows, width), dtype=np.int64)
+        later = column > 0
+        steps.flat[starts[later]] = 1 - segment_lengths[np.flatnonzero(later) - 1]
+        position_ids = np.cumsum(steps, axis=1) - 1
     else:
-        position_ids = np.broadcast_to(columns, (rows, width)).copy()
+        position_ids = np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
     return Batch(input_ids, labels, position_ids, int(lengths.sum()), int(loss_mask.sum()))
 
 
@@ -163,10 +163,19 @@ def val_row_batches(split: SplitArrays, batch_size: int, rank: int = 0, world_si
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def per_row_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum of each row's slice of a flat array (CSR offsets from 0); 0 for an empty row.
+
+    >>> per_row_sum(np.array([3, 2, 5]), np.array([0, 2, 2, 3])).tolist()
+    [5, 0, 5]
+    """
+    return np.diff(np.concatenate([[0], np.cumsum(values, dtype=np.int64)])[offsets])
+
+
 def check_shards(shard_set: ShardSet, vocab_size: int) -> int:
     """Refuse rows the trainer cannot use; return the largest token id.
 
-    Checked per file, vectorised, without copying token buffers: every row is
+    Checked part by part, vectorised, without copying token buffers: every row is
     1..max_length tokens, its loss mask as long as its tokens, its segment lengths
     positive and summing to its length, every token id below `vocab_size` (the
     model's embedding rows). The val split must have rows.
@@ -179,26 +188,23 @@ def check_shards(shard_set: ShardSet, vocab_size: int) -> int:
         split = shard_set.split(name)
         if split.num_rows == 0:
             raise ShardError(f"{shard_set.folder}: the {name} split has no rows; {hint}")
-        for entry, part in zip(split.files, split.parts()):
-            where = f"{shard_set.folder / entry['name']}"
+        first_row = 0  # rows are numbered across the split's parts, as SplitArrays numbers them
+        for part in split.parts():
             row_offsets, segment_offsets = part["row_offsets"], part["segment_offsets"]
-            lengths = np.diff(row_offsets)
-            if lengths.min() < 1 or lengths.max() > max_length:
-                raise ShardError(f"{where}: row lengths {lengths.min()}..{lengths.max()} are outside "
-                                 f"1..max_length {max_length}; {hint}")
-            tokens = part["input_ids"][row_offsets[0] : row_offsets[-1]]
-            if len(part["loss_mask"]) < row_offsets[-1]:
-                raise ShardError(f"{where}: the loss_mask column is shorter than input_ids; {hint}")
+            lengths = np.diff(row_offsets).astype(np.int64)
+            local = segment_offsets - segment_offsets[0]
             segments = part["segment_lengths"][segment_offsets[0] : segment_offsets[-1]].astype(np.int64)
-            segment_counts = np.diff(segment_offsets)
-            if segment_counts.min() < 1 or segments.min() < 1:
-                raise ShardError(f"{where}: a row has no segments or an empty segment; {hint}")
-            per_row = np.add.reduceat(segments, segment_offsets[:-1] - segment_offsets[0])
-            if not np.array_equal(per_row, lengths):
-                bad = int(np.flatnonzero(per_row != lengths)[0])
-                raise ShardError(f"{where}: row {bad} has {lengths[bad]} tokens but segments summing to "
-                                 f"{per_row[bad]}; {hint}")
-            largest = max(largest, int(tokens.max()))
+            bad = ((lengths < 1) | (lengths > max_length) | (per_row_sum(segments, local) != lengths)
+                   | (per_row_sum(segments < 1, local) > 0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                pieces = segments[local[row] : local[row + 1]].tolist()
+                raise ShardError(f"{shard_set.folder}: {name} row {first_row + row} is malformed: {lengths[row]} "
+                                 f"tokens (max_length {max_length}), segment lengths {pieces}; {hint}")
+            if len(part["loss_mask"]) < row_offsets[-1]:
+                raise ShardError(f"{shard_set.folder}: a {name} loss_mask column is shorter than input_ids; {hint}")
+            largest = max(largest, int(part["input_ids"][row_offsets[0] : row_offsets[-1]].max()))
+            first_row += len(lengths)
     if largest >= vocab_size:
         raise ShardError(f"{shard_set.folder}: token id {largest} is outside the model's vocabulary of "
                          f"{vocab_size} rows (shards made with another tokenizer?); {hint}")

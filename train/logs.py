@@ -6,9 +6,12 @@ stage reads these keys (keep them stable):
     train: kind step epoch loss learning_rate grad_norm tokens supervised_tokens
            tokens_per_second supervised_tokens_per_second padding_fraction
            overflow_skipped_steps nan_loss_steps elapsed_seconds
-    val:   kind step epoch val_loss val_supervised_tokens best_val_loss best_step elapsed_seconds
+    val:   kind step epoch tokens supervised_tokens val_loss val_supervised_tokens
+           best_val_loss best_step elapsed_seconds
 
-Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
+tokens and supervised_tokens count what was trained on so far (all processes);
+loss is the token-weighted mean over the steps since the previous train record.
+summary.json holds SUMMARY_KEYS. Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
 figures under the tags of `TB_TAGS`.
 
     >>> finite_or_none(float("nan")), finite_or_none(1.5)
@@ -24,9 +27,9 @@ from pathlib import Path
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
               "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
               "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
-VAL_KEYS = ("kind", "step", "epoch", "val_loss", "val_supervised_tokens", "best_val_loss", "best_step",
-            "elapsed_seconds")
-SUMMARY_KEYS = ("steps", "max_steps", "completed", "epochs", "wall_seconds", "train_seconds", "tokens",
+VAL_KEYS = ("kind", "step", "epoch", "tokens", "supervised_tokens", "val_loss", "val_supervised_tokens",
+            "best_val_loss", "best_step", "elapsed_seconds")
+SUMMARY_KEYS = ("steps", "max_steps", "completed", "epoch", "wall_seconds", "train_seconds", "tokens",
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
                 "best_val_loss", "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
                 "mode", "max_length", "isolation", "model", "precision", "world_size", "batch_size",
@@ -55,6 +58,14 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _step(line: str) -> float:
+    """The step of a metrics line; a line torn by a kill mid-write counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class RunLogger:
     """metrics.jsonl + TensorBoard on the main process; does nothing on the others.
 
@@ -70,11 +81,9 @@ class RunLogger:
 
         self.path = Path(out) / "metrics.jsonl"
         if resumed_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resumed_step]
-            write_text = "".join(line + "\n" for line in kept)
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(write_text)
+            tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
         self.file = open(self.path, "a")
         self.tb = SummaryWriter(str(Path(out) / "tb"),

@@ -22,6 +22,7 @@ import torch
 import torch.distributed
 import torch.nn.functional as F
 from tqdm import tqdm
+import transformers
 from transformers import AutoTokenizer
 
 from shards.format import IGNORE_INDEX, MANIFEST, ShardError, ShardSet, SplitArrays, rebuild_hint
@@ -125,6 +126,13 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return losses.view(labels.shape)
 
 
+def forward(model, inputs: dict) -> torch.Tensor:
+    """Logits of a collated batch. No attention mask, and no cache: transformers then reads
+    a new sequence wherever the position ids restart and blocks attention across it
+    (with a cache, or with a 2-D mask, it would not look at the positions at all)."""
+    return model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+
+
 def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device):
     """Collate rows of the memory-mapped split; return model inputs, labels and the batch's counts."""
     batch = get_rows_batch(split, rows, pad_token_id, isolation)
@@ -142,7 +150,7 @@ def evaluate(model, split: SplitArrays, config: TrainConfig, dist: Dist, device,
     for rows in val_row_batches(split, config.batch_size // dist.world_size, dist.rank, dist.world_size):
         inputs, batch = get_batch(split, rows, pad_token_id, isolation=True, device=device)
         with autocast():
-            logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"]).logits
+            logits = forward(model, inputs)
         loss_sum += token_losses(logits, inputs["labels"]).sum(dtype=torch.float64)
         supervised += batch.supervised_tokens
     model.train()
@@ -163,6 +171,7 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig, dist: Dist) -> dict:
     started = time.perf_counter()
+    transformers.utils.logging.disable_progress_bar()  # its per-save bars would break ours
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     prepare_out(out, config, dist)
@@ -192,7 +201,11 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     progress = load_checkpoint(out / "last", optimizer, scheduler, scaler, dist) if config.resume else Progress()
     order = RowOrder(train_split.num_rows, config.batch_size, config.seed, config.shuffle,
                      progress.epoch, progress.position)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
+    ddp = model if dist.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_json())
     logger = RunLogger(out, dist.main, progress.step if config.resume else None)
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=None if config.progress else True,
                dynamic_ncols=True) if dist.main else None
@@ -214,7 +227,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
             last_micro = micro == len(batches) - 1
             with nullcontext() if last_micro or ddp is model else ddp.no_sync():  # all-reduce once per step
                 with autocast():
-                    logits = ddp(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"]).logits
+                    logits = forward(ddp, inputs)
                 micro_loss = token_losses(logits, inputs["labels"]).sum()
                 scaler.scale(micro_loss * loss_scale).backward()
             loss_sum += micro_loss.detach()
@@ -254,7 +267,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss / max(step_supervised, 1):.4f}", tok_s=f"{tokens / seconds:.0f}")
-        if progress.step % config.log_interval == 0 or progress.step == config.max_steps:
+        stopping = progress.step in (config.max_steps, config.stop_after)
+        if progress.step % config.log_interval == 0 or stopping:
             logger.log(dict(
                 kind="train", step=progress.step, epoch=progress.epoch, loss=window["loss"] / max(window["supervised"], 1),
                 learning_rate=lr, grad_norm=grad_norm, tokens=progress.tokens, supervised_tokens=progress.supervised_tokens,
@@ -266,7 +280,6 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
             ))
             window = dict.fromkeys(window, 0)
         # ---- evaluate, keep the best, save where to resume
-        stopping = progress.step in (config.max_steps, config.stop_after)
         if progress.step % config.eval_interval == 0 or stopping:
             val_loss, val_supervised = evaluate(model, val_split, config, dist, device, autocast, pad_token_id)
             progress.last_val_loss = val_loss
@@ -277,7 +290,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
             progress.wall_seconds = wall_before + time.perf_counter() - started
             if math.isfinite(val_loss):  # never replace a good last/ by broken weights
                 save_checkpoint(out / "last", model, tokenizer, progress, config, optimizer, scheduler, scaler, dist)
-            logger.log(dict(kind="val", step=progress.step, epoch=progress.epoch, val_loss=val_loss,
+            logger.log(dict(kind="val", step=progress.step, epoch=progress.epoch, tokens=progress.tokens,
+                            supervised_tokens=progress.supervised_tokens, val_loss=val_loss,
                             val_supervised_tokens=val_supervised, best_val_loss=progress.best_val_loss,
                             best_step=progress.best_step, elapsed_seconds=progress.wall_seconds))
         if progress.step == config.stop_after:
@@ -294,9 +308,9 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
 
 
 def make_summary(progress: Progress, config: TrainConfig, manifest: dict, shards: Path, dist: Dist) -> dict:
-    summary = dict(
+    return dict(
         steps=progress.step, max_steps=config.max_steps, completed=progress.step == config.max_steps,
-        epochs=progress.epoch, wall_seconds=progress.wall_seconds, train_seconds=progress.train_seconds,
+        epoch=progress.epoch, wall_seconds=progress.wall_seconds, train_seconds=progress.train_seconds,
         tokens=progress.tokens, supervised_tokens=progress.supervised_tokens,
         tokens_per_second=progress.tokens / max(progress.train_seconds, 1e-9),
         supervised_tokens_per_second=progress.supervised_tokens / max(progress.train_seconds, 1e-9),
@@ -307,14 +321,16 @@ def make_summary(progress: Progress, config: TrainConfig, manifest: dict, shards
         precision=config.precision, world_size=dist.world_size, batch_size=config.batch_size,
         grad_accum=config.grad_accum, shards=str(shards), shard_stats_path=str(Path(shards) / MANIFEST),
     )
-    return summary
 
 
 # --------------------------------------------------------------------------- the run folder and checkpoints
 
 
 def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> None:
-    """Refuse to mix runs; on --resume, check the options against the run's own and mend a save cut short."""
+    """Refuse to mix runs; on --resume, check the options against the run's own and mend a save cut short.
+
+    Writes nothing new: OUT/config.json is written once every check has passed.
+    """
     if dist.main:
         recover_folder(out / "last")
         recover_folder(out / "best")
@@ -330,10 +346,7 @@ def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> None:
     elif saved_config.exists():
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or another --out "
                           f"(or delete {out})")
-    barrier(dist)  # every process has checked before the main one writes
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(saved_config, config.to_json())
+    barrier(dist)  # every process has looked before the main one writes
 
 
 def barrier(dist: Dist) -> None:

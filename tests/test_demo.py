@@ -1,0 +1,35 @@
+"""A shortened `make demo` end to end: shards, three runs, the report (slow, run by CI)."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
+    demo = tmp_path / "demo"
+    args = "--model tiny --max-steps 2 --warmup-steps 1 --eval-interval 1 --batch-size 4 --no-progress"
+    result = subprocess.run(
+        ["make", "-s", "demo", f"DEMO_DIR={demo}", f"DEMO_TRAIN_ARGS={args}", "DEMO_MAX_LENGTH=128",
+         f"PY={sys.executable}", "STAMP="],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = demo / "report" / "report.md"
+    assert f"report: {report}" in result.stdout
+    text = report.read_text()
+    assert "](loss_curves.png)" in text and (demo / "report" / "loss_curves.png").stat().st_size > 10_000
+    for heading in ("## What the numbers show", "## Runs", "## Shard statistics", "## Generations"):
+        assert heading in text
+    assert "Give three tips for staying healthy." in text and "Can you tell me the history of Earth" in text
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for mode in ("padding", "packed", "concat"):
+        best = demo / mode / "best"
+        model = AutoModelForCausalLM.from_pretrained(str(best))
+        tokenizer = AutoTokenizer.from_pretrained(str(best))
+        assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+        assert f"| {mode} | {mode} |" in text

@@ -1,0 +1,42 @@
+"""`torchrun --nproc_per_node 2 -m train` on CPU (gloo) matches one process with the same global batch."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train_helpers import cli_args, one_thread, read_metrics, subprocess_env, tiny_config, write_shard_set  # noqa: F401
+from train import loop
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def test_two_processes_match_one(tmp_path):
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    # dropout off: each process draws its own dropout masks, so only the dropout-free runs can agree
+    config = tiny_config(shards, tmp_path / "one", max_steps=4, eval_interval=2, dropout=0.0)
+    single = loop.train(config)
+    two = dataclasses.replace(config, out=tmp_path / "two")
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "train", *cli_args(two)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    summary = json.loads((two.out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    for key in ("tokens", "supervised_tokens"):
+        assert summary[key] == single[key], key
+    assert summary["padding_fraction"] <= single["padding_fraction"]  # each process pads to its own longest row
+    for kind, key in (("train", "loss"), ("val", "val_loss")):
+        np.testing.assert_allclose([r[key] for r in read_metrics(two.out, kind)],
+                                   [r[key] for r in read_metrics(config.out, kind)], rtol=1e-5, err_msg=kind)
+    ours, theirs = (load_file(run.out / "last" / "model.safetensors") for run in (two, config))
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
