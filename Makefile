@@ -27,6 +27,8 @@ DEMO_DIR ?= runs/demo
 DEMO_MODES ?= padding packed concat
 DEMO_MAX_LENGTH ?= 256
 DEMO_STEPS ?= 40
+DEMO_PREP_ARGS ?=
+DEMO_REPORT_ARGS ?=
 DEMO_TRAIN_ARGS ?= --model tiny --max-steps $(DEMO_STEPS) --warmup-steps 5 --learning-rate 1e-3 \
 	--eval-interval 10 --log-interval 5 --no-progress
 
@@ -48,12 +50,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	@rm -rf $(DEMO_DIR)
 	@for mode in $(DEMO_MODES); do \
-	  $(PY) -m prep --data sample --mode $$mode --max-length $(DEMO_MAX_LENGTH) --out $(DEMO_DIR)/shards/$$mode >/dev/null || exit 1; \
+	  $(PY) -m prep --data sample --mode $$mode --max-length $(DEMO_MAX_LENGTH) --out $(DEMO_DIR)/shards/$$mode \
+	    $(DEMO_PREP_ARGS) >/dev/null || exit 1; \
 	  echo "prep  $$mode: $(DEMO_DIR)/shards/$$mode"; done
 	@for mode in $(DEMO_MODES); do \
 	  echo "train $$mode: $(DEMO_DIR)/$$mode"; \
 	  $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_DIR)/$$mode $(DEMO_TRAIN_ARGS) || exit 1; done
-	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report
+	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report $(DEMO_REPORT_ARGS)
 
 shards: $(STAMP)
 	$(PY) -m prep --data $(DATA) --mode $(MODE) --max-length $(MAX_LENGTH) --tokenizer $(TOKENIZER) --out $(OUT)

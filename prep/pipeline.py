@@ -2,7 +2,7 @@
 
 Two passes keep memory bounded by one batch of records:
 1. stream the records in batches, tokenize them, and spill each sample's ids and
-   mask to `samples.arrow` in the staging folder (only per-sample lengths stay in RAM);
+   mask to `samples.ids` / `samples.mask` in the staging folder (only per-sample lengths stay in RAM);
 2. split train/val, apply the length policy, lay the rows out with the pure packing
    functions (prep.packing), and write the rows by gathering from the memory-mapped spill.
 The staging folder becomes the shard set by one rename (shards.format.staged_folder).
@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
 from prep import packing
@@ -27,7 +26,7 @@ from prep.template import ConversationEncoder, ensure_chat_format, load_tokenize
 from shards import format as fmt
 from shards.stats import row_stats, sample_stats
 
-SPILL = "samples.arrow"
+SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
 ROWS_PER_WRITE = 8192
 
 
@@ -43,11 +42,10 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     bad_counts: collections.Counter = collections.Counter()
     with fmt.staged_folder(config.out_dir) as staging:
-        spill = _tokenize_to_spill(config, encoder, staging / SPILL, bad_counts, progress)
+        spill = _tokenize_to_spill(config, encoder, staging, token_dtype, bad_counts, progress)
         _check_disk_space(staging, spill, token_dtype)
         manifest = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
-        del spill
-        (staging / SPILL).unlink()
+        spill.remove(staging)
         tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
         manifest["stats"]["dropped"].update(dict(bad_counts))
         manifest.update(
@@ -78,36 +76,44 @@ def _command_line(config: PrepConfig) -> str:
 
 
 class _Spill:
-    """Per-sample ids and masks of every valid record, memory-mapped from the staging folder."""
+    """Per-sample ids and masks of every valid record, memory-mapped from the staging folder.
 
-    def __init__(self, path: Path, sources: np.ndarray):
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        ids = table.column("input_ids").combine_chunks()
-        mask = table.column("loss_mask").combine_chunks()
-        self.table = table  # keeps the map alive
-        self.ids = ids.values.to_numpy(zero_copy_only=True)
-        self.mask = mask.values.to_numpy(zero_copy_only=True)
-        self.offsets = ids.offsets.to_numpy().astype(np.int64)
-        self.lengths = np.diff(self.offsets)
+    A private scratch format (two flat files), so plain numpy memmaps do: nothing of it
+    is held in RAM but the per-sample arrays.
+    """
+
+    def __init__(self, folder: Path, token_dtype: np.dtype, lengths: np.ndarray, sources: np.ndarray,
+                 supervised_head: np.ndarray):
+        self.ids = np.memmap(folder / SPILL_IDS, dtype=token_dtype, mode="r")
+        self.mask = np.memmap(folder / SPILL_MASK, dtype=np.uint8, mode="r")
+        self.lengths = lengths
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.sources = sources
-        # Supervised tokens before each position of each sample, for cheap truncation checks.
-        self.mask_cumsum = np.concatenate([[0], np.cumsum(self.mask, dtype=np.int64)])
+        self.supervised_head = supervised_head  # supervised tokens among each sample's first max_length
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def supervised_within(self, samples: np.ndarray, limit: np.ndarray) -> np.ndarray:
-        start = self.offsets[samples]
-        return self.mask_cumsum[start + limit] - self.mask_cumsum[start]
+    def remove(self, folder: Path) -> None:
+        del self.ids, self.mask
+        (folder / SPILL_IDS).unlink()
+        (folder / SPILL_MASK).unlink()
 
 
-def _tokenize_to_spill(config, encoder, path, bad_counts, progress) -> _Spill:
-    schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.uint8()))])
+def _supervised_head(mask: np.ndarray, offsets: np.ndarray, limit: int) -> np.ndarray:
+    """Supervised tokens among the first `limit` tokens of each sample of a batch."""
+    cumsum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return cumsum[np.minimum(offsets[1:], offsets[:-1] + limit)] - cumsum[offsets[:-1]]
+
+
+def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progress) -> _Spill:
+    lengths: list[np.ndarray] = []
     sources: list[np.ndarray] = []
+    supervised_head: list[np.ndarray] = []
     read = 0
     checked = False
     with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
-            pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
         for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
                                         bad_counts=bad_counts, batch_size=config.batch_size):
             if config.limit is not None:
@@ -126,17 +132,19 @@ def _tokenize_to_spill(config, encoder, path, bad_counts, progress) -> _Spill:
                         "a token boundary"
                     )
                 checked = True
-            writer.write_batch(pa.record_batch(
-                [pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids)),
-                 pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(mask))], schema=schema))
+            ids.astype(token_dtype).tofile(ids_file)
+            mask.tofile(mask_file)
+            lengths.append(np.diff(offsets))
             sources.append(np.fromiter((c.index for c in batch), dtype=np.int64, count=len(batch)))
+            supervised_head.append(_supervised_head(mask, offsets, config.max_length))
             read += len(batch)
             bar.update(len(batch))
             if config.limit is not None and read >= config.limit:
                 break
     if read == 0:
         raise DataError(f"{config.data}: no records to prepare")
-    return _Spill(path, np.concatenate(sources))
+    return _Spill(folder, token_dtype, np.concatenate(lengths), np.concatenate(sources),
+                  np.concatenate(supervised_head))
 
 
 def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
@@ -169,7 +177,7 @@ def _apply_length_policy(config: PrepConfig, spill: _Spill, samples: np.ndarray,
         keep &= ~over
         dropped["too_long"] += int(over.sum())
     lengths = np.minimum(lengths, config.max_length)
-    no_labels = keep & (spill.supervised_within(samples, lengths) == 0)
+    no_labels = keep & (spill.supervised_head[samples] == 0)
     dropped["no_supervised_tokens_after_truncation"] += int(no_labels.sum())
     keep &= ~no_labels
     truncated = int((over & keep).sum())

@@ -298,7 +298,8 @@ def read_manifest(folder: Path) -> dict:
 class SplitArrays:
     """Zero-copy numpy views of one split: flat token buffers plus row offsets.
 
-    Rows of all files are numbered 0..num_rows-1 in file order.
+    Rows of all files are numbered 0..num_rows-1 in file order; each part is one
+    Arrow record batch of one file.
     """
 
     files: list[dict]
@@ -310,7 +311,7 @@ class SplitArrays:
         return int(self._starts[-1])
 
     def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global row numbers -> (file index, row within that file)."""
+        """Global row numbers -> (part index, row within that part)."""
         rows = np.asarray(rows, dtype=np.int64)
         part = np.searchsorted(self._starts, rows, side="right") - 1
         return part, rows - self._starts[part]
@@ -332,13 +333,12 @@ class SplitArrays:
         return np.concatenate([np.diff(p["row_offsets"]) for p in self._parts]) if self._parts else np.zeros(0, np.int64)
 
     def parts(self) -> list[dict]:
-        """Per-file dicts of flat arrays: input_ids, loss_mask, row_offsets, segment_*."""
+        """Per-record-batch dicts of flat arrays: input_ids, loss_mask, row_offsets, segment_*."""
         return self._parts
 
 
-def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def _flat(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of a list column as zero-copy numpy views."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     offsets = array.offsets.to_numpy(zero_copy_only=True)
     values = array.values.to_numpy(zero_copy_only=True)
     # `values` is the whole child buffer; offsets index into it (they start at array.offset's value).
@@ -392,28 +392,30 @@ class ShardSet:
             if verify and sha256_file(path) != entry["sha256"]:
                 raise ShardError(f"{path}: sha256 differs from the manifest (the file is corrupted); {hint}")
             try:
-                table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                if reader.schema != schema(token_dtype):
+                    raise ShardError(f"{path}: columns {reader.schema.names} do not match format {FORMAT_VERSION}; {hint}")
+                # One part per record batch: combining batches would copy the file into RAM.
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (pa.ArrowInvalid, OSError) as e:
                 raise ShardError(f"{path}: not a readable Arrow file ({e}); {hint}") from None
-            if table.num_rows != entry["rows"]:
-                raise ShardError(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}; {hint}")
-            if table.schema != schema(token_dtype):
-                raise ShardError(f"{path}: columns {table.schema.names} do not match format {FORMAT_VERSION}; {hint}")
-            ids, row_offsets = _flat(table.column("input_ids"))
-            mask, _ = _flat(table.column("loss_mask"))
-            seg_len, seg_offsets = _flat(table.column("segment_lengths"))
-            seg_src, _ = _flat(table.column("segment_sources"))
-            splits[entry["split"]].append(
-                {
+            rows = sum(batch.num_rows for batch in batches)
+            if rows != entry["rows"]:
+                raise ShardError(f"{path}: {rows} rows, the manifest says {entry['rows']}; {hint}")
+            for batch in batches:
+                ids, row_offsets = _flat(batch.column(0))
+                mask, _ = _flat(batch.column(1))
+                seg_len, seg_offsets = _flat(batch.column(2))
+                seg_src, _ = _flat(batch.column(3))
+                splits[entry["split"]].append({
                     "input_ids": ids, "loss_mask": mask, "row_offsets": row_offsets,
                     "segment_lengths": seg_len, "segment_sources": seg_src, "segment_offsets": seg_offsets,
-                    "table": table,  # keeps the memory map alive
-                }
-            )
+                    "batch": batch,  # keeps the memory map alive
+                })
             files_by_split[entry["split"]].append(entry)
         arrays = {
             s: SplitArrays(files_by_split[s], splits[s],
-                           np.concatenate([[0], np.cumsum([e["rows"] for e in files_by_split[s]])]).astype(np.int64))
+                           np.concatenate([[0], np.cumsum([len(p["row_offsets"]) - 1 for p in splits[s]])]).astype(np.int64))
             for s in SPLITS
         }
         return cls(folder, manifest, arrays)

@@ -18,8 +18,8 @@ PERCENTILES = (50, 90, 99)
 def pad_fraction_at_batch(row_lengths: np.ndarray, batch_size: int) -> float:
     """Fraction of pad tokens a collator adds padding each batch (rows in order) to its longest row.
 
-    >>> pad_fraction_at_batch(np.array([4, 2, 3, 3]), 2)
-    0.25
+    >>> pad_fraction_at_batch(np.array([4, 2, 4, 4]), 2)
+    0.125
     """
     if len(row_lengths) == 0:
         return 0.0

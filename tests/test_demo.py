@@ -13,6 +13,7 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
     args = "--model tiny --max-steps 2 --warmup-steps 1 --eval-interval 1 --batch-size 4 --no-progress"
     result = subprocess.run(
         ["make", "-s", "demo", f"DEMO_DIR={demo}", f"DEMO_TRAIN_ARGS={args}", "DEMO_MAX_LENGTH=128",
+         "DEMO_PREP_ARGS=--limit 200", "DEMO_REPORT_ARGS=--max-new-tokens 8",
          f"PY={sys.executable}", "STAMP="],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )

@@ -165,12 +165,7 @@ def _memory_growth_of_one_epoch(folder) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("blocks", [
-    1,
-    pytest.param(16, marks=pytest.mark.xfail(strict=True, reason=(
-        "shards/format.py _flat() calls combine_chunks() on a file of several record batches, which copies "
-        "the whole column into RAM; prep writes 8192 rows per batch. Fix belongs in shards/format.py"))),
-])
+@pytest.mark.parametrize("blocks", [1, 16])
 def test_resident_memory_does_not_grow_with_shard_set_size(tmp_path, blocks):
     small = _write_bulk(tmp_path / "small", rows=256, blocks=blocks)  # 128 Ki tokens
     large = _write_bulk(tmp_path / "large", rows=16384, blocks=blocks)  # 8 Mi tokens: 24 MiB of ids + masks
