@@ -23,6 +23,8 @@ SHARDS ?= shards/$(MODE)-$(MAX_LENGTH)
 MODEL ?= gpt2
 RUN ?= runs/$(notdir $(SHARDS))
 TRAIN_ARGS ?=
+NPROC ?= 1
+PROMPT ?= Give three tips for staying healthy.
 DEMO_DIR ?= runs/demo
 DEMO_MODES ?= padding packed concat
 DEMO_MAX_LENGTH ?= 256
@@ -32,7 +34,7 @@ DEMO_REPORT_ARGS ?=
 DEMO_TRAIN_ARGS ?= --model tiny --max-steps $(DEMO_STEPS) --warmup-steps 5 --learning-rate 1e-3 \
 	--eval-interval 10 --log-interval 5 --no-progress
 
-.PHONY: install test demo shards stats train bench bench-gpu clean
+.PHONY: install test demo demo-readme shards stats train generate bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -58,6 +60,10 @@ demo: $(STAMP)
 	  $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_DIR)/$$mode $(DEMO_TRAIN_ARGS) || exit 1; done
 	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report $(DEMO_REPORT_ARGS)
 
+# `make demo`, then its results table and findings into README.md
+demo-readme: demo
+	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report --readme README.md
+
 shards: $(STAMP)
 	$(PY) -m prep --data $(DATA) --mode $(MODE) --max-length $(MAX_LENGTH) --tokenizer $(TOKENIZER) --out $(OUT)
 
@@ -65,7 +71,14 @@ stats: $(STAMP)
 	$(PY) -m shards stats $(wildcard shards/*/)
 
 train: $(STAMP)
+ifeq ($(NPROC),1)
 	$(PY) -m train --shards $(SHARDS) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+else
+	$(ENV_DIR)/bin/torchrun --nproc_per_node $(NPROC) -m train --shards $(SHARDS) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+endif
+
+generate: $(STAMP)
+	$(PY) -m train.generate $(RUN)/best "$(PROMPT)"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -152,7 +152,18 @@ def _cell(text: str) -> str:
     return (text or "(empty)").replace("|", "\\|").replace("\n", "<br>")
 
 
-def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64) -> Path:
+def update_readme_section(readme: Path, name: str, text: str) -> None:
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in `readme`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise click.ClickException(f"{readme}: no '{start}' ... '{end}' markers to replace")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+
+
+def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(f) for f in run_folders]
     stats = [shard_set_stats(Path(r["summary"]["shards"])) for r in runs]
@@ -175,6 +186,12 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64) -
     ])
     path = out / "report.md"
     path.write_text(text + "\n")
+    if readme is not None:
+        update_readme_section(readme, "demo-results", "\n\n".join([
+            f"Written by `python -m train.report ... --readme {readme.name}` from the runs "
+            f"{', '.join(r['name'] for r in runs)} (model `{runs[0]['summary']['model']}`, "
+            f"{runs[0]['summary']['steps']} steps each); regenerate with `make demo-readme`.",
+            run_table(runs, stats), findings(runs)]))
     return path
 
 
@@ -183,9 +200,11 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64) -
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/latest"), show_default=True,
               help="folder for report.md and loss_curves.png")
 @click.option("--max-new-tokens", default=64, show_default=True, help="length of each generation")
-def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int) -> None:
+@click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="also put the runs table and findings between the demo-results markers of this file")
+def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None) -> None:
     """Write a comparison report of the training runs RUNS (folders of `python -m train`)."""
-    path = write_report(list(runs), out, max_new_tokens)
+    path = write_report(list(runs), out, max_new_tokens, readme)
     click.echo(f"report: {path}")
 
 
