@@ -26,7 +26,7 @@ _HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None, help=_HELP["work"])
 @click.option("--repeats", type=int, default=None, help=_HELP["repeats"] + " [default: 3; --quick 1]")
 @click.option("--copies", type=int, default=None, help=_HELP["copies"] + " [default: 52; --quick 2]")
-@click.option("--train-steps", type=int, default=None, help=_HELP["train_steps"] + " [default: 6; --quick 1]")
+@click.option("--train-steps", type=int, default=None, help=_HELP["train_steps"] + " [default: 5; --quick 1]")
 @click.option("--sections", default=",".join(SECTIONS), show_default=True, help="comma-separated " + _HELP["sections"])
 @click.option("--trl/--no-trl", default=True, show_default=True, help=_HELP["trl"])
 @click.option("--markdown", "markdown_of", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

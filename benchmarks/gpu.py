@@ -61,7 +61,7 @@ def model_flops(n_params: int, n_layer: int, d_model: int, segment_lengths) -> f
     True
     """
     s = np.asarray(segment_lengths, dtype=np.float64)
-    return 6.0 * n_params * s.sum() + 12.0 * n_layer * d_model * (s * s).sum()
+    return float(6.0 * n_params * s.sum() + 12.0 * n_layer * d_model * (s * s).sum())
 
 
 def synchronize(device) -> None:

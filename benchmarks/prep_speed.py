@@ -6,7 +6,9 @@ ratios compare runs under the same machine load:
 * prep: `prep.pipeline.run` in concat mode (read, template, loss masks, bfd packing, Arrow
   shards with hashes), with `--val-ratio 0` so it packs every row, as TRL does;
 * the floor: one `encode_batch_fast` call of the Rust tokenizer over the chat-template-rendered
-  texts, ids extracted; no masks, no packing, no files. Rendering is not timed;
+  texts, ids extracted; no masks, no packing, no files. Rendering is not timed. Because one call
+  over all the texts is slower than the same calls over slices (it holds every `Encoding` at
+  once), the floor is also timed per 1,000 texts, prep's `--batch-size`: the stricter figure;
 * TRL (when installed): `SFTTrainer`'s dataset preparation (`_prepare_dataset`, the code path its
   constructor runs) with the same tokenizer, template, assistant-only loss and bfd packing.
 
@@ -16,11 +18,12 @@ same rows and the same tokens.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import clock, median, remove
+from benchmarks.common import clock, median, remove, versions
 
 # prep's ChatML (prep.template.CHATML_TEMPLATE) with TRL's {% generation %} markers around what
 # prep supervises: the assistant's content and its <|im_end|>. It renders the same text.
@@ -64,6 +67,13 @@ def floor(tok, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
 
+def floor_batched(tok, texts: list[str], batch_size: int) -> list[list[int]]:
+    """The floor per slice of `batch_size` texts, as prep tokenizes them."""
+    backend = tok.backend_tokenizer
+    return [e.ids for i in range(0, len(texts), batch_size)
+            for e in backend.encode_batch_fast(texts[i:i + batch_size], add_special_tokens=False)]
+
+
 def sample_lengths(tok, convs: list[tuple]) -> np.ndarray:
     """Each sample's token count as prep computes it (prep.template.ConversationEncoder)."""
     from prep.template import ConversationEncoder
@@ -102,11 +112,13 @@ class TrlPreparer:
         logging.getLogger("trl").setLevel(logging.ERROR)
         self.tokenizer = tok.__class__.from_pretrained(str(_saved(tok, work / "tokenizer")))
         self.tokenizer.chat_template = CHATML_GENERATION_TEMPLATE
-        self.args = SFTConfig(
-            output_dir=str(work / "trl-out"), max_length=max_length, packing=True, packing_strategy="bfd",
-            assistant_only_loss=True, report_to="none", bf16=False, fp16=False,
-            use_cpu=not torch.cuda.is_available(),
-        )
+        with warnings.catch_warnings():  # deprecations inside transformers' TrainingArguments
+            warnings.simplefilter("ignore", FutureWarning)
+            self.args = SFTConfig(
+                output_dir=str(work / "trl-out"), max_length=max_length, packing=True, packing_strategy="bfd",
+                assistant_only_loss=True, report_to="none", bf16=False, fp16=False,
+                use_cpu=not torch.cuda.is_available(),
+            )
         self.trainer = SFTTrainer(model=load_model("tiny", self.tokenizer), args=self.args,
                                   train_dataset=self._dataset(warmup_rows), processing_class=self.tokenizer)
 
@@ -154,6 +166,8 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
 
     The warm-up runs each once over `warmup_data` (small): imports, tokenizer caches, page cache.
     """
+    from prep.config import PrepConfig
+
     tok = tokenizer()
     convs = conversations(data)
     texts = render(tok, convs)
@@ -169,7 +183,8 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
         trl.prepare([{"messages": as_messages(c)} for c in warm_convs])
 
     out = work / "shards" / f"prep-concat-{max_length}"
-    times: dict[str, list[float]] = {"prep": [], "floor": [], "trl": []}
+    times: dict[str, list[float]] = {"prep": [], "floor": [], "floor_batched": [], "trl": []}
+    batch_size = PrepConfig().batch_size
     manifest = trl_dataset = None
     for _ in range(repeats):
         seconds, manifest = clock(run_prep, data, out, max_length)
@@ -178,6 +193,7 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
         times["floor"].append(seconds)
         floor_lengths = np.fromiter(map(len, floor_ids), dtype=np.int64, count=len(floor_ids))
         del floor_ids
+        times["floor_batched"].append(clock(floor_batched, tok, texts, batch_size)[0])
         if trl is not None:
             seconds, trl_dataset = clock(trl.prepare, rows)
             times["trl"].append(seconds)
@@ -191,6 +207,8 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
         "times": times,
         # Each round's ratio compares runs a few seconds apart: the machine's load mostly cancels.
         "prep_over_tokenizer_floor": median(p / f for p, f in zip(times["prep"], times["floor"])),
+        "floor_batch_size": batch_size, "floor_batched_seconds": median(times["floor_batched"]),
+        "prep_over_batched_floor": median(p / f for p, f in zip(times["prep"], times["floor_batched"])),
         "checks": check_prep_and_floor(texts, floor_lengths, lengths, manifest, max_length, len(convs)),
     }
     result["prep_samples_per_second"] = len(convs) / result["prep_seconds"]
@@ -201,7 +219,7 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
     else:
         counts = trl_counts(trl_dataset)
         result["trl"] = {
-            "version": _version("trl"), "seconds": median(times["trl"]), **{f"trl_{k}": v for k, v in counts.items()},
+            "version": versions()["trl"], "seconds": median(times["trl"]), **{f"trl_{k}": v for k, v in counts.items()},
             "trl_over_prep": median(t / p for t, p in zip(times["trl"], times["prep"])),
             "checks": check_trl(counts, manifest, len(convs)),
         }
@@ -228,11 +246,3 @@ def check_trl(counts: dict, manifest: dict, samples: int) -> dict:
         "same_supervised_tokens": counts["supervised_tokens"] == stats["supervised_tokens"],
     }
 
-
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

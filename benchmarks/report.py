@@ -103,6 +103,9 @@ def markdown(results: dict) -> str:
     for f in results["figures"]:
         lines.append(f"| {f['section']} | `{f['name']}` | {format_value(f['value'], f['unit'])} | "
                      f"{format_goal(f['goal'])} | {verdict(f['passed'])} |")
+    notes = [f"`{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     packing = results.get("sections", {}).get("packing")
     if packing:
         lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "",

@@ -35,7 +35,7 @@ class Settings:
     max_lengths: tuple[int, ...] = _opt((256, 1024), "max-lengths of the packing and loading sections")
     repeats: int = _opt(3, "timed repetitions of each slow measurement, after a warm-up")
     batch_size: int = _opt(16, "rows per batch in the loading and training sections")
-    train_steps: int = _opt(6, "timed training steps per layout (interleaved), after a warm-up step")
+    train_steps: int = _opt(5, "timed training steps per layout (interleaved), after a warm-up step")
     synthetic_count: int = _opt(10_000_000, "synthetic lengths packed in the packing section")
     rss_scale: int = _opt(10, "how many times larger the shard set of the memory comparison is")
     trl: bool = _opt(True, "time TRL's dataset preparation when trl is installed")
@@ -155,7 +155,10 @@ def figures(results: dict) -> list[dict]:
             f("prep", "prep_samples_per_second", p["prep_samples_per_second"], "samples/s"),
             f("prep", "prep_tokens_per_second", p["prep_tokens_per_second"], "tokens/s"),
             f("prep", "floor_tokens_per_second", p["floor_tokens_per_second"], "tokens/s"),
-            f("prep", "prep_over_tokenizer_floor", p["prep_over_tokenizer_floor"], goal=("<=", 1.3)),
+            f("prep", "prep_over_tokenizer_floor", p["prep_over_tokenizer_floor"], goal=("<=", 1.3),
+              note="the floor: one encode_batch_fast call over all the texts"),
+            f("prep", "prep_over_batched_floor", p["prep_over_batched_floor"], goal=("<=", 1.3),
+              note=f"the floor per {p['floor_batch_size']:,} texts, prep's --batch-size (stricter)"),
         ]
         trl = p["trl"]
         if "skipped" not in trl:

@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "prep" / "data" / "alpaca_en_demo.json"
-ZH_SAMPLE = ROOT.parent / "shared" / "assets" / "instruction-data" / "alpaca_zh_demo.json"
+# First 50 rows of alpaca_zh_demo.json (llamafactory==0.9.5 data/, Alpaca-style rows, CC BY-NC 4.0).
+ZH_SAMPLE = ROOT / "tests" / "data" / "alpaca_zh_50.json"
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

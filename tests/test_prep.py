@@ -33,6 +33,8 @@ def test_manifest_describes_the_shard_set(small_jsonl, tmp_path):
     assert s["samples"] + s["val"]["samples"] + sum(s["dropped"].values()) == 120
     assert s["rows"] >= s["lower_bound_rows"]
     assert not list(tmp_path.glob(".s.tmp-*"))
+    lengths = ShardSet.open(tmp_path / "s").split("train").row_lengths()
+    assert list(lengths) != sorted(lengths) and list(lengths) != sorted(lengths, reverse=True)  # shuffled rows
 
 
 @pytest.mark.parametrize("mode", ["padding", "packed", "concat"])

@@ -105,13 +105,13 @@ def findings(runs: list[dict]) -> str:
         f"{fastest['name']} processed {fastest['summary']['supervised_tokens_per_second']:.0f} supervised tokens/s, "
         f"{fastest['summary']['supervised_tokens_per_second'] / max(slowest['summary']['supervised_tokens_per_second'], 1e-9):.2f}x "
         f"{slowest['name']} ({slowest['summary']['supervised_tokens_per_second']:.0f}/s) on the same machine.")
-    by_tokens = _loss_at_equal_tokens(done)
+    by_tokens = _loss_at_equal_tokens(done, best["name"])
     if by_tokens:
         parts.append(by_tokens)
     return " ".join(parts)
 
 
-def _loss_at_equal_tokens(runs: list[dict]) -> str | None:
+def _loss_at_equal_tokens(runs: list[dict], best_at_steps: str) -> str | None:
     """Validation loss of each run interpolated at the largest token count every run reached."""
     if len(runs) < 2 or any(len(r["val"]) < 2 for r in runs):
         return None
@@ -121,9 +121,12 @@ def _loss_at_equal_tokens(runs: list[dict]) -> str | None:
     at = {r["name"]: float(np.interp(common, [v["tokens"] for v in r["val"]], [v["val_loss"] for v in r["val"]]))
           for r in runs}
     ranked = sorted(at.items(), key=lambda kv: kv[1])
-    return (f"Compared at equal tokens seen ({common:,.0f}), the order is "
-            + ", ".join(f"{name} {loss:.4f}" for name, loss in ranked)
-            + ": the gap at equal steps is mostly how many tokens each layout feeds per step.")
+    verdict = (f"{best_at_steps} leads both per step and per token seen."
+               if ranked[0][0] == best_at_steps else
+               f"Per token seen {ranked[0][0]} is ahead, so {best_at_steps}'s lead at equal steps comes from "
+               "the tokens it feeds per step, not from learning more from each token.")
+    return (f"Compared at equal tokens seen ({common:,.0f}, validation loss interpolated), the order is "
+            + ", ".join(f"{name} {loss:.4f}" for name, loss in ranked) + ". " + verdict)
 
 
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
