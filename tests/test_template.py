@@ -87,3 +87,14 @@ def test_pad_differs_from_eos_even_for_tokenizers_with_a_template(tok):
     ids, mask, _ = ConversationEncoder(tok2).encode([(("user", "Hi"), ("assistant", " Yo"))])
     assert tok2.decode(ids[mask == 1]) == " Yo<|endoftext|>"
     assert not np.any(mask[:1])
+
+
+def test_template_whose_prompt_is_not_a_prefix_is_an_error():
+    from prep.template import ChatFormatError
+
+    tok = load_tokenizer("gpt2")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ 'Assistant says: ' }}{% endif %}")
+    tok = ensure_chat_format(tok)
+    with pytest.raises(ChatFormatError, match="not a prefix"):
+        ConversationEncoder(tok).encode([(("user", "Hi"), ("assistant", "Yo"))])
