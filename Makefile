@@ -81,7 +81,9 @@ generate: $(STAMP)
 	$(PY) -m train.generate $(RUN)/best "$(PROMPT)"
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks --markdown benchmarks/results.json --readme README.md
 
 bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu

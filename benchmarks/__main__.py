@@ -4,6 +4,7 @@
     python -m benchmarks --quick               # small inputs, a smoke run (work/results-quick.json)
     python -m benchmarks --sections packing    # one section
     python -m benchmarks --markdown benchmarks/results.json   # print the README's Markdown table
+    python -m benchmarks --markdown benchmarks/results.json --readme README.md   # ... into the README
 """
 from __future__ import annotations
 
@@ -31,13 +32,21 @@ _HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}
 @click.option("--trl/--no-trl", default=True, show_default=True, help=_HELP["trl"])
 @click.option("--markdown", "markdown_of", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="print the Markdown table of an existing results JSON and exit (measures nothing)")
-def main(quick, out, work, repeats, copies, train_steps, sections, trl, markdown_of) -> None:
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="with --markdown: put the table between this file's bench-results markers instead of printing it")
+def main(quick, out, work, repeats, copies, train_steps, sections, trl, markdown_of, readme) -> None:
     """Measure prep, packing, loading and training side by side; print a table, write results JSON."""
     from benchmarks import report
     from benchmarks.suite import run_all
 
     if markdown_of is not None:
-        click.echo(report.markdown(json.loads(markdown_of.read_text())), nl=False)
+        table = report.markdown(json.loads(markdown_of.read_text()))
+        if readme is None:
+            click.echo(table, nl=False)
+        else:
+            from train.report import update_readme_section
+
+            update_readme_section(readme, "bench-results", f"`python -m benchmarks --markdown {markdown_of}`:\n\n{table}")
         return
     given = dict(out=out, work=work, repeats=repeats, copies=copies, train_steps=train_steps)
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -63,32 +63,16 @@ def median_seconds(repeats: int, function, *args, warmup: int = 1, **kwargs) -> 
 
 def train_step(model, optimizer, inputs: dict, supervised_tokens: int, autocast=nullcontext, scaler=None,
                grad_clip: float = 1.0) -> float:
-    """One optimizer step of one micro-batch, as `train.loop` runs it on one process; returns the summed loss.
-
-    The loop draws the batch, then: forward under autocast, per-token losses summed and divided by
-    the step's supervised tokens, backward, unscale, clip, step, zero_grad. It is repeated here
-    because the loop has no public one-step function; it uses the loop's own `forward` and
-    `token_losses`, so the work per step is the same. `.item()` waits for the device, as the
-    loop's logging does.
-    """
+    """One optimizer step of one micro-batch on one process, with the loop's own `backward`
+    and `update`; returns the summed loss (`.item()` waits for the device, as the loop's
+    logging does)."""
     import torch
 
-    from train.loop import forward, token_losses
+    from train.loop import backward, update
 
-    with autocast():
-        logits = forward(model, inputs)
-    loss = token_losses(logits, inputs["labels"]).sum()
-    scaled = loss / max(supervised_tokens, 1)
-    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(enabled=False)
+    loss = backward(model, model, [(inputs, None)], 1 / max(supervised_tokens, 1), autocast, scaler)
+    update(model, optimizer, scaler, grad_clip, finite_loss=True)
     return loss.item()
 
 

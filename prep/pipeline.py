@@ -55,7 +55,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
             bos_token_id=tokenizer.bos_token_id,
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
             source=config.data, source_fingerprint=source_fingerprint(config.data, split=config.split),
-            args={k: v for k, v in asdict(config).items()},
+            args=asdict(config),
             command=command or _command_line(config),
         )
         fmt.write_manifest(staging, manifest)

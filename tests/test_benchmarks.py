@@ -202,3 +202,11 @@ def test_quick_run_writes_results_with_every_section(tmp_path):
     checks = [f for f in results["figures"] if f["name"] == "same_rows_and_tokens"]
     assert checks and all(f["passed"] for f in checks)
     assert "prep_over_tokenizer_floor" in outcome.output
+
+
+@pytest.mark.parametrize("module", [common, report, gpu])
+def test_docstring_examples(module):
+    """`make test` collects doctests from prep/, shards/ and train/ only: run the benchmarks' here."""
+    import doctest
+
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

@@ -133,6 +133,39 @@ def forward(model, inputs: dict) -> torch.Tensor:
     return model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
 
 
+def backward(ddp, model, batches: list, loss_scale: float, autocast, scaler) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches; returns their summed token loss.
+
+    Each micro-batch's summed loss is multiplied by `loss_scale` (1 / the step's supervised
+    tokens), so the gradients are of the token-weighted mean over the whole step. DDP
+    all-reduces once, on the last micro-batch.
+    """
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for micro, (inputs, _) in enumerate(batches):
+        last_micro = micro == len(batches) - 1
+        with nullcontext() if last_micro or ddp is model else ddp.no_sync():
+            with autocast():
+                logits = forward(ddp, inputs)
+            micro_loss = token_losses(logits, inputs["labels"]).sum()
+            scaler.scale(micro_loss * loss_scale).backward()
+        loss_sum += micro_loss.detach()
+    return loss_sum
+
+
+def update(model, optimizer, scaler, grad_clip: float, finite_loss: bool) -> tuple[float, bool]:
+    """Unscale, clip and step; an update with inf/NaN gradients or loss is skipped. Returns (grad norm, stepped)."""
+    scaler.unscale_(optimizer)  # clip the true gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).item()
+    stepped = finite_loss and math.isfinite(grad_norm)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the update itself when the gradients hold inf/NaN
+    elif stepped:
+        optimizer.step()
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, stepped
+
+
 def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device):
     """Collate rows of the memory-mapped split; return model inputs, labels and the batch's counts."""
     batch = get_rows_batch(split, rows, pad_token_id, isolation)
@@ -221,32 +254,16 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                              pad_token_id, isolation, device) for _ in range(config.grad_accum)]
         (step_supervised,) = dist.sum([sum(b.supervised_tokens for _, b in batches)], device)
         # DDP averages gradients over processes; multiplying back by world_size makes the sum over all.
-        loss_scale = dist.world_size / max(step_supervised, 1)
-        loss_sum = torch.zeros((), device=device)
-        for micro, (inputs, _) in enumerate(batches):
-            last_micro = micro == len(batches) - 1
-            with nullcontext() if last_micro or ddp is model else ddp.no_sync():  # all-reduce once per step
-                with autocast():
-                    logits = forward(ddp, inputs)
-                micro_loss = token_losses(logits, inputs["labels"]).sum()
-                scaler.scale(micro_loss * loss_scale).backward()
-            loss_sum += micro_loss.detach()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
+        loss_sum = backward(ddp, model, batches, dist.world_size / max(step_supervised, 1), autocast, scaler)
         lr = scheduler.get_last_lr()[0]
         step_loss, tokens, slots = dist.sum([loss_sum.item(), sum(b.tokens for _, b in batches),
                                             sum(b.slots for _, b in batches)], device)
-        finite_loss, finite_grads = math.isfinite(step_loss), math.isfinite(grad_norm)
-        if scaler.is_enabled():
-            scaler.step(optimizer)  # skips the update itself when the gradients hold inf/NaN
-        elif finite_loss and finite_grads:
-            optimizer.step()
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        finite_loss = math.isfinite(step_loss)
+        grad_norm, stepped = update(model, optimizer, scaler, config.grad_clip, finite_loss)
         scheduler.step()
         progress.step += 1
         progress.epoch, progress.position = order.epoch, order.position
-        progress.overflow_skipped_steps += not (finite_loss and finite_grads)
+        progress.overflow_skipped_steps += not stepped
         progress.nan_loss_steps += not finite_loss
         progress.consecutive_nan_steps = 0 if finite_loss else progress.consecutive_nan_steps + 1
         if progress.consecutive_nan_steps > config.max_nan_steps:
