@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import MISSING, fields
-from typing import get_type_hints
 
 import click
 
 from prep.config import PrepConfig
-
-
-def _options(func):
-    hints = get_type_hints(PrepConfig)
-    for f in reversed(fields(PrepConfig)):
-        name = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        help_text = f.metadata["help"]
-        if kind is bool:
-            func = click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=f.default, help=help_text, show_default=True)(func)
-            continue
-        if f.metadata.get("choices"):
-            base = click.Choice(f.metadata["choices"])
-        else:
-            base = {int | None: int, str | None: str}.get(kind, kind)
-        func = click.option(name, f.name, type=base, default=None if f.default is MISSING else f.default,
-                            help=help_text, show_default=f.default is not None)(func)
-    return func
+from shards.cli import click_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@_options
+@click_options(PrepConfig)
 def main(**kwargs):
     """Turn instruction data into ready-to-train token shards."""
     from prep.pipeline import PrepError, run

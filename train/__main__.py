@@ -6,37 +6,12 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
-import types
-from pathlib import Path
-from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import click
 
+from shards.cli import click_options
 from train.config import TrainConfig
-
-
-def click_options(cls):
-    """One click option per dataclass field: its type, default and help text."""
-    hints = get_type_hints(cls)
-
-    def decorate(function):
-        for field in reversed(dataclasses.fields(cls)):
-            flag, hint = "--" + field.name.replace("_", "-"), hints[field.name]
-            kwargs = dict(default=field.default, show_default=field.default is not None, help=field.metadata["help"])
-            if get_origin(hint) in (Union, types.UnionType):  # `int | None`: optional, default None
-                hint = next(arg for arg in get_args(hint) if arg is not type(None))
-            if hint is bool:
-                decl = [f"{flag}/--no-{flag[2:]}", field.name]
-            else:
-                decl = [flag, field.name]
-                kwargs["type"] = (click.Choice(get_args(hint)) if get_origin(hint) is Literal
-                                  else click.Path(path_type=Path) if hint is Path else hint)
-            function = click.option(*decl, **kwargs)(function)
-        return function
-
-    return decorate
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
