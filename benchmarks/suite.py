@@ -100,6 +100,11 @@ def run_all(settings: Settings, log=print) -> dict:
         sections["prep"] = section
         if "skipped" in section["trl"]:
             results["skipped"]["trl"] = section["trl"]["skipped"]
+        from benchmarks import prep_memory
+
+        doubled = common.write_copies(data / f"sample-x{2 * settings.copies}.jsonl", records, 2 * settings.copies)
+        log(f"prep memory: peak of a prep process on x{settings.copies} and x{2 * settings.copies} copies ...")
+        section["memory"] = prep_memory.measure(repeated, doubled, work, settings.max_length, settings.repeats)
 
     if "packing" in settings.sections:
         from benchmarks import bench_packing, prep_speed
@@ -168,6 +173,17 @@ def figures(results: dict) -> list[dict]:
                 f("prep", "prep_rows", p["prep_rows"]),
             ]
         found.append(_checks("prep", {**p["checks"], **trl.get("checks", {})}))
+        if "memory" in p:
+            copies = results["settings"]["copies"]
+            memory = p["memory"]
+            found += [
+                f("prep", f"prep_peak_anon_mib_x{copies}", memory["smaller"]["peak_anon_bytes"] / 2**20, "MiB"),
+                f("prep", f"prep_peak_anon_mib_x{2 * copies}", memory["larger"]["peak_anon_bytes"] / 2**20, "MiB"),
+                f("prep", "prep_anon_growth", memory["anon_growth"], goal=("<", 1.1),
+                  note="peak heap of prep on twice the records; our goal for 'grows with one batch, not the data'"),
+                f("prep", "prep_rss_growth", memory["rss_growth"],
+                  note="peak RSS incl. the memory-mapped spill's page cache (file-backed, reclaimable)"),
+            ]
     if "packing" in sections:
         for max_length, r in sections["packing"].items():
             found += [
