@@ -131,9 +131,12 @@ def _loss_at_equal_tokens(runs: list[dict], best_at_steps: str) -> str | None:
 
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
     """Each run's best checkpoint answering the seed's prompts (greedy)."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from train.generate import reply_ids
+
+    transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per run is noise here
 
     out: dict[str, list[str]] = {}
     for run in runs:
