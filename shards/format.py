@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,13 +209,10 @@ def staged_folder(target: Path) -> Iterator[Path]:
             stale.rename(target)  # a run was killed between its two renames: restore the previous set
         else:
             shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # Tag the staging folder with our pid so a later run knows whether it is stale.
-    tagged = staging.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tagged.exists():
-        shutil.rmtree(tagged)
-    staging.rename(tagged)
-    staging = tagged
+    # Named after our pid so that a later run can tell whether it is stale.
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         yield staging
     except BaseException:

@@ -20,7 +20,7 @@ SEED_PROMPTS = ("Give three tips for staying healthy.", "Can you tell me the his
 
 
 def load_run(folder: Path) -> dict:
-    """summary.json and metrics.jsonl of one run, with tokens seen at each evaluation."""
+    """summary.json and metrics.jsonl of one run (val records carry the tokens seen so far)."""
     folder = Path(folder)
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
@@ -29,11 +29,6 @@ def load_run(folder: Path) -> dict:
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val" and r["val_loss"] is not None]
-    # Evaluations carry no token count: read it off the cumulative train log at the same step.
-    train_steps = np.array([0] + [r["step"] for r in train], dtype=float)
-    train_tokens = np.array([0] + [r["tokens"] for r in train], dtype=float)
-    for r in val:
-        r["tokens"] = float(np.interp(r["step"], train_steps, train_tokens))
     return {"folder": folder, "name": folder.name, "summary": summary, "train": train, "val": val}
 
 
