@@ -97,7 +97,8 @@ def run_config(shards: Path, precision: str, device, steps: int, warmup: int, ba
 
     from benchmarks.common import median, optimizer_for, train_step
     from shards.format import ShardSet
-    from train.data import RowOrder, gather_rows
+    from shards.batch import gather_rows
+    from train.data import RowOrder
     from train.loop import get_batch, resolve_precision
     from train.model import load_model
 

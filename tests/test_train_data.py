@@ -8,7 +8,8 @@ import pytest
 
 from shards.format import IGNORE_INDEX, Rows, ShardSet, SplitWriter, staged_folder, tokenizer_fingerprint, write_manifest
 from tests.train_helpers import PAD, VOCAB, chatml_tokenizer, pack, synthetic_samples, write_shard_set
-from train.data import RowOrder, check_shards, collate, gather_rows, get_rows_batch, rank_share, val_row_batches
+from shards.batch import collate, gather_rows, get_rows_batch
+from train.data import RowOrder, check_shards, rank_share, val_row_batches
 
 
 def reference_collate(rows: list, pad: int, isolation: bool) -> dict:

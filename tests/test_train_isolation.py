@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.train_helpers import PAD, chatml_tokenizer, pack, synthetic_samples
-from train.data import collate
+from shards.batch import collate
 from train.loop import forward, token_losses
 from train.model import load_model
 

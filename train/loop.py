@@ -27,7 +27,8 @@ from transformers import AutoTokenizer
 
 from shards.format import IGNORE_INDEX, MANIFEST, ShardError, ShardSet, SplitArrays, rebuild_hint
 from train.config import ConfigError, TrainConfig, load_config
-from train.data import RowOrder, check_shards, get_rows_batch, rank_share, val_row_batches
+from shards.batch import get_rows_batch
+from train.data import RowOrder, check_shards, rank_share, val_row_batches
 from train.logs import RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
 
@@ -116,7 +117,7 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy, fp32, shape (rows, length): entry t is the loss of predicting token t+1.
 
     THE label shift: the only place where the logits at t meet the label at t+1
-    (labels arrive unshifted from `train.data.collate`; the model is never given
+    (labels arrive unshifted from `shards.batch.collate`; the model is never given
     labels). Ignored labels give 0. Summed, then divided by the supervised tokens
     of the whole optimizer step, so micro-batches and processes weigh by tokens.
     """
