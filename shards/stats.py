@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from sftcli import markdown_table
-from shards.format import ShardSet, per_row_sum
+from shards.batch import get_rows_batch
+from shards.format import IGNORE_INDEX, ShardSet, SplitArrays, per_row_sum
 
 PERCENTILES = (50, 90, 99)
+UNIGRAM_SMOOTHING = 0.5  # add-0.5 (Jeffreys): every vocabulary entry keeps a finite loss
+LABEL_BATCH_ROWS = 1024  # rows collated at a time when counting labels: bounded memory on any split
 
 
 def pad_fraction_at_batch(row_lengths: np.ndarray, batch_size: int) -> float:
@@ -86,6 +89,35 @@ def _split_arrays(split) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return cat(lengths), cat(supervised), cat(segments), sample_lengths.astype(np.int64)
 
 
+def label_counts(split: SplitArrays, vocab_size: int) -> np.ndarray:
+    """How often each token id is a label the trainer takes a loss on, over a whole split.
+
+    The labels come from `shards.batch.collate` itself, so "supervised token" means exactly
+    what the training loss means: loss_mask 1, except each segment's first token.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, split.num_rows, LABEL_BATCH_ROWS):
+        rows = np.arange(start, min(start + LABEL_BATCH_ROWS, split.num_rows))
+        labels = get_rows_batch(split, rows, pad_token_id=0, isolation=False).labels  # pads are never labels
+        counts += np.bincount(labels[labels != IGNORE_INDEX], minlength=vocab_size)
+    return counts
+
+
+def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float | None:
+    """Cross-entropy (nats per label) on val of the add-0.5 unigram fitted on train; None without val labels.
+
+    The reference a language model has to beat to show it uses context: this is what
+    counting tokens alone gives.
+
+    >>> round(unigram_loss(np.array([3, 1, 0]), np.array([1, 0, 1])), 4)  # p = 3.5/5.5, 0.5/5.5
+    1.4249
+    """
+    if val_counts.sum() == 0:
+        return None
+    log_p = np.log(train_counts + UNIGRAM_SMOOTHING) - np.log(train_counts.sum() + UNIGRAM_SMOOTHING * len(train_counts))
+    return float(-(val_counts * log_p).sum() / val_counts.sum())
+
+
 def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
     """Everything `python -m shards stats` reports for one shard set."""
     shard_set = ShardSet.open(folder)
@@ -100,6 +132,9 @@ def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
     val_lengths, val_supervised, val_segments, _ = _split_arrays(shard_set.split("val"))
     val = row_stats(val_lengths, val_supervised, val_segments, manifest.max_length, batch_size)
     result["val"] = {k: val[k] for k in ("rows", "tokens", "supervised_tokens")}
+    vocab_size = manifest.vocab_size
+    result["unigram_val_loss"] = unigram_loss(label_counts(shard_set.split("train"), vocab_size),
+                                              label_counts(shard_set.split("val"), vocab_size))
     return result
 
 
@@ -122,6 +157,7 @@ _ROWS = [
     ("sample length p50/p90/p99", lambda s: "/".join(f"{s['sample_length'].get(f'p{p}', 0):.0f}" for p in PERCENTILES)),
     ("val rows", lambda s: s["val"]["rows"]),
     ("val supervised_tokens", lambda s: s["val"]["supervised_tokens"]),
+    ("unigram_val_loss", lambda s: "-" if s["unigram_val_loss"] is None else f"{s['unigram_val_loss']:.4f}"),
 ]
 
 

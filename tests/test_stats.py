@@ -12,7 +12,7 @@ from shards.stats import shard_set_stats
 from tests.conftest import ROOT
 
 KEYS = {"mode", "max_length", "samples", "dropped", "truncated", "split", "rows", "tokens", "supervised_tokens",
-        "fill", "pad_fraction_at_batch", "lower_bound_rows", "samples_per_row", "sample_length"}
+        "fill", "pad_fraction_at_batch", "lower_bound_rows", "samples_per_row", "sample_length", "unigram_val_loss"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,8 @@ def test_json_has_every_key_and_agrees_with_the_files(two_sets):
     assert concat["rows"] >= concat["lower_bound_rows"] == padding["lower_bound_rows"]
     assert abs(concat["fill"] - concat["tokens"] / (concat["rows"] * 128)) < 1e-12
     assert padding["pad_fraction_at_batch"] > concat["pad_fraction_at_batch"]
+    # same val split; the train labels differ only where a layout cuts samples, so the baselines are close
+    assert 0 < concat["unigram_val_loss"] < np.log(50259) and abs(padding["unigram_val_loss"] - concat["unigram_val_loss"]) < 0.05
 
 
 def test_table_and_plot(two_sets, tmp_path):
@@ -63,3 +65,18 @@ def test_stats_match_a_recount_of_the_rows(two_sets):
     padded = sum(max(lengths[i:i + 4]) * len(lengths[i:i + 4]) for i in range(0, len(lengths), 4))
     assert s["tokens"] == lengths.sum() and s["supervised_tokens"] == supervised
     assert s["pad_fraction_at_batch"] == pytest.approx(1 - lengths.sum() / padded)
+
+
+def test_unigram_baseline_of_three_literal_rows_by_hand(tmp_path):
+    from tests.train_helpers import VOCAB, to_rows, write_rows_set
+
+    # train row 1: two samples [1 2 3] + [2 9 2]; the second sample's first token (a 2, mask 1)
+    # is no label, as in the trainer's loss (nothing before it in its sample). Labels: 2 3 9 2.
+    # train row 2: one sample [4 2 2]; its first token is no label. Labels: 2 2.
+    train = to_rows([([1, 2, 3, 2, 9, 2], [0, 1, 1, 1, 1, 1], [3, 3], [0, 1]), ([4, 2, 2], [1, 1, 1], [3], [2])])
+    val = to_rows([([5, 2, 7], [0, 1, 1], [3], [3])])  # labels: 2 7
+    folder = write_rows_set(tmp_path / "s", "concat", 8, {"train": [train], "val": [val]})
+    # counts on train: 2 -> 4, 3 -> 1, 9 -> 1 (6 labels); add-0.5 over the 50259-token vocabulary
+    denominator = 6 + 0.5 * VOCAB
+    expected = -(np.log(4.5 / denominator) + np.log(0.5 / denominator)) / 2
+    assert shard_set_stats(folder)["unigram_val_loss"] == pytest.approx(expected, rel=1e-12)
