@@ -9,13 +9,16 @@ metrics.jsonl, best/) and their shard sets' manifests; nothing is typed in.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from shards.stats import format_table, shard_set_stats
+from train.compare import findings, not_yet_learned
 
+README_FIGURE = "docs/demo-loss-curves.png"  # beside the README, so the Markdown picture resolves
 SEED_PROMPTS = ("Give three tips for staying healthy.", "Can you tell me the history of Earth")
 
 
@@ -26,10 +29,11 @@ def load_run(folder: Path) -> dict:
     if not summary_path.is_file():
         raise click.ClickException(f"{folder}: no summary.json; is it a finished `python -m train` run folder?")
     summary = json.loads(summary_path.read_text())
+    config = json.loads((folder / "config.json").read_text())  # the schedule and seed the comparisons need
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val" and r["val_loss"] is not None]
-    return {"folder": folder, "name": folder.name, "summary": summary, "train": train, "val": val}
+    return {"folder": folder, "name": folder.name, "summary": summary, "config": config, "train": train, "val": val}
 
 
 def plot_losses(runs: list[dict], path: Path) -> None:
@@ -42,13 +46,16 @@ def plot_losses(runs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for i, run in enumerate(runs):
         colour = f"C{i}"
-        for ax, x in zip(axes, ("step", "tokens")):
+        for ax, x in zip(axes, ("step", "supervised_tokens")):
             ax.plot([r[x] for r in run["val"]], [r["val_loss"] for r in run["val"]], "o-", color=colour,
                     label=f"{run['name']} val")
             ax.plot([r[x] for r in run["train"]], [r["loss"] for r in run["train"]], "-", color=colour, alpha=0.35,
                     label=f"{run['name']} train")
+    for value, label in baselines(runs):
+        for ax in axes:
+            ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
     axes[0].set(xlabel="optimizer step", ylabel="loss (nats per supervised token)", title="loss vs step")
-    axes[1].set(xlabel="tokens seen", title="loss vs tokens seen")
+    axes[1].set(xlabel="supervised tokens seen", title="loss vs supervised tokens seen")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -57,71 +64,32 @@ def plot_losses(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def baselines(runs: list[dict]) -> list[tuple[float, str]]:
+    """The unigram baselines to draw: one line when the runs' shards agree to 0.01 nats, else one per run."""
+    values = [(r["unigram_val_loss"], r["name"]) for r in runs if r["unigram_val_loss"] is not None]
+    if not values:
+        return []
+    if max(v for v, _ in values) - min(v for v, _ in values) < 0.01:
+        return [(values[0][0], f"unigram baseline {values[0][0]:.2f}")]
+    return [(v, f"unigram baseline ({name}) {v:.2f}") for v, name in values]
+
+
 def run_table(runs: list[dict], stats: list[dict]) -> str:
     header = ["run", "mode", "rows", "fill", "padding fraction", "supervised tokens", "steps", "wall time (s)",
-              "tokens/s", "supervised tokens/s", "best val loss", "final val loss"]
+              "tokens/s", "supervised tokens/s", "best val loss", "final val loss", "unigram baseline"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, s in zip(runs, stats):
         m = run["summary"]
         cells = [run["name"], m["mode"], s["rows"], f"{s['fill']:.3f}", f"{m['padding_fraction']:.3f}",
                  m["supervised_tokens"], m["steps"], f"{m['wall_seconds']:.0f}", f"{m['tokens_per_second']:.0f}",
-                 f"{m['supervised_tokens_per_second']:.0f}", _num(m["best_val_loss"]), _num(m["final_val_loss"])]
+                 f"{m['supervised_tokens_per_second']:.0f}", _num(m["best_val_loss"]), _num(m["final_val_loss"]),
+                 _num(run["unigram_val_loss"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def findings(runs: list[dict]) -> str:
-    """One paragraph of what the numbers show, computed from them."""
-    done = [r for r in runs if r["summary"]["best_val_loss"] is not None]
-    if not done:
-        return "No run finished an evaluation, so there is nothing to compare yet."
-    best = min(done, key=lambda r: r["summary"]["best_val_loss"])
-    fastest = max(runs, key=lambda r: r["summary"]["supervised_tokens_per_second"])
-    most = max(runs, key=lambda r: r["summary"]["supervised_tokens"])
-    parts = [f"After {best['summary']['steps']} optimizer steps, **{best['name']}** reached the lowest validation loss ({best['summary']['best_val_loss']:.4f})"]
-    others = [r for r in done if r is not best]
-    if others:
-        parts[-1] += ", ahead of " + ", ".join(
-            f"{r['name']} ({r['summary']['best_val_loss']:.4f})" for r in sorted(others, key=lambda r: r['summary']['best_val_loss']))
-    parts[-1] += "."
-    least = min(runs, key=lambda r: r["summary"]["supervised_tokens"])
-    steps = sorted({r["summary"]["steps"] for r in runs})
-    when = "At the same number of steps" if len(steps) == 1 else f"Over their runs ({'/'.join(map(str, steps))} steps)"
-    parts.append(
-        f"{when} {most['name']} trained on {most['summary']['supervised_tokens'] / max(least['summary']['supervised_tokens'], 1):.2f}x "
-        f"the supervised tokens of {least['name']} ({most['summary']['supervised_tokens']:,} vs {least['summary']['supervised_tokens']:,}), "
-        f"because its rows carry {1 - most['summary']['padding_fraction']:.0%} real tokens against {1 - least['summary']['padding_fraction']:.0%}.")
-    slowest = min(runs, key=lambda r: r["summary"]["supervised_tokens_per_second"])
-    parts.append(
-        f"{fastest['name']} processed {fastest['summary']['supervised_tokens_per_second']:.0f} supervised tokens/s, "
-        f"{fastest['summary']['supervised_tokens_per_second'] / max(slowest['summary']['supervised_tokens_per_second'], 1e-9):.2f}x "
-        f"{slowest['name']} ({slowest['summary']['supervised_tokens_per_second']:.0f}/s) on the same machine.")
-    by_tokens = _loss_at_equal_tokens(done, best["name"])
-    if by_tokens:
-        parts.append(by_tokens)
-    return " ".join(parts)
-
-
-def _loss_at_equal_tokens(runs: list[dict], best_at_steps: str) -> str | None:
-    """Validation loss of each run interpolated at the largest token count every run reached."""
-    if len(runs) < 2 or any(len(r["val"]) < 2 for r in runs):
-        return None
-    common = min(r["val"][-1]["tokens"] for r in runs)
-    if common <= max(r["val"][0]["tokens"] for r in runs):
-        return None
-    at = {r["name"]: float(np.interp(common, [v["tokens"] for v in r["val"]], [v["val_loss"] for v in r["val"]]))
-          for r in runs}
-    ranked = sorted(at.items(), key=lambda kv: kv[1])
-    verdict = (f"{best_at_steps} leads both per step and per token seen."
-               if ranked[0][0] == best_at_steps else
-               f"Per token seen {ranked[0][0]} is ahead, so {best_at_steps}'s lead at equal steps comes from "
-               "the tokens it feeds per step, not from learning more from each token.")
-    return (f"Compared at equal tokens seen ({common:,.0f}, validation loss interpolated), the order is "
-            + ", ".join(f"{name} {loss:.4f}" for name, loss in ranked) + ". " + verdict)
 
 
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
@@ -164,34 +132,58 @@ def update_readme_section(readme: Path, name: str, text: str) -> None:
     readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
 
 
-def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None) -> Path:
+def generation_section(runs: list[dict], max_new_tokens: int) -> str:
+    """The generation table, under a warning for runs that have not beaten counting tokens."""
+    replies = generations(runs, max_new_tokens)
+    lines = ["| prompt | " + " | ".join(r["name"] for r in runs) + " |", "|" + "---|" * (len(runs) + 1)]
+    for i, prompt in enumerate(SEED_PROMPTS):
+        lines.append(f"| {prompt} | " + " | ".join(_cell(replies[r['name']][i]) for r in runs) + " |")
+    behind = not_yet_learned(runs)
+    warning = (f"**{', '.join(behind)}: the best validation loss is not below the unigram baseline, so the model has "
+               "not yet learned beyond token frequencies; its replies show no more than that.**\n\n" if behind else "")
+    return (f"## Generations of each best checkpoint (greedy, at most {max_new_tokens} new tokens)\n\n" + warning
+            + "\n".join(lines))
+
+
+def runs_line(runs: list[dict]) -> str:
+    """Which runs, which model, and whether they are compared at equal steps."""
+    steps = sorted({r["summary"]["steps"] for r in runs})
+    budget = f"{steps[0]} optimizer steps each" if len(steps) == 1 else f"{'/'.join(map(str, steps))} optimizer steps"
+    models = sorted({r["summary"]["model"] for r in runs})
+    return (f"Runs {', '.join(r['name'] for r in runs)}: model {', '.join(f'`{m}`' for m in models)}, {budget}, "
+            "validation loss over the same validation split for every run.")
+
+
+def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None,
+                 started: float | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(f) for f in run_folders]
     stats = [shard_set_stats(Path(r["summary"]["shards"])) for r in runs]
     for s, r in zip(stats, runs):
         s["path"] = r["name"]  # name the table's columns after the runs
+        r["unigram_val_loss"] = s["unigram_val_loss"]
     plot_losses(runs, out / "loss_curves.png")
-    replies = generations(runs, max_new_tokens)
-    gen_lines = ["| prompt | " + " | ".join(r["name"] for r in runs) + " |", "|" + "---|" * (len(runs) + 1)]
-    for i, prompt in enumerate(SEED_PROMPTS):
-        gen_lines.append(f"| {prompt} | " + " | ".join(_cell(replies[r['name']][i]) for r in runs) + " |")
-    text = "\n\n".join([
-        "# sftpack report: " + " vs ".join(r["name"] for r in runs),
-        "## What the numbers show\n\n" + findings(runs),
-        "## Loss curves\n\n![validation and training loss against step and tokens seen](loss_curves.png)",
-        "## Runs\n\n" + run_table(runs, stats),
-        "## Shard statistics (`python -m shards stats`)\n\n" + format_table(stats, markdown=True),
-        f"## Generations of each best checkpoint (greedy, at most {max_new_tokens} new tokens)\n\n" + "\n".join(gen_lines),
-        "Models: " + ", ".join(f"{r['name']}: `{r['summary']['model']}`" for r in runs)
-        + ". Validation loss is the token-weighted mean over the same validation split for every run.",
-    ])
+    sections = {
+        "findings": "## What the numbers show\n\n" + runs_line(runs) + "\n\n" + findings(runs),
+        "curves": "## Loss curves\n\n![validation (dots) and training loss against step and supervised tokens seen, "
+                  "with the unigram baseline dashed](loss_curves.png)",
+        "runs": "## Runs\n\n" + run_table(runs, stats),
+        "shards": "## Shard statistics (`python -m shards stats`)\n\n" + format_table(stats, markdown=True),
+        "generations": generation_section(runs, max_new_tokens),
+    }
+    wall = None if started is None else f"Wall time from the start of the command to this report: {time.time() - started:.0f} s."
+    text = "\n\n".join(["# sftpack report: " + " vs ".join(r["name"] for r in runs), *sections.values(),
+                         *([wall] if wall else [])])
     path = out / "report.md"
     path.write_text(text + "\n")
     if readme is not None:
+        figure = readme.parent / README_FIGURE
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "loss_curves.png", figure)
         update_readme_section(readme, "demo-results", "\n\n".join([
-            f"Written by `python -m train.report ... --readme {readme.name}` from the runs "
-            f"{', '.join(r['name'] for r in runs)} (model `{runs[0]['summary']['model']}`, "
-            f"{runs[0]['summary']['steps']} steps each); regenerate with `make demo-readme`.",
+            f"Written by `python -m train.report ... --readme {readme.name}`; regenerate with `make demo-readme`. "
+            + runs_line(runs) + (" " + wall if wall else ""),
+            f"![validation and training loss, unigram baseline dashed]({README_FIGURE})",
             run_table(runs, stats), findings(runs)]))
     return path
 
@@ -202,10 +194,13 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
               help="folder for report.md and loss_curves.png")
 @click.option("--max-new-tokens", default=64, show_default=True, help="length of each generation")
 @click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="also put the runs table and findings between the demo-results markers of this file")
-def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None) -> None:
+              help=f"also put the runs table, findings and loss curves (copied to {README_FIGURE} beside it) "
+                   "between the demo-results markers of this file")
+@click.option("--started", type=float, help="when the command that made the runs began (`date +%s`): the report "
+                                            "states the wall time from then")
+def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, started: float | None) -> None:
     """Write a comparison report of the training runs RUNS (folders of `python -m train`)."""
-    path = write_report(list(runs), out, max_new_tokens, readme)
+    path = write_report(list(runs), out, max_new_tokens, readme, started)
     click.echo(f"report: {path}")
 
 

@@ -1,0 +1,160 @@
+"""What a set of runs shows, and only what it shows: the findings paragraph of `train.report`.
+
+Runs are compared at equal optimizer steps and at equal supervised tokens seen, each
+only where their learning-rate schedules put them at the same point (a run late in its
+decay is not comparable with one at its peak). A difference is called only when it is
+larger than the seed-to-seed spread of the same configuration; without a second seed,
+no difference is called. Every run is set against the unigram baseline of its shards.
+
+    >>> called({"a": 6.0, "b": 6.02, "c": 6.4}, spread=0.05)
+    'a and b are indistinguishable (within the seed spread of 0.050); c is 0.400 above a'
+    >>> called({"a": 6.0, "b": 6.4}, spread=None)
+    'no second seed was run, so the spread is unknown and no difference is called'
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Config keys that do not change what a run learns from its data, beside the seed itself.
+_NOT_THE_SETUP = ("seed", "out", "resume", "stop_after", "verify", "max_nan_steps", "log_interval", "progress")
+TOKEN_SCHEDULE_TOLERANCE = 0.05  # relative: schedules whose token positions differ by less are "the same"
+
+
+def _schedule(run: dict) -> tuple:
+    """(warm-up steps, decay-to-0 step, peak learning rate): where the learning rate is at each step."""
+    c = run["config"]
+    return c["warmup_steps"], c["max_steps"], c["learning_rate"]
+
+
+def _per_step(run: dict) -> float:
+    return run["summary"]["supervised_tokens"] / max(run["summary"]["steps"], 1)
+
+
+def _val_at_step(run: dict, step: int) -> float | None:
+    return next((v["val_loss"] for v in run["val"] if v["step"] == step), None)
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by everything but the seed (same shards, model, schedule, batch ...), in order."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        key = tuple(sorted((k, str(v)) for k, v in run["config"].items() if k not in _NOT_THE_SETUP))
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def seed_spread(runs: list[dict]) -> tuple[float | None, str]:
+    """The largest range of final validation loss between seeds of one configuration, and a sentence on it."""
+    pairs = [g for g in seed_groups(runs) if len(g) > 1]
+    if not pairs:
+        return None, ("Only one seed was run per configuration, so the seed-to-seed spread of the validation "
+                      "loss is unknown and no difference between runs is called.")
+    ranges = []
+    for group in pairs:
+        step = min(r["val"][-1]["step"] for r in group if r["val"]) if all(r["val"] for r in group) else None
+        losses = [_val_at_step(r, step) for r in group] if step is not None else []
+        if losses and None not in losses:
+            ranges.append((max(losses) - min(losses), group, step, losses))
+    if not ranges:
+        return None, "The runs with a second seed have no common evaluation step, so the spread is unknown."
+    spread, group, step, losses = max(ranges, key=lambda x: x[0])
+    seeds = ", ".join(f"{r['name']} (seed {r['config']['seed']}) {loss:.4f}" for r, loss in zip(group, losses))
+    return spread, (f"Seed-to-seed spread: the same configuration with different seeds gave validation losses "
+                    f"{seeds} at step {step}, a spread of {spread:.3f} nats (from {len(group)} seeds: a scale for "
+                    f"the noise, not a confidence interval).")
+
+
+def called(losses: dict[str, float], spread: float | None) -> str:
+    """Which differences exceed the spread; the rest are indistinguishable."""
+    if spread is None:
+        return "no second seed was run, so the spread is unknown and no difference is called"
+    ranked = sorted(losses.items(), key=lambda kv: kv[1])
+    best_name, best = ranked[0]
+    tied = [name for name, loss in ranked if loss - best <= spread]
+    if len(tied) > 1:
+        parts = [f"{', '.join(tied[:-1])} and {tied[-1]} are indistinguishable (within the seed spread of {spread:.3f})"]
+    else:
+        parts = [f"{best_name} is lowest by more than the seed spread of {spread:.3f}"]
+    parts += [f"{name} is {loss - best:.3f} above {best_name}" for name, loss in ranked if name not in tied]
+    return "; ".join(parts)
+
+
+def at_equal_steps(runs: list[dict], spread: float | None) -> str:
+    schedules = {_schedule(r) for r in runs}
+    if len(schedules) > 1:
+        return ("Not compared at equal steps: the learning-rate schedules differ ("
+                + "; ".join(f"{r['name']}: warm-up {_schedule(r)[0]}, decay to 0 at step {_schedule(r)[1]}, "
+                            f"peak {_schedule(r)[2]:g}" for r in runs) + ").")
+    if any(not r["val"] for r in runs):
+        return "Not compared at equal steps: a run has no validation loss."
+    step = min(r["val"][-1]["step"] for r in runs)
+    losses = {r["name"]: _val_at_step(r, step) for r in runs}
+    if None in losses.values():
+        return f"Not compared at equal steps: the runs were not all evaluated at step {step}."
+    warmup, decay, _ = schedules.pop()
+    return (f"At equal steps (step {step} of the same schedule: warm-up {warmup}, linear decay to 0 at {decay}), "
+            "validation loss " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(losses.items(), key=lambda kv: kv[1]))
+            + ": " + called(losses, spread) + ". At that step the runs had seen different supervised tokens ("
+            + ", ".join(f"{r['name']} {_tokens_at_step(r, step):,}" for r in runs) + ").")
+
+
+def _tokens_at_step(run: dict, step: int) -> int:
+    return next(v["supervised_tokens"] for v in run["val"] if v["step"] == step)
+
+
+def at_equal_tokens(runs: list[dict], spread: float | None) -> str:
+    """Val loss at the largest supervised-token count all runs reached, if their schedules agree in tokens."""
+    positions = {r["name"]: (_per_step(r) * _schedule(r)[0], _per_step(r) * _schedule(r)[1]) for r in runs}
+    warm, decay = (np.array([p[i] for p in positions.values()]) for i in (0, 1))
+    if decay.max() > decay.min() * (1 + TOKEN_SCHEDULE_TOLERANCE) or warm.max() > warm.min() * (1 + TOKEN_SCHEDULE_TOLERANCE) + 1:
+        return ("Not compared at equal supervised tokens: the learning rate follows steps and the runs see different "
+                "supervised tokens per step (" + ", ".join(f"{r['name']} {_per_step(r):,.0f}" for r in runs)
+                + "), so at equal tokens they stand at different points of their schedules (decay to 0 after "
+                + ", ".join(f"{n} {p[1]:,.0f}" for n, p in positions.items()) + " supervised tokens). To compare "
+                "them there, give each layout the --max-steps and --warmup-steps that put its schedule at the same "
+                "token counts.")
+    if any(len(r["val"]) < 2 for r in runs):
+        return "Not compared at equal supervised tokens: a run has fewer than two evaluations to interpolate."
+    common = min(r["val"][-1]["supervised_tokens"] for r in runs)
+    losses = {r["name"]: float(np.interp(common, [v["supervised_tokens"] for v in r["val"]],
+                                         [v["val_loss"] for v in r["val"]])) for r in runs}
+    return (f"At equal supervised tokens seen ({common:,}, validation loss interpolated between evaluations), "
+            + ", ".join(f"{n} {v:.4f}" for n, v in sorted(losses.items(), key=lambda kv: kv[1]))
+            + ": " + called(losses, spread) + ".")
+
+
+def not_yet_learned(runs: list[dict]) -> list[str]:
+    """Names of runs whose best validation loss is not below their shards' unigram baseline."""
+    return [r["name"] for r in runs if r["unigram_val_loss"] is not None
+            and (r["summary"]["best_val_loss"] is None or r["summary"]["best_val_loss"] >= r["unigram_val_loss"])]
+
+
+def against_baseline(runs: list[dict]) -> str:
+    parts = []
+    for r in runs:
+        best, base = r["summary"]["best_val_loss"], r["unigram_val_loss"]
+        if best is None or base is None:
+            parts.append(f"{r['name']}: no validation loss")
+        else:
+            parts.append(f"{r['name']} {best - base:+.3f}")
+    return ("Best validation loss against the unigram baseline of each run's shards (counting the train split's "
+            "supervised tokens, add-0.5; negative is better): " + ", ".join(parts) + ".")
+
+
+def findings(runs: list[dict]) -> str:
+    """The paragraphs under "What the numbers show"."""
+    if not any(r["summary"]["best_val_loss"] is not None for r in runs):
+        return "No run finished an evaluation, so there is nothing to compare yet."
+    spread, spread_text = seed_spread(runs)
+    compared = [g[0] for g in seed_groups(runs)]  # one run per configuration; its other seeds give the spread
+    paragraphs = [against_baseline(runs), spread_text]
+    if len(compared) > 1:
+        paragraphs += [at_equal_steps(compared, spread), at_equal_tokens(compared, spread)]
+    least = min(runs, key=lambda r: r["summary"]["supervised_tokens_per_second"])
+    paragraphs.append(
+        "Supervised tokens per second of training step, measured in each run one after another on the same machine "
+        "(not interleaved, so a rough figure; `make bench` measures it side by side): "
+        + ", ".join(f"{r['name']} {r['summary']['supervised_tokens_per_second']:,.0f} "
+                    f"({r['summary']['supervised_tokens_per_second'] / max(least['summary']['supervised_tokens_per_second'], 1e-9):.2f}x)"
+                    for r in runs) + ".")
+    return "\n\n".join(paragraphs)
