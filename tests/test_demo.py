@@ -1,4 +1,4 @@
-"""A shortened `make demo` end to end: shards, three runs, the report (slow, run by CI)."""
+"""A shortened `make demo` end to end: shards, three runs and a second seed, the report (slow, run by CI)."""
 import subprocess
 import sys
 
@@ -15,7 +15,7 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
         ["make", "-s", "demo", f"DEMO_DIR={demo}", f"DEMO_TRAIN_ARGS={args}", "DEMO_MAX_LENGTH=128",
          "DEMO_PREP_ARGS=--limit 200", "DEMO_REPORT_ARGS=--max-new-tokens 8",
          f"PY={sys.executable}", "STAMP="],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,  # four runs; generous for a shared machine
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = demo / "report" / "report.md"
@@ -25,6 +25,9 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
     for heading in ("## What the numbers show", "## Runs", "## Shard statistics", "## Generations"):
         assert heading in text
     assert "Give three tips for staying healthy." in text and "Can you tell me the history of Earth" in text
+    # the second seed of one layout gives the spread; the baseline and the wall time are stated
+    assert "| concat-seed1338 | concat |" in text and "Seed-to-seed spread" in text
+    assert "unigram baseline" in text and "Wall time from the start of the command to this report" in text
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
