@@ -31,13 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VARLEN = "sftpack_varlen"  # the name registered with transformers' AttentionInterface
-# --attention -> transformers' attn_implementation
-IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "varlen": VARLEN, "flash": "flash_attention_2",
-                   "flex": "flex_attention"}
+from train.config import ConfigError
+
+VARLEN, FLEX = "sftpack_varlen", "sftpack_flex"  # the names registered with transformers' AttentionInterface
+# --attention -> transformers' attn_implementation. transformers' own flex_attention is not offered
+# for GPT-2, so flex is ours too: the same flex kernel, its block mask built from the batch's samples.
+IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "varlen": VARLEN, "flash": "flash_attention_2", "flex": FLEX}
 
 
-class AttentionError(ValueError):
+class AttentionError(ConfigError):
     """An attention path that cannot run here, or cannot give what the options ask."""
 
 
@@ -62,14 +64,67 @@ def resolve_attention(choice: str, device: torch.device, training: bool, isolati
     return choice
 
 
-def register_varlen() -> None:
-    """Make `attn_implementation="sftpack_varlen"` known to transformers (idempotent).
+def register_attention() -> None:
+    """Make `sftpack_varlen` and `sftpack_flex` known to transformers as attn_implementation (idempotent).
 
-    No mask function is registered for it, so transformers builds no mask at all.
+    No mask function is registered for them, so transformers builds no mask at all.
     """
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionInterface.register(FLEX, flex_attention_forward)
+
+
+def attention_dropout(config) -> float:
+    """The model's attention-probability dropout (GPT-2 and Llama spell it differently)."""
+    return float(getattr(config, "attn_pdrop", None) or getattr(config, "attention_dropout", None) or 0.0)
+
+
+def document_ids(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """(rows, width) id of the sequence each position belongs to; padding gets -1 (its own document).
+
+    >>> document_ids(np.array([0, 2, 4]), np.array([2, 1, 3]), rows=2, width=4).tolist()
+    [[0, 0, 1, -1], [2, 2, 2, -1]]
+    """
+    ids = np.full(rows * width, -1, dtype=np.int64)
+    ids[np.repeat(starts, lengths) + np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                                 lengths)] = np.repeat(
+        np.arange(len(starts)), lengths)
+    return ids.reshape(rows, width)
+
+
+def flex_block_mask(documents: torch.Tensor):
+    """The document-causal BlockMask of a batch: a query sees earlier keys of its own sequence."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(b, h, q, kv):
+        return (documents[b, q] == documents[b, kv]) & (q >= kv)
+
+    rows, width = documents.shape
+    return create_block_mask(document_causal, rows, None, width, width, device=documents.device)
+
+
+_compiled_flex = None
+
+
+def flex_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                           scaling: float | None = None, flex_block_mask=None, **kwargs):
+    """transformers' attention-function signature, through torch's flex_attention (compiled on CUDA).
+
+    flex_attention has no attention dropout: the loop refuses models that use it.
+    """
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if flex_block_mask is None:
+        raise ValueError("sftpack_flex attention needs the batch's flex_block_mask (train.head.LabelLossModel)")
+    kernel = flex_attention
+    if query.is_cuda:  # uncompiled, flex_attention is a slow reference; CPU (validation only) keeps it
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention, dynamic=False)
+        kernel = _compiled_flex
+    out = kernel(query, key, value, block_mask=flex_block_mask, scale=scaling,
+                 enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
 
 
 @dataclass(frozen=True)

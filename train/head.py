@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shards.format import IGNORE_INDEX
+from train.model import ModelError
 
 CHUNK_POSITIONS = 1024  # labelled positions per head chunk: chunk x vocab fp32 logits (~200 MB for GPT-2)
 
@@ -111,14 +112,18 @@ class LabelLossModel(torch.nn.Module):
         head = model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear) or head.bias is not None or getattr(
                 model.config, "final_logit_softcapping", None):
-            raise ValueError(f"{type(model).__name__}: the label-only head needs a bias-free linear LM head "
+            raise ModelError(f"{type(model).__name__}: the label-only head needs a bias-free linear LM head "
                              "without logit soft-capping")
         backbone = model.base_model
         # Not a submodule: its parameters are the model's, registered once through `self.model`.
         object.__setattr__(self, "backbone", torch.compile(backbone) if compile else backbone)
 
-    def forward(self, input_ids, position_ids, labels, varlen_index=None) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, labels, varlen_index=None, flex_documents=None) -> torch.Tensor:
         extra = {} if varlen_index is None else {"varlen_index": varlen_index}
+        if flex_documents is not None:
+            from train.attention import flex_block_mask
+
+            extra["flex_block_mask"] = flex_block_mask(flex_documents)
         hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                **extra).last_hidden_state
         return head_loss(*labelled(hidden, labels), self.model.get_output_embeddings().weight)

@@ -22,7 +22,7 @@ import transformers
 from transformers import AutoTokenizer
 
 from shards.format import ShardError, ShardSet, SplitArrays, rebuild_hint
-from train.attention import IMPLEMENTATIONS, VARLEN, register_varlen, resolve_attention
+from train.attention import IMPLEMENTATIONS, AttentionError, attention_dropout, register_attention, resolve_attention
 from train.checkpoint import load_checkpoint, prepare_out, save_checkpoint
 from train.config import ConfigError, TrainConfig
 from train.data import RowOrder, check_shards, rank_share, val_row_batches
@@ -83,8 +83,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                                   flatten=config.flatten)
     if dist.main and config.attention == "auto":
         print(f"--attention auto: {attention}", flush=True)
-    if attention == "varlen":
-        register_varlen()
+    register_attention()
     out = Path(config.out)
     prepare_out(out, config, dist)
     # ---- shards, tokenizer, model: all checked before the first step
@@ -94,6 +93,9 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
                        config.seed, config.dropout, IMPLEMENTATIONS[attention])
     check_shards(shard_set, vocab_rows(model))
+    if attention == "flex" and attention_dropout(model.config) > 0:
+        raise AttentionError(f"--attention flex: flex_attention has no attention dropout, and {config.model} uses "
+                             f"{attention_dropout(model.config)}; pass --dropout 0, or use --attention varlen")
     width_multiple = COMPILE_WIDTH_MULTIPLE if config.compile else 1
     padded_length = -(-manifest["max_length"] // width_multiple) * width_multiple
     if (positions := max_positions(model)) is not None and padded_length > positions:
@@ -127,7 +129,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                dynamic_ncols=True) if dist.main else None
     meter = Meter(progress, RunLogger(out, dist.main, progress.step if config.resume else None), bar)
     batch_options = dict(pad_token_id=manifest["pad_token_id"], flatten=config.flatten,
-                         pad_to_multiple_of=width_multiple, varlen=attention == "varlen")
+                         pad_to_multiple_of=width_multiple, attention=attention)
 
     def draw_step():
         # All of a step's micro-batches at once: the loss is normalised by the supervised tokens

@@ -21,7 +21,7 @@ import torch.distributed
 
 from shards.batch import get_rows_batch
 from shards.format import SplitArrays
-from train.attention import varlen_index
+from train.attention import document_ids, varlen_index
 from train.head import LabelLossModel
 
 COMPILE_WIDTH_MULTIPLE = 64  # --compile pads widths to this multiple, so shapes repeat and it compiles few graphs
@@ -69,14 +69,20 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
 
 
 def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device,
-              *, flatten: bool = False, pad_to_multiple_of: int = 1, varlen: bool = False, pin: bool = False):
+              *, flatten: bool = False, pad_to_multiple_of: int = 1, attention: str = "sdpa", pin: bool = False):
     """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
 
-    With `varlen`, inputs["varlen_index"] holds the regrouping of the batch's samples (or None
-    when no row holds two). With `pin` the host tensors are pinned and copied without blocking.
+    `attention` varlen: inputs["varlen_index"] holds the regrouping of the batch's samples (None
+    when no row holds two); flex: inputs["flex_documents"] the sequence of every position.
+    With `pin` the host tensors are pinned and copied without blocking.
     """
     batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
-    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")}
+    names = ("input_ids", "position_ids", "labels")
+    varlen = attention == "varlen"
+    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in names}
+    if attention == "flex":
+        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths,
+                                                                  *batch.input_ids.shape))
     index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *batch.input_ids.shape) if varlen else None
     if pin:
         tensors = {k: v.pin_memory() for k, v in tensors.items()}
