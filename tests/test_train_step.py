@@ -84,7 +84,7 @@ def test_auto_takes_varlen_on_cpu_and_says_so(shards, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compile_trains_and_resumes_exactly(shards, tmp_path):
-    config = tiny_config(shards, tmp_path / "reference", attention="varlen", compile=True, max_steps=4,
+    config = tiny_config(shards, tmp_path / "reference", attention="sdpa", compile=True, max_steps=4,
                          eval_interval=2)
     reference, resumed, expected, got = run_stopped_and_resumed(config, tmp_path)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

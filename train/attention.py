@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from train.config import ConfigError
 
@@ -188,9 +189,14 @@ def varlen_index(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int)
 
 
 def _causal(query, key, value, dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal SDPA, [n, heads, length, dim] in and [n * length, heads, dim] out."""
-    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=query.shape[2] > 1,
-                                         scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    """Causal SDPA, [n, heads, length, dim] in and [n * length, heads, dim] out.
+
+    Both flags are plain Python bools: a size comparison passed as is would be a SymBool under
+    torch.compile, which SDPA refuses (a graph break). A length-1 causal row is just itself.
+    """
+    gqa = bool(key.shape[1] != query.shape[1])
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
+                                         enable_gqa=gqa)
     return out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[3])
 
 
@@ -202,8 +208,6 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     exactly transformers' SDPA path.
     """
     if varlen_index is None or attention_mask is not None or query.shape[2] != key.shape[2]:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     rows, heads, width, dim = query.shape
