@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from train.config import ConfigError
+from sftcli import ConfigError
 
 VARLEN, FLEX = "sftpack_varlen", "sftpack_flex"  # the names registered with transformers' AttentionInterface
 # --attention -> transformers' attn_implementation. transformers' own flex_attention is not offered
