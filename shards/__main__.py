@@ -1,4 +1,5 @@
 """python -m shards stats DIR [DIR ...] [--json] [--batch-size 16] [--plot FILE.png]
+python -m shards steps DIR --supervised-tokens 150000 --batch-size 4   # prints a step count
 
 Prints what is in one or several shard sets side by side: rows, tokens, supervised
 tokens, fill, padding a collator would add, the packing lower bound, lengths.
@@ -39,6 +40,19 @@ def stats(folders, as_json, batch_size, markdown, plot):
         print(format_table(all_stats, markdown=markdown))
     if plot:
         click.echo(f"wrote {plot}", err=True)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--supervised-tokens", type=click.IntRange(min=1), required=True,
+              help="the token budget: labels the run should train on")
+@click.option("--batch-size", type=click.IntRange(min=1), required=True, help="rows per optimizer step")
+@main_errors()
+def steps(folder, supervised_tokens, batch_size):
+    """Print the optimizer steps that train on about --supervised-tokens labels of FOLDER's train split."""
+    from shards.stats import steps_for_supervised_tokens
+
+    print(steps_for_supervised_tokens(folder, supervised_tokens, batch_size))
 
 
 if __name__ == "__main__":

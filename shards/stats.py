@@ -118,6 +118,19 @@ def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float | No
     return float(-(val_counts * log_p).sum() / val_counts.sum())
 
 
+def steps_for_supervised_tokens(folder: Path, supervised_tokens: int, batch_size: int) -> int:
+    """Optimizer steps of `batch_size` rows that train on about `supervised_tokens` labels of this set.
+
+    Layouts carry different labels per row, so equal steps are unequal training; this is
+    how runs are given the same token budget (and, with warm-up as a fraction of the steps,
+    the same schedule in tokens).
+    """
+    shard_set = ShardSet.open(folder)
+    train = shard_set.split("train")
+    per_row = label_counts(train, shard_set.manifest.vocab_size).sum() / max(train.num_rows, 1)
+    return max(1, round(supervised_tokens / (per_row * batch_size)))
+
+
 def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
     """Everything `python -m shards stats` reports for one shard set."""
     shard_set = ShardSet.open(folder)

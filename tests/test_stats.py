@@ -8,7 +8,7 @@ import pytest
 
 from prep.config import PrepConfig
 from prep.pipeline import run
-from shards.stats import shard_set_stats
+from shards.stats import shard_set_stats, steps_for_supervised_tokens
 from tests.conftest import ROOT
 
 KEYS = {"mode", "max_length", "samples", "dropped", "truncated", "split", "rows", "tokens", "supervised_tokens",
@@ -80,3 +80,5 @@ def test_unigram_baseline_of_three_literal_rows_by_hand(tmp_path):
     denominator = 6 + 0.5 * VOCAB
     expected = -(np.log(4.5 / denominator) + np.log(0.5 / denominator)) / 2
     assert shard_set_stats(folder)["unigram_val_loss"] == pytest.approx(expected, rel=1e-12)
+    # 3 labels per train row: 12 labels at 2 rows a step are 2 steps (what `make demo` trains each layout for)
+    assert steps_for_supervised_tokens(folder, 12, batch_size=2) == 2

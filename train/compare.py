@@ -106,7 +106,9 @@ def at_equal_tokens(runs: list[dict], spread: float | None) -> str:
     """Val loss at the largest supervised-token count all runs reached, if their schedules agree in tokens."""
     positions = {r["name"]: (_per_step(r) * _schedule(r)[0], _per_step(r) * _schedule(r)[1]) for r in runs}
     warm, decay = (np.array([p[i] for p in positions.values()]) for i in (0, 1))
-    if decay.max() > decay.min() * (1 + TOKEN_SCHEDULE_TOLERANCE) or warm.max() > warm.min() * (1 + TOKEN_SCHEDULE_TOLERANCE) + 1:
+    # warm-up ends are judged against the whole schedule: a warm-up of a few steps rounds coarsely
+    if decay.max() - decay.min() > TOKEN_SCHEDULE_TOLERANCE * decay.min() or \
+            warm.max() - warm.min() > TOKEN_SCHEDULE_TOLERANCE * decay.min():
         return ("Not compared at equal supervised tokens: the learning rate follows steps and the runs see different "
                 "supervised tokens per step (" + ", ".join(f"{r['name']} {_per_step(r):,.0f}" for r in runs)
                 + "), so at equal tokens they stand at different points of their schedules (decay to 0 after "
