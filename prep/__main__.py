@@ -20,7 +20,7 @@ from shards.cli import click_options
 def main(**kwargs):
     """Turn instruction data into ready-to-train token shards."""
     from prep.pipeline import PrepError, run
-    from prep.sources import DataError
+    from prep.readers import DataError
     from prep.template import ChatFormatError
     from shards.format import ShardError
     from shards.stats import format_table, shard_set_stats

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from prep import packing
 from prep.config import PrepConfig
-from prep.sources import DataError, read_conversations, source_fingerprint
+from prep.readers import DataError
+from prep.records import read_conversations, source_fingerprint
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from shards import format as fmt
 from shards.stats import row_stats, sample_stats

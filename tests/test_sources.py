@@ -1,4 +1,4 @@
-"""Tests for prep/sources.py: record validation, the bad-input corpus, every format.
+"""Tests for prep/readers.py and prep/records.py: record validation, the bad-input corpus, every format.
 
 `BAD_CASES` is the catalogue of tests/data/bad/: one row per file, with the
 reason key the reader reports, substrings its message must contain (field,
@@ -18,19 +18,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from prep.sources import (
+from prep.readers import SAMPLE, DataError
+from prep.records import (
     ASSISTANT,
     REASONS,
-    SAMPLE,
-    SEED_PROMPT,
     SYSTEM,
     USER,
     Conversation,
-    DataError,
-    alpaca_prompt,
     read_conversations,
     source_fingerprint,
 )
+from shards.prompts import ALPACA_PREAMBLE as SEED_PROMPT
+from shards.prompts import user_turn
+
+
+def alpaca_prompt(instruction: str, input_text: str) -> str:
+    return user_turn("alpaca", instruction, input_text)
 
 DATA = Path(__file__).parent / "data"
 BAD = DATA / "bad"
