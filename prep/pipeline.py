@@ -22,9 +22,10 @@ from tqdm import tqdm
 from prep import packing
 from prep.config import PrepConfig
 from prep.readers import DataError
-from prep.records import read_conversations, source_fingerprint
+from prep.records import combined_fingerprint, read_conversations, source_fingerprints
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from shards import format as fmt
+from shards.prompts import set_prompt_format
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
@@ -47,15 +48,19 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
         _check_disk_space(staging, spill, token_dtype)
         manifest = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
         spill.remove(staging)
+        prompt_format = config.prompt_format if spill.alpaca else "none"
+        set_prompt_format(tokenizer, prompt_format)  # generation renders questions as training did
         tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
         manifest["stats"]["dropped"].update(dict(bad_counts))
+        sources = source_fingerprints(config.data, split=config.split)
         manifest.update(
             mode=config.mode, max_length=config.max_length, packer=config.packer if config.mode == "concat" else None,
             loss_on=config.loss_on, token_dtype=token_dtype.name, vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
+            bos_token_id=tokenizer.bos_token_id, end_of_turn_token_id=encoder.end_of_turn_id,
+            prompt_format=prompt_format, encoder=encoder.text_encoder,
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
-            source=config.data, source_fingerprint=source_fingerprint(config.data, split=config.split),
+            source=_data_name(config), source_fingerprint=combined_fingerprint(sources), sources=sources,
             args=asdict(config),
             command=command or _command_line(config),
         )
@@ -69,8 +74,13 @@ def _command_line(config: PrepConfig) -> str:
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+        for one in value if isinstance(value, (list, tuple)) else [value]:  # repeatable options
+            parts.append(flag if one is True else f"{flag} {shlex.quote(str(one))}")
     return " ".join(parts)
+
+
+def _data_name(config: PrepConfig) -> str:
+    return ", ".join(config.data)
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -84,13 +94,14 @@ class _Spill:
     """
 
     def __init__(self, folder: Path, token_dtype: np.dtype, lengths: np.ndarray, sources: np.ndarray,
-                 supervised_head: np.ndarray):
+                 supervised_head: np.ndarray, alpaca: bool):
         self.ids = np.memmap(folder / SPILL_IDS, dtype=token_dtype, mode="r")
         self.mask = np.memmap(folder / SPILL_MASK, dtype=np.uint8, mode="r")
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.sources = sources
         self.supervised_head = supervised_head  # supervised tokens among each sample's first max_length
+        self.alpaca = alpaca  # some user turn was rendered from an Alpaca record
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -112,27 +123,27 @@ def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progres
     sources: list[np.ndarray] = []
     supervised_head: list[np.ndarray] = []
     read = 0
-    checked = False
+    alpaca = False
     with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
             open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
         for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
-                                        bad_counts=bad_counts, batch_size=config.batch_size):
+                                        bad_counts=bad_counts, batch_size=config.batch_size,
+                                        prompt_format=config.prompt_format):
             if config.limit is not None:
                 batch = batch[: config.limit - read]
             if not batch:
                 break
             conversations = [c.messages for c in batch]
             ids, mask, offsets = encoder.encode(conversations)
-            if not checked:  # the tokenizer alone must agree with the construction
-                bad = encoder.check_prompts(conversations, ids, offsets)
-                if bad is not None:
-                    raise PrepError(
-                        f"{config.data}: record {batch[bad].index}: the rendered prompt tokenizes differently on its "
-                        f"own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
-                        "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
-                        "a token boundary"
-                    )
-                checked = True
+            bad = encoder.check_prompts(conversations, ids, offsets)  # the tokenizer alone must agree
+            if bad is not None:
+                raise PrepError(
+                    f"{_data_name(config)}: record {batch[bad].index}: the rendered prompt tokenizes differently "
+                    f"on its own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
+                    "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
+                    "a token boundary"
+                )
+            alpaca = alpaca or any(c.alpaca for c in batch)
             ids.astype(token_dtype).tofile(ids_file)
             mask.tofile(mask_file)
             lengths.append(np.diff(offsets))
@@ -143,9 +154,9 @@ def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progres
             if config.limit is not None and read >= config.limit:
                 break
     if read == 0:
-        raise DataError(f"{config.data}: no records to prepare")
+        raise DataError(f"{_data_name(config)}: no records to prepare")
     return _Spill(folder, token_dtype, np.concatenate(lengths), np.concatenate(sources),
-                  np.concatenate(supervised_head))
+                  np.concatenate(supervised_head), alpaca)
 
 
 def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
@@ -170,7 +181,7 @@ def _apply_length_policy(config: PrepConfig, spill: _Spill, samples: np.ndarray,
     if policy == "error" and over.any():
         first = samples[np.argmax(over)]
         raise PrepError(
-            f"{config.data}: record {spill.sources[first]} is {spill.lengths[first]} tokens, over --max-length "
+            f"{_data_name(config)}: record {spill.sources[first]} is {spill.lengths[first]} tokens, over --max-length "
             f"{config.max_length}; raise --max-length, or pass --overlong truncate or --overlong drop"
         )
     keep = np.ones(len(samples), dtype=bool)
@@ -267,11 +278,14 @@ def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> di
         kept, lengths, truncated = _apply_length_policy(config, spill, train_samples, config.overlong, dropped)
     if len(kept) == 0:
         raise PrepError(
-            f"{config.data}: no training sample is left after the length policy ({dict(dropped)}); "
+            f"{_data_name(config)}: no training sample is left after the length policy ({dict(dropped)}); "
             "raise --max-length or use --overlong truncate"
         )
     val_dropped: collections.Counter = collections.Counter()
-    val_kept, val_lengths, val_truncated = _apply_length_policy(config, spill, val_samples, "truncate", val_dropped)
+    # Validation rows are one sample each whatever the mode, so they follow --overlong (packed
+    # training rows have no such policy: there they are truncated, as padding rows must be).
+    val_policy = "truncate" if config.mode == "packed" else config.overlong
+    val_kept, val_lengths, val_truncated = _apply_length_policy(config, spill, val_samples, val_policy, val_dropped)
     train_files, train_stats = _write_split(config, spill, staging, "train", config.mode, kept, lengths,
                                             token_dtype, vocab_size, progress)
     val_files, val_stats = _write_split(config, spill, staging, "val", "padding", val_kept, val_lengths,

@@ -23,6 +23,7 @@ raise, since no record could be read past them.
 from __future__ import annotations
 
 import collections
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -111,9 +112,12 @@ def source_fingerprint(data: str | Sequence[str], *, split: str = "train") -> st
     Local files (and the sample): the sha256 hex digest of the file's bytes.
     Hub ids: "hub:{id}:{split}:{fingerprint}", from the loaded dataset's `_fingerprint`.
     """
-    import hashlib
+    return combined_fingerprint(source_fingerprints(data, split=split))
 
-    prints = [p["fingerprint"] for p in source_fingerprints(data, split=split)]
+
+def combined_fingerprint(sources: list[dict[str, str]]) -> str:
+    """A single source's fingerprint, else the sha256 of all of them in order."""
+    prints = [s["fingerprint"] for s in sources]
     return prints[0] if len(prints) == 1 else hashlib.sha256("\n".join(prints).encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ import click
 def click_options(cls):
     """Decorate a click command with one option per field of the dataclass `cls`.
 
-    `bool` fields become `--x/--no-x` flags, `Literal[...]` fields (or fields with
+    `bool` fields become `--x/--no-x` flags, `tuple[X, ...]` fields repeatable options, `Literal[...]` fields (or fields with
     `metadata["choices"]`) become choices, `X | None` fields are optional.
     """
     hints = get_type_hints(cls)
@@ -27,7 +27,10 @@ def click_options(cls):
             kwargs = dict(default=field.default, show_default=field.default is not None, help=field.metadata["help"])
             if get_origin(hint) in (Union, types.UnionType):  # `int | None`: optional, default None
                 hint = next(arg for arg in get_args(hint) if arg is not type(None))
-            if hint is bool:
+            if get_origin(hint) is tuple:  # `tuple[str, ...]`: the option may be given several times
+                decl, hint = [flag, field.name], get_args(hint)[0]
+                kwargs.update(multiple=True, type=hint)
+            elif hint is bool:
                 decl = [f"{flag}/--no-{flag[2:]}", field.name]
             else:
                 decl = [flag, field.name]

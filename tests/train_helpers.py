@@ -118,7 +118,7 @@ def write_shard_set(folder: Path, mode: str = "concat", max_length: int = 64, tr
         write_manifest(staging, {
             "mode": mode, "max_length": max_length, "packer": "first_fit" if mode == "concat" else mode,
             "loss_on": "assistant", "token_dtype": str(token_dtype_for(vocab_size)), "vocab_size": VOCAB,
-            "pad_token_id": PAD, "eos_token_id": IM_END, "bos_token_id": IM_START,
+            "pad_token_id": PAD, "eos_token_id": IM_END, "bos_token_id": IM_START, "end_of_turn_token_id": IM_END,
             "tokenizer_fingerprint": tokenizer_fingerprint(staging / "tokenizer"), "files": files,
             "command": command, "stats": {"rows": {"train": len(pack(train, mode, max_length))}},
         })

@@ -214,7 +214,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
-                       config.seed, config.dropout, config.attention)
+                       config.seed, config.dropout, config.attention, manifest["end_of_turn_token_id"])
     check_shards(shard_set, vocab_rows(model))
     if (positions := max_positions(model)) is not None and manifest["max_length"] > positions:
         raise ShardError(f"{shard_set.folder}: rows of up to {manifest['max_length']} tokens, but the model "

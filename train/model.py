@@ -42,7 +42,8 @@ def padded_vocab_size(num_tokens: int, multiple: int) -> int:
 
 
 def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int = 1, seed: int = 0,
-               dropout: float | None = None, attention: str = "sdpa") -> PreTrainedModel:
+               dropout: float | None = None, attention: str = "sdpa",
+               end_of_turn_token_id: int | None = None) -> PreTrainedModel:
     """Build or load the model in fp32, size its embeddings to the tokenizer, set its special ids."""
     vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)
     overrides = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
@@ -62,14 +63,16 @@ def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int 
             ) from None
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
-    set_special_tokens(model, tokenizer)
+    set_special_tokens(model, tokenizer, end_of_turn_token_id)
     return model
 
 
-def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       end_of_turn_token_id: int | None = None) -> None:
     """pad/eos/bos ids into the model and generation configs, as TRL's `setup_chat_format` does.
 
-    eos is the template's end-of-turn token, so generation stops at `<|im_end|>`.
+    Generation stops at the template's end of turn (the shard manifest's `end_of_turn_token_id`:
+    `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`) as well as at eos, which many templates never emit.
     """
     for config in (model.config, model.generation_config):
         if config is None:
@@ -77,6 +80,8 @@ def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id
         config.bos_token_id = tokenizer.bos_token_id
+    if model.generation_config is not None and end_of_turn_token_id not in (None, tokenizer.eos_token_id):
+        model.generation_config.eos_token_id = [end_of_turn_token_id, tokenizer.eos_token_id]
 
 
 def vocab_rows(model: PreTrainedModel) -> int:
