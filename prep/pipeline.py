@@ -39,12 +39,15 @@ class PrepError(Exception):
 def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> dict:
     """Build the shard set described by `config`; returns its manifest."""
     config.validate()
+    bad_counts: collections.Counter = collections.Counter()
+    # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
+    batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
+                                 batch_size=config.batch_size, prompt_format=config.prompt_format)
     tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
     encoder = ConversationEncoder(tokenizer, config.loss_on)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
-    bad_counts: collections.Counter = collections.Counter()
     with fmt.staged_folder(config.out_dir) as staging:
-        spill = _tokenize_to_spill(config, encoder, staging, token_dtype, bad_counts, progress)
+        spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
         _check_disk_space(staging, spill, token_dtype)
         manifest = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
         spill.remove(staging)
@@ -118,7 +121,7 @@ def _supervised_head(mask: np.ndarray, offsets: np.ndarray, limit: int) -> np.nd
     return cumsum[np.minimum(offsets[1:], offsets[:-1] + limit)] - cumsum[offsets[:-1]]
 
 
-def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progress) -> _Spill:
+def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) -> _Spill:
     lengths: list[np.ndarray] = []
     sources: list[np.ndarray] = []
     supervised_head: list[np.ndarray] = []
@@ -126,9 +129,7 @@ def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progres
     alpaca = False
     with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
             open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
-        for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
-                                        bad_counts=bad_counts, batch_size=config.batch_size,
-                                        prompt_format=config.prompt_format):
+        for batch in batches:
             if config.limit is not None:
                 batch = batch[: config.limit - read]
             if not batch:

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
@@ -81,6 +81,7 @@ class Source:
     kind: str  # "json" | "jsonl" | "parquet" | "csv" | "hub"
     name: str  # what messages call it: the path, or the hub id
     path: Path | None  # None for hub datasets
+    dataset: Any = field(default=None, compare=False)  # a hub dataset already loaded (by `preflight`)
 
 
 def resolve(data: str) -> list[Source]:
@@ -151,7 +152,7 @@ def _folder(data: str, path: Path, known: str) -> list[Source]:
 def fingerprint(source: Source, split: str) -> str:
     """sha256 of a file's bytes; "hub:{id}:{split}:{fingerprint}" for a hub dataset (loads it)."""
     if source.path is None:
-        return f"hub:{source.name}:{split}:{load_hub(source.name, split)._fingerprint}"
+        return f"hub:{source.name}:{split}:{_dataset(source, split)._fingerprint}"
     return sha256_file(source.path)
 
 
@@ -432,7 +433,7 @@ def _decode_csv_row(rec: dict[str, bytes | None]) -> dict[str, Any] | Bad:
 
 
 def _hub_records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
-    dataset = load_hub(source.name, split)
+    dataset = _dataset(source, split)
     if len(dataset) == 0:
         raise DataError(f"{source.name} (split {split}): zero records.", reason="no_records")
     columns = _columns(source, dataset.column_names)
@@ -444,6 +445,10 @@ def _hub_records(source: Source, split: str, batch_size: int) -> Iterator[tuple[
         for record in table.to_pylist():
             yield index, None, record
             index += 1
+
+
+def _dataset(source: Source, split: str) -> Any:
+    return source.dataset if source.dataset is not None else load_hub(source.name, split)
 
 
 def _unreachable(name: str) -> DataError:
@@ -472,7 +477,17 @@ def hub_reachable() -> bool:
         return False
 
 
-def load_hub(name: str, split: str) -> Any:
+def preflight(source: Source, split: str) -> Source:
+    """Fail now, before prep loads its tokenizer, when a hub dataset can only come from a cache
+    that does not hold it: an offline run stops in seconds with the line naming DATA=sample.
+    Returns the source with the dataset loaded where it had to be loaded to know."""
+    if source.kind == "hub" and source.dataset is None and not hub_reachable():
+        return replace(source, dataset=load_hub(source.name, split, offline=True))
+    return source
+
+
+def load_hub(name: str, split: str, offline: bool | None = None) -> Any:
+    """The hub dataset `name`; `offline` (probed when None) reads only the local cache."""
     try:
         # Imported here: local files never pay for (or need) `datasets`.
         import datasets
@@ -483,7 +498,8 @@ def load_hub(name: str, split: str) -> Any:
             reason="hub_unreachable",
         ) from e
     # Offline, load_dataset still serves a cached copy; only an uncached one must fail fast.
-    offline = not hub_reachable()
+    if offline is None:
+        offline = not hub_reachable()
     try:
         if offline:
             with _hub_offline():

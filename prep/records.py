@@ -27,7 +27,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from prep.readers import SAMPLE, Bad, DataError, Source, fingerprint, json_type, record_line, records, resolve
+from prep.readers import (SAMPLE, Bad, DataError, Source, fingerprint, json_type, preflight, record_line, records,
+                          resolve)
 from shards.prompts import user_turn
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
@@ -91,8 +92,8 @@ def read_conversations(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    # Resolve now, not on first next(): a wrong path fails where it was passed.
-    sources = resolve_all(data)
+    # Resolve now, not on first next(): a wrong path or an unreachable hub fails where it was passed.
+    sources = [preflight(source, split) for source in resolve_all(data)]
     return _read(sources, split, skip_bad, bad_counts, batch_size, prompt_format)
 
 
