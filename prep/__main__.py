@@ -19,6 +19,7 @@ from shards.cli import click_options
 @click_options(PrepConfig)
 def main(**kwargs):
     """Turn instruction data into ready-to-train token shards."""
+    from prep.encoders import EncoderError
     from prep.pipeline import PrepError, run
     from prep.readers import DataError
     from prep.template import ChatFormatError
@@ -29,7 +30,7 @@ def main(**kwargs):
         config = PrepConfig(**kwargs).validate()
         command = "python -m prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         run(config, command=command)
-    except (ValueError, DataError, ChatFormatError, PrepError, ShardError) as e:
+    except (ValueError, DataError, ChatFormatError, EncoderError, PrepError, ShardError) as e:
         raise click.ClickException(str(e)) from None
     print(format_table([shard_set_stats(config.out_dir, config.stats_batch_size)]))
     print(f"\nwrote {config.out_dir}/ (inspect with: python -m shards stats {config.out_dir})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from prep.encoders import ENCODER_CHOICES
 from shards.prompts import PROMPT_FORMATS
 
 MODES = ("padding", "packed", "concat")
@@ -31,6 +32,7 @@ class PrepConfig:
     seed: int = _opt(0, "seed of the concat row shuffle")
     skip_bad: bool = _opt(False, "skip bad records (counted by reason in the manifest) instead of stopping")
     limit: int | None = _opt(None, "read only the first N records (quick runs)")
+    encoder: str = _opt("auto", "text encoder: auto (tiktoken where its ids are identical, checked at start, else the fast tokenizer), tiktoken or tokenizers", choices=ENCODER_CHOICES)
     batch_size: int = _opt(1000, "records tokenized per batch (bounds prep's memory)")
     out: str | None = _opt(None, "output folder (default: shards/MODE-MAX_LENGTH)")
     stats_batch_size: int = _opt(16, "batch size assumed by the pad_fraction_at_batch statistic")

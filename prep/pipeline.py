@@ -44,7 +44,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
                                  batch_size=config.batch_size, prompt_format=config.prompt_format)
     tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
-    encoder = ConversationEncoder(tokenizer, config.loss_on)
+    encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     with fmt.staged_folder(config.out_dir) as staging:
         spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
@@ -61,7 +61,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
             loss_on=config.loss_on, token_dtype=token_dtype.name, vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id, end_of_turn_token_id=encoder.end_of_turn_id,
-            prompt_format=prompt_format, encoder=encoder.text_encoder,
+            prompt_format=prompt_format, encoder=encoder.text.name,
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
             source=_data_name(config), source_fingerprint=combined_fingerprint(sources), sources=sources,
             args=asdict(config),

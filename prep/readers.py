@@ -1,4 +1,4 @@
-"""Where records come from: resolving `--data` and reading each file format into raw records.
+"""Where records come from: resolving `--data`, and the JSON formats read into raw records.
 
 `resolve(data)` turns one `--data` value into the files (or hub dataset) it names:
 
@@ -11,9 +11,11 @@
     "path/to/*.jsonl"        a glob (quoted, so prep expands it), matches in sorted order
     owner/name               anything else: a Hugging Face hub dataset id
 
-`records(source, split, batch_size)` yields `(index, line, record)` per record, where a
-record that is already known to be bad (undecodable bytes, malformed JSON) is a `Bad`.
-What a record must look like is `prep.records`' business, not this module's.
+Each format's reader yields `(index, line, record)` per record, where a record already
+known to be bad (undecodable bytes, malformed JSON) is a `Bad`: .json and .jsonl here,
+.parquet and .csv in `prep.tables`, hub datasets in `prep.hub`. What a record must look
+like is `prep.records`' business, not theirs. This module also holds what they share:
+`Source`, `DataError`, `Bad` and the message helpers.
 
 Memory grows with one batch, not with the data: .jsonl is read line by line,
 .parquet and .csv through pyarrow's batch readers, hub datasets by iterating
@@ -22,18 +24,13 @@ single array is decoded whole by the standard library's `json`.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
 import re
-import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-from urllib.parse import urlparse
-
-from shards.format import sha256_file
+from typing import Any, Iterator
 
 SAMPLE = "sample"
 SAMPLE_PATH = Path(__file__).parent / "data" / "alpaca_en_demo.json"
@@ -50,9 +47,6 @@ _FILE_LIKE = {
     ".txt", ".tsv", ".xls", ".xlsx", ".ndjson", ".gz", ".bz2", ".xz", ".zst", ".zip",
     ".tar", ".arrow", ".feather", ".yaml", ".yml", ".xml", ".md", ".html", ".pkl", ".pickle",
 }
-# The hub probe: long enough for any working network, short enough that an offline
-# run fails in seconds (load_dataset retries for about 25 s before giving up).
-_HUB_PROBE_SECONDS = 3.0
 
 
 class DataError(Exception):
@@ -149,27 +143,7 @@ def _folder(data: str, path: Path, known: str) -> list[Source]:
     return [Source(SUFFIXES[p.suffix.lower()], str(Path(data) / p.name), p) for p in files]
 
 
-def fingerprint(source: Source, split: str) -> str:
-    """sha256 of a file's bytes; "hub:{id}:{split}:{fingerprint}" for a hub dataset (loads it)."""
-    if source.path is None:
-        return f"hub:{source.name}:{split}:{_dataset(source, split)._fingerprint}"
-    return sha256_file(source.path)
-
-
-def records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
-    """(index, line, record or Bad) for every record; `line` is the 1-based line for .jsonl, else None."""
-    if source.kind == "jsonl":
-        return _jsonl_records(source)
-    if source.kind == "json":
-        return _json_records(source)
-    if source.kind == "parquet":
-        return _parquet_records(source, batch_size)
-    if source.kind == "csv":
-        return _csv_records(source, batch_size)
-    return _hub_records(source, split, batch_size)
-
-
-def _jsonl_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
+def jsonl_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
     assert source.path is not None
     index = 0
     # Binary mode: lines split on b"\n" only. Text mode's universal newlines
@@ -226,7 +200,7 @@ def _json_text(source: Source) -> str:
         ) from None
 
 
-def _json_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
+def json_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
     """Records of a .json array, decoded whole by `json.loads` (the stdlib cannot stream
     an array; large data sets belong in .jsonl or .parquet)."""
     text = _json_text(source)
@@ -311,252 +285,6 @@ def record_line(source: Source, index: int) -> int | None:
     text = _json_text(source)
     at = next((pos for i, pos in array_items(text) if i == index), None)
     return None if at is None else text.count("\n", 0, at) + 1
-
-
-def _columns(source: Source, names: Iterable[str]) -> list[str]:
-    """The record columns a table source provides; a table without them is unusable."""
-    names = list(names)
-    found = [n for n in FIELDS if n in names]
-    if not {"messages", "conversations"} & set(found) and not {"instruction", "output"} <= set(found):
-        raise DataError(
-            f"{source.name}: no usable columns (found: {', '.join(names) or 'none'}); expected "
-            "Alpaca columns instruction, input (optional), output, or a chat column messages "
-            "(or ShareGPT's conversations). Rename the columns.",
-            reason="missing_field",
-        )
-    return found
-
-
-def _parquet_records(source: Source, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    assert source.path is not None
-    try:
-        parquet = pq.ParquetFile(source.path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(
-            f"{source.name}: not a readable Parquet file ({first_line(e)}); re-export it "
-            "(e.g. pandas DataFrame.to_parquet) or use .jsonl.",
-            reason="unreadable_file",
-        ) from e
-    with parquet:
-        if parquet.metadata.num_rows == 0:
-            raise DataError(f"{source.name}: the table has zero rows (no records).", reason="no_records")
-        # Read only the record columns: extra columns can be large and are ignored anyway.
-        columns = _columns(source, parquet.schema_arrow.names)
-        index = 0
-        try:
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                for record in batch.to_pylist():
-                    yield index, None, record
-                    index += 1
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-            raise DataError(
-                f"{source.name}: cannot read past record {index}: {first_line(e)}. "
-                "The file is damaged; re-export it.",
-                reason="unreadable_file",
-            ) from e
-
-
-def _csv_records(source: Source, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    assert source.path is not None
-    # The header is read first so every column can be typed as bytes: type
-    # inference would turn an all-digit column into int64 and fail on a later
-    # block, and bytes let one badly encoded cell be one bad record.
-    try:
-        with open(source.path, "rb") as f:
-            # Decoded line by line: text mode decodes whole buffers, so a bad
-            # byte in a later row would wrongly fail the header.
-            lines = (raw.decode("utf-8-sig" if i == 0 else "utf-8") for i, raw in enumerate(f))
-            header = next(csv.reader(lines), [])
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(
-            f"{source.name}: cannot read the header row ({first_line(e)}); save the file as UTF-8 CSV.",
-            reason="unreadable_file",
-        ) from e
-    if not any(h.strip() for h in header):
-        raise DataError(f"{source.name}: empty file (no header row, no records).", reason="empty_file")
-    columns = _columns(source, header)
-    options = pacsv.ConvertOptions(
-        column_types={name: pa.binary() for name in header},
-        include_columns=columns,
-        strings_can_be_null=False,  # an empty cell is "", not null
-    )
-    # Rows can span lines (quoted newlines), so CSV records carry an index, no line.
-    index = 0
-    try:
-        reader = pacsv.open_csv(
-            source.path,
-            read_options=pacsv.ReadOptions(block_size=1 << 20),
-            convert_options=options,
-        )
-        for batch in reader:
-            for rec in batch.to_pylist():
-                yield index, None, _decode_csv_row(rec)
-                index += 1
-    except pa.ArrowException as e:
-        raise DataError(
-            f"{source.name}: CSV error at record {index}: {first_line(e)}. Fix the CSV "
-            "(every row needs as many fields as the header; quote fields with commas or newlines).",
-            reason="unreadable_file",
-        ) from e
-    if index == 0:
-        raise DataError(f"{source.name}: a header row but no records.", reason="no_records")
-
-
-def _decode_csv_row(rec: dict[str, bytes | None]) -> dict[str, Any] | Bad:
-    row: dict[str, Any] = {}
-    for key, value in rec.items():
-        if value is None:
-            row[key] = None
-            continue
-        try:
-            row[key] = value.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return Bad(
-                "undecodable_bytes",
-                f"field '{key}' has invalid UTF-8 byte 0x{value[e.start]:02x} at byte {e.start + 1}; "
-                "re-save the file as UTF-8",
-            )
-    for key in ("messages", "conversations"):
-        if isinstance(row.get(key), str):
-            # A CSV cell is flat text, so a chat record's turns arrive as JSON.
-            try:
-                row[key] = json.loads(row[key])
-            except json.JSONDecodeError as e:
-                return Bad("malformed_json", f"field '{key}' is not valid JSON: {e}")
-    return row
-
-
-def _hub_records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
-    dataset = _dataset(source, split)
-    if len(dataset) == 0:
-        raise DataError(f"{source.name} (split {split}): zero records.", reason="no_records")
-    columns = _columns(source, dataset.column_names)
-    # Arrow format: each batch is a slice of the memory-mapped cache, turned
-    # into Python rows one batch at a time.
-    batches = dataset.select_columns(columns).with_format("arrow").iter(batch_size=batch_size)
-    index = 0
-    for table in batches:
-        for record in table.to_pylist():
-            yield index, None, record
-            index += 1
-
-
-def _dataset(source: Source, split: str) -> Any:
-    return source.dataset if source.dataset is not None else load_hub(source.name, split)
-
-
-def _unreachable(name: str) -> DataError:
-    return DataError(
-        f"{name}: the Hugging Face hub cannot be reached and the dataset is not in the local "
-        f"cache; {OFFLINE_HINT}, or pass a local .jsonl/.json/.parquet/.csv file.",
-        reason="hub_unreachable",
-    )
-
-
-def hub_reachable() -> bool:
-    """False when offline mode is on or the hub's host does not answer a TCP connect within
-    `_HUB_PROBE_SECONDS`; load_dataset would spend about 25 s retrying before the same answer."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # only the proxy knows; a direct connect proves nothing
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=_HUB_PROBE_SECONDS):
-            return True
-    except OSError:
-        return False
-
-
-def preflight(source: Source, split: str) -> Source:
-    """Fail now, before prep loads its tokenizer, when a hub dataset can only come from a cache
-    that does not hold it: an offline run stops in seconds with the line naming DATA=sample.
-    Returns the source with the dataset loaded where it had to be loaded to know."""
-    if source.kind == "hub" and source.dataset is None and not hub_reachable():
-        return replace(source, dataset=load_hub(source.name, split, offline=True))
-    return source
-
-
-def load_hub(name: str, split: str, offline: bool | None = None) -> Any:
-    """The hub dataset `name`; `offline` (probed when None) reads only the local cache."""
-    try:
-        # Imported here: local files never pay for (or need) `datasets`.
-        import datasets
-    except ImportError as e:
-        raise DataError(
-            f"{name}: reading a hub dataset needs the 'datasets' package (pip install datasets); "
-            f"or use a local file, or {OFFLINE_HINT}.",
-            reason="hub_unreachable",
-        ) from e
-    # Offline, load_dataset still serves a cached copy; only an uncached one must fail fast.
-    if offline is None:
-        offline = not hub_reachable()
-    try:
-        if offline:
-            with _hub_offline():
-                dataset = datasets.load_dataset(name, split=split)
-        else:
-            dataset = datasets.load_dataset(name, split=split)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one readable DataError
-        raise (_unreachable(name) if offline else _hub_error(name, split, e)) from e
-    if not isinstance(dataset, datasets.Dataset):
-        raise DataError(
-            f"{name} (split {split}): load_dataset returned {type(dataset).__name__}, expected a Dataset.",
-            reason="unreadable_file",
-        )
-    return dataset
-
-
-class _hub_offline:
-    """Offline mode for one load_dataset call: it then reads the cache or fails at once."""
-
-    def __enter__(self) -> None:
-        import datasets.config
-        import huggingface_hub.constants
-
-        self._saved = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
-        datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
-
-    def __exit__(self, *exc: object) -> None:
-        import datasets.config
-        import huggingface_hub.constants
-
-        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = self._saved
-
-
-def _hub_error(name: str, split: str, error: Exception) -> DataError:
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    if any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
-        return _unreachable(name)
-    if any(type(e).__name__ == "DatasetNotFoundError" for e in chain):
-        return DataError(
-            f"{name}: no such dataset on the Hugging Face hub (or it is private or gated). Check the id; "
-            f"a local file needs a {', '.join(SUFFIXES)} extension.",
-            reason="hub_not_found",
-        )
-    if isinstance(error, ValueError) and "split" in str(error).lower():
-        return DataError(
-            f"{name}: split {split!r} not found: {first_line(error)}. Choose one of the dataset's splits.",
-            reason="hub_not_found",
-        )
-    return DataError(
-        f"{name} (split {split}): could not load the hub dataset: {type(error).__name__}: "
-        f"{first_line(error)}",
-        reason="hub_error",
-    )
 
 
 def json_type(value: Any) -> str:

@@ -27,8 +27,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from prep.readers import (SAMPLE, Bad, DataError, Source, fingerprint, json_type, preflight, record_line, records,
-                          resolve)
+from prep.hub import dataset_of, hub_records, preflight
+from prep.readers import Bad, DataError, Source, json_records, json_type, jsonl_records, record_line, resolve
+from prep.tables import csv_records, parquet_records
+from shards.format import sha256_file
 from shards.prompts import user_turn
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
@@ -86,7 +88,7 @@ def read_conversations(
     `bad_counts[reason]` and goes on. File-level problems raise either way, as
     does a source whose records were all bad. `split` only applies to hub ids.
 
-    >>> batch = next(read_conversations(SAMPLE, batch_size=2))
+    >>> batch = next(read_conversations("sample", batch_size=2))
     >>> len(batch), batch[0].index, [role for role, _ in batch[0].messages]
     (2, 0, ['user', 'assistant'])
     """
@@ -120,6 +122,27 @@ def combined_fingerprint(sources: list[dict[str, str]]) -> str:
     """A single source's fingerprint, else the sha256 of all of them in order."""
     prints = [s["fingerprint"] for s in sources]
     return prints[0] if len(prints) == 1 else hashlib.sha256("\n".join(prints).encode()).hexdigest()
+
+
+def fingerprint(source: Source, split: str) -> str:
+    """sha256 of a file's bytes; "hub:{id}:{split}:{fingerprint}" for a hub dataset (loads it)."""
+    if source.path is None:
+        return f"hub:{source.name}:{split}:{dataset_of(source, split)._fingerprint}"
+    return sha256_file(source.path)
+
+
+def records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
+    """(index, line, record or Bad) for every record of one source; `line` is the 1-based line for
+    .jsonl, else None."""
+    if source.kind == "jsonl":
+        return jsonl_records(source)
+    if source.kind == "json":
+        return json_records(source)
+    if source.kind == "parquet":
+        return parquet_records(source, batch_size)
+    if source.kind == "csv":
+        return csv_records(source, batch_size)
+    return hub_records(source, split, batch_size)
 
 
 def _read(sources: list[Source], split: str, skip_bad: bool, bad_counts: collections.Counter | None,

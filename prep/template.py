@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prep.encoders import TextEncoder
+
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # The ChatML template that TRL's setup_chat_format installs.
@@ -115,17 +117,17 @@ class _Plan:
 class ConversationEncoder:
     """Turn conversations (tuples of (role, content)) into ids and loss masks, in batches."""
 
-    def __init__(self, tokenizer, loss_on: str = "assistant"):
+    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto"):
         if loss_on not in ("assistant", "all"):
             raise ValueError(f"loss_on must be 'assistant' or 'all', got {loss_on!r}")
         self.tokenizer, self.loss_on = tokenizer, loss_on
         self.eos_id = tokenizer.eos_token_id
         specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
-        # The Rust tokenizer, for its parallel batch API. Special-token parsing is switched
-        # off while encoding texts: template specials are inserted as ids by the plan.
-        self._backend = tokenizer.backend_tokenizer
-        self.text_encoder = "tokenizers"  # what encodes texts; recorded in the manifest
+        # Texts are encoded in parallel batches with special-token parsing off: template
+        # specials are inserted as ids by the plan (prep.encoders picks tiktoken or tokenizers).
+        self.text = TextEncoder(tokenizer, encoder)
+        self._backend = tokenizer.backend_tokenizer  # the prompt check tokenizes as generation does
         self._plans: dict[tuple, _Plan] = {}
         self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
         # Where generation must stop: the end of an assistant turn, from the template itself.
@@ -134,12 +136,7 @@ class ConversationEncoder:
             self.end_of_turn_id = self.eos_id
 
     def _encode_plain(self, texts: list[str]) -> list[list[int]]:
-        backend = self._backend
-        backend.encode_special_tokens = True
-        try:
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        finally:
-            backend.encode_special_tokens = False
+        return self.text.encode(texts)
 
     def _render(self, roles: tuple, upto: int | None = None, pad: str = "") -> str:
         messages = [{"role": r, "content": f"{pad}\x00{i}\x00{pad}"} for i, r in enumerate(roles)]
