@@ -69,10 +69,14 @@ def test_llama3_template_over_gpt2_regex_is_caught_by_the_prompt_check():
     assert encoder.check_prompts([NO_SYSTEM], ids, offsets) == 0
 
 
+# Plain "role: content" lines: no special token anywhere, so nothing ends a reply.
+UNCLOSED_TEMPLATE = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+                     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+
+
 def test_template_without_a_closing_special_token_is_refused_unless_loss_on_all():
     tokenizer = load_tokenizer("gpt2")
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
-                               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tokenizer.chat_template = UNCLOSED_TEMPLATE
     tokenizer = ensure_chat_format(tokenizer)
     with pytest.raises(ChatFormatError, match="no special token.*--loss-on all"):
         ConversationEncoder(tokenizer)
