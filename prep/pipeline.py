@@ -22,7 +22,7 @@ from tqdm import tqdm
 from prep import packing
 from prep.config import PrepConfig
 from prep.readers import DataError
-from prep.records import combined_fingerprint, read_conversations, source_fingerprints
+from prep.records import combined_fingerprint, read_conversations
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from shards import format as fmt
 from shards.prompts import set_prompt_format
@@ -55,7 +55,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
         set_prompt_format(tokenizer, prompt_format)  # generation renders questions as training did
         tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
         manifest["stats"]["dropped"].update(dict(bad_counts))
-        sources = source_fingerprints(config.data, split=config.split)
+        sources = batches.fingerprints()
         manifest.update(
             mode=config.mode, max_length=config.max_length, packer=config.packer if config.mode == "concat" else None,
             loss_on=config.loss_on, token_dtype=token_dtype.name, vocab_size=len(tokenizer),
@@ -97,7 +97,7 @@ class _Spill:
     """
 
     def __init__(self, folder: Path, token_dtype: np.dtype, lengths: np.ndarray, sources: np.ndarray,
-                 supervised_head: np.ndarray, alpaca: bool):
+                 supervised_head: np.ndarray, alpaca: bool, locate):
         self.ids = np.memmap(folder / SPILL_IDS, dtype=token_dtype, mode="r")
         self.mask = np.memmap(folder / SPILL_MASK, dtype=np.uint8, mode="r")
         self.lengths = lengths
@@ -105,6 +105,7 @@ class _Spill:
         self.sources = sources
         self.supervised_head = supervised_head  # supervised tokens among each sample's first max_length
         self.alpaca = alpaca  # some user turn was rendered from an Alpaca record
+        self.locate = locate  # source index -> "FILE: record K", for messages
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -139,7 +140,7 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
             bad = encoder.check_prompts(conversations, ids, offsets)  # the tokenizer alone must agree
             if bad is not None:
                 raise PrepError(
-                    f"{_data_name(config)}: record {batch[bad].index}: the rendered prompt tokenizes differently "
+                    f"{batches.locate(batch[bad].index)}: the rendered prompt tokenizes differently "
                     f"on its own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
                     "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
                     "a token boundary"
@@ -157,7 +158,7 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
     if read == 0:
         raise DataError(f"{_data_name(config)}: no records to prepare")
     return _Spill(folder, token_dtype, np.concatenate(lengths), np.concatenate(sources),
-                  np.concatenate(supervised_head), alpaca)
+                  np.concatenate(supervised_head), alpaca, batches.locate)
 
 
 def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
@@ -182,7 +183,7 @@ def _apply_length_policy(config: PrepConfig, spill: _Spill, samples: np.ndarray,
     if policy == "error" and over.any():
         first = samples[np.argmax(over)]
         raise PrepError(
-            f"{_data_name(config)}: record {spill.sources[first]} is {spill.lengths[first]} tokens, over --max-length "
+            f"{spill.locate(int(spill.sources[first]))} is {spill.lengths[first]} tokens, over --max-length "
             f"{config.max_length}; raise --max-length, or pass --overlong truncate or --overlong drop"
         )
     keep = np.ones(len(samples), dtype=bool)

@@ -22,6 +22,7 @@ raise, since no record could be read past them.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def read_conversations(
     bad_counts: collections.Counter | None = None,
     batch_size: int = 1000,
     prompt_format: str = "alpaca",
-) -> Iterator[list[Conversation]]:
+) -> "ConversationReader":
     """Yield the sources' conversations in lists of at most `batch_size`.
 
     Raises DataError on the first bad record, or, with `skip_bad`, counts it in
@@ -96,17 +97,78 @@ def read_conversations(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     # Resolve now, not on first next(): a wrong path or an unreachable hub fails where it was passed.
     sources = [preflight(source, split) for source in resolve_all(data)]
-    return _read(sources, split, skip_bad, bad_counts, batch_size, prompt_format)
+    return ConversationReader(sources, split, skip_bad, bad_counts, batch_size, prompt_format)
+
+
+class ConversationReader:
+    """The batches of `read_conversations` (an iterator), plus where each record came from."""
+
+    def __init__(self, sources: list[Source], split: str, skip_bad: bool = False,
+                 bad_counts: collections.Counter | None = None, batch_size: int = 1000,
+                 prompt_format: str = "alpaca") -> None:
+        self.sources, self.split = sources, split
+        self._starts: list[int] = []  # global index of each source's first record, as they are reached
+        self._batches = self._read(skip_bad, bad_counts, batch_size, prompt_format)
+
+    def __iter__(self) -> "ConversationReader":
+        return self
+
+    def __next__(self) -> list[Conversation]:
+        return next(self._batches)
+
+    def locate(self, index: int) -> str:
+        """"FILE: record K" for the global record `index` (one read by now), for messages."""
+        k = bisect.bisect_right(self._starts, index) - 1
+        return f"{self.sources[k].name}: record {index - self._starts[k]}"
+
+    def fingerprints(self) -> list[dict[str, str]]:
+        """[{source, fingerprint}] for every file (sha256 of its bytes) or hub dataset read."""
+        return [{"source": s.name, "fingerprint": fingerprint(s, self.split)} for s in self.sources]
+
+    def _read(self, skip_bad: bool, bad_counts: collections.Counter | None, batch_size: int,
+              prompt_format: str) -> Iterator[list[Conversation]]:
+        batch: list[Conversation] = []
+        offset = 0  # records of the sources before this one: indices run on across files
+        for source in self.sources:
+            self._starts.append(offset)
+            counts: collections.Counter = collections.Counter()  # this file's own, for the all-bad message
+            total = good = 0
+            for index, line, record in records(source, self.split, batch_size):
+                total += 1
+                try:
+                    if isinstance(record, Bad):
+                        raise record
+                    messages, alpaca = conversation(record, prompt_format)
+                except Bad as bad:
+                    if not skip_bad:
+                        raise DataError(f"{source.name}: {_where(source, index, line)}: {bad.detail}. {_SKIP_HINT}",
+                                        reason=bad.reason) from None
+                    counts[bad.reason] += 1
+                    if bad_counts is not None:
+                        bad_counts[bad.reason] += 1
+                    continue
+                good += 1
+                batch.append(Conversation(offset + index, line, messages, alpaca))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            if total == 0:  # every format checks this itself; kept so no source yields silently nothing
+                raise DataError(f"{source.name}: zero records.", reason="no_records")
+            if good == 0:
+                summary = ", ".join(f"{reason}: {n}" for reason, n in counts.most_common())
+                raise DataError(
+                    f"{source.name}: all {total} records were bad ({summary}); nothing is left to train on. "
+                    "Run without --skip-bad to see the first error.",
+                    reason="all_bad",
+                )
+            offset += total
+        if batch:
+            yield batch
 
 
 def resolve_all(data: str | Sequence[str]) -> list[Source]:
     """Every source of one or several `--data` values, in the order given."""
     return [source for value in ([data] if isinstance(data, str) else data) for source in resolve(value)]
-
-
-def source_fingerprints(data: str | Sequence[str], *, split: str = "train") -> list[dict[str, str]]:
-    """[{source, fingerprint}] for every file read (sha256 of its bytes) or hub dataset."""
-    return [{"source": s.name, "fingerprint": fingerprint(s, split)} for s in resolve_all(data)]
 
 
 def source_fingerprint(data: str | Sequence[str], *, split: str = "train") -> str:
@@ -115,7 +177,7 @@ def source_fingerprint(data: str | Sequence[str], *, split: str = "train") -> st
     Local files (and the sample): the sha256 hex digest of the file's bytes.
     Hub ids: "hub:{id}:{split}:{fingerprint}", from the loaded dataset's `_fingerprint`.
     """
-    return combined_fingerprint(source_fingerprints(data, split=split))
+    return combined_fingerprint(ConversationReader(resolve_all(data), split).fingerprints())
 
 
 def combined_fingerprint(sources: list[dict[str, str]]) -> str:
@@ -143,46 +205,6 @@ def records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, 
     if source.kind == "csv":
         return csv_records(source, batch_size)
     return hub_records(source, split, batch_size)
-
-
-def _read(sources: list[Source], split: str, skip_bad: bool, bad_counts: collections.Counter | None,
-          batch_size: int, prompt_format: str) -> Iterator[list[Conversation]]:
-    batch: list[Conversation] = []
-    offset = 0  # records of the sources before this one: indices run on across files
-    for source in sources:
-        counts: collections.Counter = collections.Counter()  # this file's own, for the all-bad message
-        total = good = 0
-        for index, line, record in records(source, split, batch_size):
-            total += 1
-            try:
-                if isinstance(record, Bad):
-                    raise record
-                messages, alpaca = conversation(record, prompt_format)
-            except Bad as bad:
-                if not skip_bad:
-                    raise DataError(f"{source.name}: {_where(source, index, line)}: {bad.detail}. {_SKIP_HINT}",
-                                    reason=bad.reason) from None
-                counts[bad.reason] += 1
-                if bad_counts is not None:
-                    bad_counts[bad.reason] += 1
-                continue
-            good += 1
-            batch.append(Conversation(offset + index, line, messages, alpaca))
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
-        if total == 0:  # every format checks this itself; kept so no source yields silently nothing
-            raise DataError(f"{source.name}: zero records.", reason="no_records")
-        if good == 0:
-            summary = ", ".join(f"{reason}: {n}" for reason, n in counts.most_common())
-            raise DataError(
-                f"{source.name}: all {total} records were bad ({summary}); nothing is left to train on. "
-                "Run without --skip-bad to see the first error.",
-                reason="all_bad",
-            )
-        offset += total
-    if batch:
-        yield batch
 
 
 def _where(source: Source, index: int, line: int | None) -> str:

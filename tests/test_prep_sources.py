@@ -68,3 +68,15 @@ def test_the_shard_set_records_the_prompt_format_and_generation_follows_it(tmp_p
     plain = run(PrepConfig(data=str(data), out=str(tmp_path / "p"), mode="padding", max_length=128,
                            prompt_format="none"), progress=False)
     assert plain["prompt_format"] == "none"
+
+
+def test_an_error_past_the_first_source_names_its_file_and_record(tmp_path):
+    import pytest
+
+    from prep.pipeline import PrepError
+
+    short = write_jsonl(tmp_path / "short.jsonl", [{"instruction": "a", "output": "b"}] * 3)
+    long = write_jsonl(tmp_path / "long.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b " * 100}])
+    with pytest.raises(PrepError, match=rf"^{long}: record 1 is \d+ tokens, over --max-length 32"):
+        run(PrepConfig(data=(str(short), str(long)), out=str(tmp_path / "s"), mode="padding", max_length=32,
+                       overlong="error", val_ratio=0.0), progress=False)

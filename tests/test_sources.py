@@ -531,10 +531,8 @@ def test_folder_of_mixed_formats_is_refused(tmp_path: Path) -> None:
 def test_every_source_is_fingerprinted(tmp_path: Path) -> None:
     import hashlib
 
-    from prep.records import source_fingerprints
-
     a, b = _two_files(tmp_path)
-    prints = source_fingerprints([str(a.parent), SAMPLE])
+    prints = read_conversations([str(a.parent), SAMPLE]).fingerprints()
     assert [p["source"] for p in prints] == [str(a), str(b), f"sample ({DATA.parents[1] / 'prep/data/alpaca_en_demo.json'})"]
     assert prints[1]["fingerprint"] == hashlib.sha256(b.read_bytes()).hexdigest()
 
