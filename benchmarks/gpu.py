@@ -113,7 +113,7 @@ def run_config(shards: Path, precision: str, device, steps: int, warmup: int, ba
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     order = RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True)
-    pad = shard_set.manifest["pad_token_id"]
+    pad = shard_set.manifest.pad_token_id
     records = []
     for i in range(warmup + steps):
         rows = order.next_rows()

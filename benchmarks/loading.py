@@ -31,7 +31,7 @@ def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 
 
     shard_set, split = open_train_split(shards)
     order = RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True)
-    pad, cpu = shard_set.manifest["pad_token_id"], torch.device("cpu")
+    pad, cpu = shard_set.manifest.pad_token_id, torch.device("cpu")
     times, shapes = [], set()
     for i in range(warmup + count):
         seconds, (inputs, batch) = clock(get_batch, split, order.next_rows(), pad, True, cpu)
@@ -56,7 +56,7 @@ def step_seconds(shards: Path, batch_size: int, repeats: int, seed: int = 0, mod
     model.train()
     optimizer = optimizer_for(model)
     order = RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True)
-    pad, cpu = shard_set.manifest["pad_token_id"], torch.device("cpu")
+    pad, cpu = shard_set.manifest.pad_token_id, torch.device("cpu")
     times, losses = [], []
     for i in range(1 + repeats):
         inputs, batch = get_batch(split, order.next_rows(), pad, True, cpu)

@@ -198,12 +198,12 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
             seconds, trl_dataset = clock(trl.prepare, rows)
             times["trl"].append(seconds)
 
-    stats = manifest["stats"]
+    stats = manifest.stats
     result = {
         "data": str(data), "max_length": max_length, "repeats": repeats,
         "samples": len(convs), "sample_tokens": int(lengths.sum()),
         "prep_seconds": median(times["prep"]), "floor_seconds": median(times["floor"]),
-        "prep_rows": stats["rows"], "prep_tokens": stats["tokens"], "prep_supervised_tokens": stats["supervised_tokens"],
+        "prep_rows": stats.rows, "prep_tokens": stats.tokens, "prep_supervised_tokens": stats.supervised_tokens,
         "times": times,
         # Each round's ratio compares runs a few seconds apart: the machine's load mostly cancels.
         "prep_over_tokenizer_floor": median(p / f for p, f in zip(times["prep"], times["floor"])),
@@ -228,21 +228,21 @@ def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, re
 
 def check_prep_and_floor(texts, floor_lengths, lengths, manifest, max_length, samples) -> dict:
     """The floor and prep saw the same rows and the same tokens (True everywhere, or a figure is void)."""
-    stats = manifest["stats"]
+    stats = manifest.stats
     return {
-        "same_rows": len(texts) == samples == stats["records_read"] == stats["samples"],
+        "same_rows": len(texts) == samples == stats.records_read == stats.samples,
         # The floor tokenizes whole texts, prep segment by segment: the same tokens either way.
         "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
-        "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats["tokens"],
+        "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens,
     }
 
 
 def check_trl(counts: dict, manifest: dict, samples: int) -> dict:
     """TRL packed the same samples into rows holding the same tokens and the same supervised tokens as prep."""
-    stats = manifest["stats"]
+    stats = manifest.stats
     return {
-        "same_samples": counts["samples"] == samples == stats["samples"],
-        "same_tokens": counts["tokens"] == stats["tokens"],
-        "same_supervised_tokens": counts["supervised_tokens"] == stats["supervised_tokens"],
+        "same_samples": counts["samples"] == samples == stats.samples,
+        "same_tokens": counts["tokens"] == stats.tokens,
+        "same_supervised_tokens": counts["supervised_tokens"] == stats.supervised_tokens,
     }
 

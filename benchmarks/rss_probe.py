@@ -45,12 +45,12 @@ def main(shards: Path, batch_size: int) -> None:
     shard_set = ShardSet.open(shards)
     split = shard_set.split("train")
     order = RowOrder(split.num_rows, batch_size, seed=0, shuffle=True)
-    pad, cpu = shard_set.manifest["pad_token_id"], torch.device("cpu")
+    pad, cpu = shard_set.manifest.pad_token_id, torch.device("cpu")
     tokens = 0
     for _ in range(order.batches_per_epoch):
         inputs, batch = get_batch(split, order.next_rows(), pad, True, cpu)
         tokens += batch.tokens
-    shard_bytes = sum(entry["bytes"] for entry in shard_set.manifest["files"])
+    shard_bytes = sum(entry.bytes for entry in shard_set.manifest.files)
     print(json.dumps({"rows": split.num_rows, "batches": order.batches_per_epoch, "tokens": tokens,
                       "shard_bytes": shard_bytes, **memory()}))
 

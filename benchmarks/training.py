@@ -35,7 +35,7 @@ def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 
         model.train()
         runs[mode] = dict(manifest=shard_set.manifest, split=split, model=model, optimizer=optimizer_for(model),
                           order=RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True),
-                          pad=shard_set.manifest["pad_token_id"], steps=[])
+                          pad=shard_set.manifest.pad_token_id, steps=[])
 
     def one_step(run: dict) -> dict:
         def step():
@@ -81,13 +81,13 @@ def check_same_samples(manifests: dict[str, dict]) -> dict:
     the same samples with the same tokens (both truncate to max_length; packed cuts instead)."""
     values = list(manifests.values())
     checks = {
-        "same_source": len({m["source_fingerprint"] for m in values}) == 1,
-        "same_tokenizer": len({m["tokenizer_fingerprint"] for m in values}) == 1,
-        "same_max_length": len({m["max_length"] for m in values}) == 1,
-        "same_records": len({m["stats"]["records_read"] for m in values}) == 1,
+        "same_source": len({m.source_fingerprint for m in values}) == 1,
+        "same_tokenizer": len({m.tokenizer_fingerprint for m in values}) == 1,
+        "same_max_length": len({m.max_length for m in values}) == 1,
+        "same_records": len({m.stats.records_read for m in values}) == 1,
     }
     if "padding" in manifests and "concat" in manifests:
-        padding, concat = manifests["padding"]["stats"], manifests["concat"]["stats"]
+        padding, concat = manifests["padding"].stats, manifests["concat"].stats
         checks["padding_concat_same_tokens"] = all(
-            padding[k] == concat[k] for k in ("samples", "tokens", "supervised_tokens"))
+            getattr(padding, k) == getattr(concat, k) for k in ("samples", "tokens", "supervised_tokens"))
     return checks

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Literal, get_args
 
+from sftcli import UserError
+
 EncoderChoice = Literal["auto", "tiktoken", "tokenizers"]
 ENCODER_CHOICES: tuple[str, ...] = get_args(EncoderChoice)
 CHECK_TEXTS = 1000
@@ -25,7 +27,7 @@ CHECK_TEXTS = 1000
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-class EncoderError(Exception):
+class EncoderError(UserError):
     """--encoder tiktoken was asked for and cannot be honoured; the message says why."""
 
 

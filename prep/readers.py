@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from sftcli import UserError
+
 SAMPLE = "sample"
 SAMPLE_PATH = Path(__file__).parent / "data" / "alpaca_en_demo.json"
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -49,7 +51,7 @@ _FILE_LIKE = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A bad input record or file; message names file, record, field and fix.
 
     `reason` is one of `prep.records.REASONS` for a record-level problem, or a file-level

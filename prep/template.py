@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from prep.encoders import TextEncoder
+from sftcli import UserError
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -55,7 +56,7 @@ def _content(conversation, index: int, trimmed: frozenset) -> str:
     return content.strip() if index in trimmed else content
 
 
-class ChatFormatError(Exception):
+class ChatFormatError(UserError):
     """The chat template cannot give exact loss-mask boundaries."""
 
 

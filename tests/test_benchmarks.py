@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from benchmarks import bench_packing, common, gpu, loading, prep_speed, report, suite, training
 from benchmarks.__main__ import main as bench_main
+from shards.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +81,13 @@ def test_trl_template_renders_the_text_prep_supervises(records):
 def test_packing_section_gets_the_real_lengths(prep_section):
     """bench_packing on prep's lengths packs into exactly the rows prep wrote (val-ratio 0, nothing dropped)."""
     result, lengths, work = prep_section
-    manifest = json.loads((work / "shards" / "prep-concat-256" / "manifest.json").read_text())
-    assert manifest["stats"]["dropped"] == {}
+    manifest = read_manifest(work / "shards" / "prep-concat-256")
+    assert manifest.stats.dropped == {}
     packing = bench_packing.run(lengths, max_lengths=(256,), repeats=1, synthetic_count=1000, synthetic_repeats=1)
     r = packing[256]
     assert r["samples"] == 80 and r["padding_rows"] == 80
-    assert r["concat_bfd_rows"] == manifest["stats"]["rows"] == result["prep_rows"]
-    assert r["lower_bound_rows"] == manifest["stats"]["lower_bound_rows"] <= r["concat_bfd_rows"]
+    assert r["concat_bfd_rows"] == manifest.stats.rows == result["prep_rows"]
+    assert r["lower_bound_rows"] == manifest.stats.lower_bound_rows <= r["concat_bfd_rows"]
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +108,10 @@ def test_training_section_compares_the_same_samples(small_shards):
 
 
 def test_training_checks_catch_different_inputs(small_shards):
-    from shards.format import read_manifest
+    import dataclasses
 
     manifests = {mode: read_manifest(path) for mode, path in small_shards.items()}
-    manifests["concat"] = {**manifests["concat"], "source_fingerprint": "another file"}
+    manifests["concat"] = dataclasses.replace(manifests["concat"], source_fingerprint="another file")
     assert training.check_same_samples(manifests)["same_source"] is False
 
 

@@ -96,8 +96,8 @@ def test_prep_records_the_end_of_turn_token_and_train_stops_there(tmp_path):
                               max_length=128, val_ratio=0.25), progress=False)
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "s" / "tokenizer"))
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    assert manifest["end_of_turn_token_id"] == eot != manifest["eos_token_id"]
-    assert manifest["prompt_format"] == "none"  # chat data: the user wrote the turns
-    model = load_model("tiny", tokenizer, end_of_turn_token_id=manifest["end_of_turn_token_id"])
+    assert manifest.end_of_turn_token_id == eot != manifest.eos_token_id
+    assert manifest.prompt_format == "none"  # chat data: the user wrote the turns
+    model = load_model("tiny", tokenizer, end_of_turn_token_id=manifest.end_of_turn_token_id)
     assert model.generation_config.eos_token_id == [eot, tokenizer.eos_token_id]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["end_of_turn_token_id"] == eot

@@ -39,7 +39,7 @@ def test_both_encoders_write_byte_identical_shards(tok, tmp_path):
     for encoder in ("tiktoken", "tokenizers"):
         manifest = run(PrepConfig(data=str(data), out=str(tmp_path / encoder), mode="concat", max_length=128,
                                   encoder=encoder), progress=False)
-        assert manifest["encoder"] == encoder
+        assert manifest.encoder == encoder
         files[encoder] = {p.name: p.read_bytes() for p in sorted((tmp_path / encoder).glob("*.arrow"))}
     assert files["tiktoken"] and files["tiktoken"] == files["tokenizers"]
 

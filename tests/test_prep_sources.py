@@ -26,7 +26,7 @@ def test_a_folder_and_two_sources_give_the_shards_of_their_concatenation(tmp_pat
     folder = run(PrepConfig(data=str(parts), out=str(tmp_path / "folder"), **options), progress=False)
     reference = _arrow_files(tmp_path / "whole")
     assert reference and _arrow_files(tmp_path / "folder") == reference
-    assert folder["sources"] == [
+    assert [s.to_json() for s in folder.sources] == [
         {"source": str(parts / name), "fingerprint": hashlib.sha256((parts / name).read_bytes()).hexdigest()}
         for name in ("part-0.jsonl", "part-1.jsonl")
     ]
@@ -44,8 +44,8 @@ def test_validation_rows_follow_overlong_drop(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", records)
     m = run(PrepConfig(data=str(data), out=str(tmp_path / "s"), mode="padding", max_length=32, overlong="drop",
                        val_ratio=0.3), progress=False)
-    assert m["stats"]["val"]["dropped"] == {"too_long": 2}
-    assert m["stats"]["val"]["samples"] == 1 and m["stats"]["val"]["truncated"] == 0
+    assert m.stats.val.dropped == {"too_long": 2}
+    assert m.stats.val.samples == 1 and m.stats.val.truncated == 0
 
 
 def test_the_shard_set_records_the_prompt_format_and_generation_follows_it(tmp_path):
@@ -55,7 +55,7 @@ def test_the_shard_set_records_the_prompt_format_and_generation_follows_it(tmp_p
 
     data = write_jsonl(tmp_path / "d.jsonl", json.loads(SAMPLE.read_text())[:20])
     m = run(PrepConfig(data=str(data), out=str(tmp_path / "s"), mode="padding", max_length=128), progress=False)
-    assert m["prompt_format"] == "alpaca"
+    assert m.prompt_format == "alpaca"
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "s" / "tokenizer"))
     assert prompt_format_of(tokenizer) == "alpaca"
     tokenizer.save_pretrained(str(tmp_path / "best"))  # as train saves it with every checkpoint
@@ -67,7 +67,7 @@ def test_the_shard_set_records_the_prompt_format_and_generation_follows_it(tmp_p
     assert raw == f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
     plain = run(PrepConfig(data=str(data), out=str(tmp_path / "p"), mode="padding", max_length=128,
                            prompt_format="none"), progress=False)
-    assert plain["prompt_format"] == "none"
+    assert plain.prompt_format == "none"
 
 
 def test_an_error_past_the_first_source_names_its_file_and_record(tmp_path):

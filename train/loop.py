@@ -11,9 +11,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +24,20 @@ from tqdm import tqdm
 import transformers
 from transformers import AutoTokenizer
 
-from shards.format import IGNORE_INDEX, MANIFEST, ShardError, ShardSet, SplitArrays, rebuild_hint
-from train.config import ConfigError, TrainConfig, load_config
+from shards.format import (IGNORE_INDEX, MANIFEST, Manifest, ShardError, ShardSet, SplitArrays, rebuild_hint,
+                           recover_folder, staged_folder)
+from train.config import TrainConfig, load_config
 from shards.batch import get_rows_batch
 from train.data import RowOrder, check_shards, rank_share, val_row_batches
 from train.logs import RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
+from sftcli import ConfigError, UserError
 
 TRAINER_STATE = "trainer_state.json"  # Progress + config: the counters a resume restores
 OPTIMIZER_STATE = "optimizer.pt"  # optimizer, scheduler, GradScaler, per-process RNG states
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """The run cannot go on (e.g. the loss stays NaN); checkpoints already written stay intact."""
 
 
@@ -214,16 +215,16 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
-                       config.seed, config.dropout, config.attention, manifest["end_of_turn_token_id"])
+                       config.seed, config.dropout, config.attention, manifest.end_of_turn_token_id)
     check_shards(shard_set, vocab_rows(model))
-    if (positions := max_positions(model)) is not None and manifest["max_length"] > positions:
-        raise ShardError(f"{shard_set.folder}: rows of up to {manifest['max_length']} tokens, but the model "
+    if (positions := max_positions(model)) is not None and manifest.max_length > positions:
+        raise ShardError(f"{shard_set.folder}: rows of up to {manifest.max_length} tokens, but the model "
                          f"has {positions} positions; {hint} and a smaller --max-length")
     train_split, val_split = shard_set.split("train"), shard_set.split("val")
     if config.batch_size % dist.world_size or train_split.num_rows < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} "
                           f"processes and at most the {train_split.num_rows} train rows")
-    pad_token_id, isolation = manifest["pad_token_id"], config.isolation == "on"
+    pad_token_id, isolation = manifest.pad_token_id, config.isolation == "on"
     model.to(device)
     autocast_dtype, use_scaler = resolve_precision(config.precision, device)
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
@@ -325,7 +326,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     return summary
 
 
-def make_summary(progress: Progress, config: TrainConfig, manifest: dict, shards: Path, dist: Dist) -> dict:
+def make_summary(progress: Progress, config: TrainConfig, manifest: Manifest, shards: Path, dist: Dist) -> dict:
     return dict(
         steps=progress.step, max_steps=config.max_steps, completed=progress.step == config.max_steps,
         epoch=progress.epoch, wall_seconds=progress.wall_seconds, train_seconds=progress.train_seconds,
@@ -335,7 +336,7 @@ def make_summary(progress: Progress, config: TrainConfig, manifest: dict, shards
         padding_fraction=1 - progress.tokens / max(progress.slots, 1),
         best_val_loss=progress.best_val_loss, best_step=progress.best_step, final_val_loss=progress.last_val_loss,
         overflow_skipped_steps=progress.overflow_skipped_steps, nan_loss_steps=progress.nan_loss_steps,
-        mode=manifest["mode"], max_length=manifest["max_length"], isolation=config.isolation, model=config.model,
+        mode=manifest.mode, max_length=manifest.max_length, isolation=config.isolation, model=config.model,
         precision=config.precision, world_size=dist.world_size, batch_size=config.batch_size,
         grad_accum=config.grad_accum, shards=str(shards), shard_stats_path=str(Path(shards) / MANIFEST),
     )
@@ -372,43 +373,6 @@ def barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in [*folder.iterdir(), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def recover_folder(target: Path) -> None:
-    """A save killed between its two renames leaves only `.NAME.old`: put it back."""
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.exists():
-        old.rename(target)
-
-
-@contextmanager
-def atomic_folder(target: Path):
-    """Write a folder under a temporary name; swap it in by renames only when complete.
-
-    At every instant `target` or `.target.old` is a complete folder (recover_folder
-    mends the second case), so a kill during a save never leaves half a checkpoint.
-    """
-    recover_folder(target)
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    _fsync_tree(tmp)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    _fsync_tree(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig,
                     optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None) -> None:
     """A Hugging Face folder (safetensors + tokenizer); with an optimizer, also all that --resume needs.
@@ -426,7 +390,7 @@ def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: 
             torch.distributed.all_gather_object(rng_states, rng)
         if dist is not None and not dist.main:
             return
-    with atomic_folder(folder) as tmp:
+    with staged_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
