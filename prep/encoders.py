@@ -47,6 +47,8 @@ def _byte_decoder() -> dict[str, int]:
 def _pattern(spec: dict) -> str:
     """The one regex that splits text before byte-level BPE, or ValueError when there is none."""
     pre = spec.get("pre_tokenizer") or {}
+    if pre.get("add_prefix_space") or any(step.get("add_prefix_space") for step in pre.get("pretokenizers", [])):
+        raise ValueError("it adds a prefix space, which tiktoken does not")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return GPT2_PATTERN
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
