@@ -41,6 +41,12 @@ OTHER_CASES = [
     ("inf/NaN gradients", "the step is skipped, counted and logged", "tests/test_train_loop.py::test_overflowing_gradients_are_skipped_counted_and_logged"),
     ("NaN loss for more than --max-nan-steps steps", "the run stops with a clear error; best/ and last/ intact",
      "tests/test_train_loop.py::test_nan_loss_stops_the_run_and_keeps_checkpoints"),
+    ("a skipped update (inf/NaN gradients)", "the learning-rate schedule does not advance",
+     "tests/test_train_step.py::test_a_skipped_update_does_not_move_the_schedule"),
+    ("updates skipped for more than --max-nan-steps steps in a row", "the run stops with a clear error",
+     "tests/test_train_step.py::test_consecutive_skipped_updates_stop_the_run"),
+    ("`--attention flex` or `flash` where it cannot train (CPU)", "refused with one line saying why, nothing written",
+     "tests/test_train_attention.py::test_paths_that_cannot_train_on_cpu_say_so_in_one_line"),
 ]
 
 
