@@ -5,7 +5,7 @@ Two passes keep memory bounded by one batch of records:
    mask to `samples.ids` / `samples.mask` in the staging folder (only per-sample lengths stay in RAM);
 2. split train/val, apply the length policy, lay the rows out with the pure packing
    functions (prep.packing), and write the rows by gathering from the memory-mapped spill.
-The staging folder becomes the shard set by one rename (shards.format.staged_folder).
+The staging folder becomes the shard set by one rename (shards.folders.staged_folder).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from prep.records import combined_fingerprint, read_conversations
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from sftcli import UserError, command_line
 from shards import format as fmt
+from shards.folders import staged_folder
 from shards.manifest import Manifest, ShardStats, SourceEntry, SplitStats
 from shards.prompts import set_prompt_format
 from shards.stats import row_stats, sample_stats
@@ -48,7 +49,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
-    with fmt.staged_folder(config.out_dir) as staging:
+    with staged_folder(config.out_dir) as staging:
         spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
         _check_disk_space(staging, spill, token_dtype)
         files, stats = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)

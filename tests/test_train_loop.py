@@ -202,7 +202,7 @@ def test_a_run_folder_is_not_reused_by_accident(reference):
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
     import subprocess
 
-    from shards.format import recover_folder, staged_folder
+    from shards.folders import recover_folder, staged_folder
 
     target = tmp_path / "last"
     with staged_folder(target) as folder:

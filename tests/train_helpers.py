@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, staged_folder, token_dtype_for,
+from shards.folders import staged_folder
+from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, token_dtype_for,
                            tokenizer_fingerprint)
 from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, write_manifest
 from shards.stats import row_stats
