@@ -15,7 +15,8 @@ from typing import Literal
 
 from prep.encoders import EncoderChoice
 from prep.packing import Mode, Packer
-from sftcli import check_config, opt as _opt
+from prep.template import LossOn
+from sftcli import check_config, flag, opt as _opt
 from shards.prompts import PromptFormat
 
 
@@ -35,7 +36,7 @@ class PrepConfig:
     prompt_format: PromptFormat = _opt(
         "alpaca", "user turn of Alpaca records: alpaca (the seed's preamble) or none (the instruction as is); "
         "recorded for generation")
-    loss_on: Literal["assistant", "all"] = _opt(
+    loss_on: LossOn = _opt(
         "assistant", "tokens with loss: assistant (each reply + the template's end-of-turn token) or all (the seed's code)")
     overlong: Literal["truncate", "drop", "error"] = _opt(
         "truncate", "sample longer than max-length in padding/concat and validation rows: truncate, drop or error")
@@ -70,6 +71,6 @@ class PrepConfig:
         for name in ("limit", "batch_size", "stats_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')}: must be positive, got {value}")
+                problems.append(f"{flag(name)}: must be positive, got {value}")
         check_config(self, problems, "prep")
         return self

@@ -31,10 +31,12 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from prep.encoders import TextEncoder
+from prep.records import ASSISTANT, USER
 from sftcli import UserError
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
@@ -46,7 +48,8 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-USER, ASSISTANT = "user", "assistant"
+# Which tokens carry a loss: each assistant reply and its end-of-turn token, or every token (the seed's code).
+LossOn = Literal["assistant", "all"]
 CHECKS_PER_SHAPE = 4
 _PLACEHOLDER = re.compile("\x00(\\d+)\x00")  # NUL never occurs in validated records
 
@@ -119,8 +122,8 @@ class ConversationEncoder:
     """Turn conversations (tuples of (role, content)) into ids and loss masks, in batches."""
 
     def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto"):
-        if loss_on not in ("assistant", "all"):
-            raise ValueError(f"loss_on must be 'assistant' or 'all', got {loss_on!r}")
+        if loss_on not in get_args(LossOn):
+            raise ValueError(f"loss_on must be one of {get_args(LossOn)}, got {loss_on!r}")
         self.tokenizer, self.loss_on = tokenizer, loss_on
         self.eos_id = tokenizer.eos_token_id
         specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)

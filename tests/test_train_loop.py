@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from sftcli import flag
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -230,6 +232,6 @@ def test_bad_options_are_listed_together():
 def test_cli_help_documents_every_option():
     text = CliRunner().invoke(main, ["--help"], terminal_width=200).output
     for field in dataclasses.fields(TrainConfig):
-        assert "--" + field.name.replace("_", "-") in text
+        assert flag(field.name) in text
         assert field.metadata["help"].split()[0] in text
 

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sftcli
+
 from shards.folders import staged_folder
 from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, token_dtype_for,
                            tokenizer_fingerprint)
 from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, write_manifest
+from prep.template import CHATML_TEMPLATE
 from shards.stats import row_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_FILES = ROOT / "prep" / "assets" / "gpt2"
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,7 +34,7 @@ def chatml_tokenizer():
     tok = GPT2Tokenizer.from_pretrained(str(GPT2_FILES), model_max_length=1024)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.eos_token, tok.bos_token, tok.pad_token = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
-    tok.chat_template = CHATML
+    tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
@@ -176,7 +177,7 @@ def cli_args(config) -> list[str]:
 
     args = []
     for field in dataclasses.fields(config):
-        value, flag = getattr(config, field.name), "--" + field.name.replace("_", "-")
+        value, flag = getattr(config, field.name), sftcli.flag(field.name)
         if isinstance(value, bool):
             args.append(flag if value else f"--no-{flag[2:]}")
         elif value is not None:

@@ -27,7 +27,7 @@ class ModelError(UserError):
     """A model that cannot be loaded or cannot read these shards."""
 
 
-class _NoPaddingWarning(logging.Filter):
+class _NoPaddingWarning(logging.Filter):  # installed by load_model, not at import
     # Padding here needs no attention mask: it sits after every real token (causal
     # attention never looks forward) and its labels are ignored; isolation comes from
     # position ids. transformers cannot know that and would warn once per process.
@@ -35,7 +35,7 @@ class _NoPaddingWarning(logging.Filter):
         return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
 
 
-logging.getLogger("transformers.modeling_utils").addFilter(_NoPaddingWarning())
+_NO_PADDING_WARNING = _NoPaddingWarning()
 
 
 def padded_vocab_size(num_tokens: int, multiple: int) -> int:
@@ -46,6 +46,7 @@ def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int 
                dropout: float | None = None, attention: str = "sdpa",
                end_of_turn_token_id: int | None = None) -> PreTrainedModel:
     """Build or load the model in fp32, size its embeddings to the tokenizer, set its special ids."""
+    logging.getLogger("transformers.modeling_utils").addFilter(_NO_PADDING_WARNING)  # a set: adding twice is a no-op
     vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)
     overrides = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     if name in NAMED_CONFIGS:
