@@ -92,7 +92,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
-                       config.seed, config.dropout, implementation(attention))
+                       config.seed, config.dropout, implementation(attention), manifest.end_of_turn_token_id)
     check_shards(shard_set, vocab_rows(model))
     if implementation(attention) in (FLEX, TORCH_FLASH) and attention_dropout(model.config) > 0:
         raise AttentionError(f"--attention {attention}: its kernel has no attention dropout, and {config.model} uses "
