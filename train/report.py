@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from sftcli import main_errors
 from shards.stats import format_table, shard_set_stats
+from train.eval import eval_section
 
 SEED_PROMPTS = ("Give three tips for staying healthy.", "Can you tell me the history of Earth")
 
@@ -164,9 +166,11 @@ def update_readme_section(readme: Path, name: str, text: str) -> None:
     readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
 
 
-def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None) -> Path:
+def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None,
+                 base_eval: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(f) for f in run_folders]
+    scores = eval_section([(r["name"], r["folder"]) for r in runs], base_eval)  # None: nothing was scored
     stats = [shard_set_stats(Path(r["summary"]["shards"])) for r in runs]
     for s, r in zip(stats, runs):
         s["path"] = r["name"]  # name the table's columns after the runs
@@ -180,6 +184,7 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
         "## What the numbers show\n\n" + findings(runs),
         "## Loss curves\n\n![validation and training loss against step and tokens seen](loss_curves.png)",
         "## Runs\n\n" + run_table(runs, stats),
+        *([scores] if scores else []),
         "## Shard statistics (`python -m shards stats`)\n\n" + format_table(stats, markdown=True),
         f"## Generations of each best checkpoint (greedy, at most {max_new_tokens} new tokens)\n\n" + "\n".join(gen_lines),
         "Models: " + ", ".join(f"{r['name']}: `{r['summary']['model']}`" for r in runs)
@@ -192,7 +197,7 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
             f"Written by `python -m train.report ... --readme {readme.name}` from the runs "
             f"{', '.join(r['name'] for r in runs)} (model `{runs[0]['summary']['model']}`, "
             f"{runs[0]['summary']['steps']} steps each); regenerate with `make demo-readme`.",
-            run_table(runs, stats), findings(runs)]))
+            run_table(runs, stats), *([scores.split("\n\n", 1)[1]] if scores else []), findings(runs)]))
     return path
 
 
@@ -203,9 +208,12 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
 @click.option("--max-new-tokens", default=64, show_default=True, help="length of each generation")
 @click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="also put the runs table and findings between the demo-results markers of this file")
-def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None) -> None:
+@click.option("--base-eval", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="eval.json of the base model (python -m train.eval MODEL --out FILE): its row comes first")
+@main_errors()
+def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, base_eval: Path | None) -> None:
     """Write a comparison report of the training runs RUNS (folders of `python -m train`)."""
-    path = write_report(list(runs), out, max_new_tokens, readme)
+    path = write_report(list(runs), out, max_new_tokens, readme, base_eval)
     click.echo(f"report: {path}")
 
 
