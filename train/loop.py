@@ -28,7 +28,7 @@ from shards.format import (IGNORE_INDEX, MANIFEST, Manifest, ShardError, ShardSe
                            recover_folder, staged_folder)
 from train.config import TrainConfig, load_config
 from shards.batch import get_rows_batch
-from train.data import RowOrder, check_shards, rank_share, val_row_batches
+from train.data import RowOrder, check_same_shards, check_shards, rank_share, val_row_batches
 from train.logs import RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
 from sftcli import ConfigError, UserError
@@ -212,6 +212,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     prepare_out(out, config, dist)
     # ---- shards, tokenizer, model: all checked before the first step
     shard_set = ShardSet.open(config.shards, verify=config.verify)
+    check_same_shards(shard_set, dist.rank, dist.world_size)
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
