@@ -33,8 +33,14 @@ DEMO_PREP_ARGS ?=
 DEMO_REPORT_ARGS ?=
 DEMO_TRAIN_ARGS ?= --model tiny --max-steps $(DEMO_STEPS) --warmup-steps 5 --learning-rate 1e-3 \
 	--eval-interval 10 --log-interval 5 --no-progress
+# HellaSwag-format items written for this repo (README, Data): the demo scores each run on them offline
+DEMO_EVAL_ARGS ?= --hellaswag-data train/assets/hellaswag_demo.jsonl
+# make eval: lm-eval tasks on run folders (their best/), model folders or hub ids
+EVAL_RUNS ?= $(RUN)
+TASKS ?= hellaswag
+EVAL_ARGS ?=
 
-.PHONY: install test demo demo-readme shards stats train generate bench bench-gpu clean
+.PHONY: install test demo demo-readme shards stats train eval generate bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -58,6 +64,7 @@ demo: $(STAMP)
 	@for mode in $(DEMO_MODES); do \
 	  echo "train $$mode: $(DEMO_DIR)/$$mode"; \
 	  $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_DIR)/$$mode $(DEMO_TRAIN_ARGS) || exit 1; done
+	$(PY) -m train.eval $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --tasks hellaswag $(DEMO_EVAL_ARGS)
 	$(PY) -m train.report $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) --out $(DEMO_DIR)/report $(DEMO_REPORT_ARGS)
 
 # `make demo`, then its results table and findings into README.md
@@ -76,6 +83,10 @@ ifeq ($(NPROC),1)
 else
 	$(ENV_DIR)/bin/torchrun --nproc_per_node $(NPROC) -m train --shards $(SHARDS) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 endif
+
+# lm-eval on each run's best/ into RUN/eval.json (lm_eval comes with the dev extra; alone: pip install -e '.[eval]')
+eval: $(STAMP)
+	$(PY) -m train.eval $(EVAL_RUNS) --tasks $(TASKS) $(EVAL_ARGS)
 
 generate: $(STAMP)
 	$(PY) -m train.generate $(RUN)/best "$(PROMPT)"
