@@ -26,7 +26,8 @@ from typing import Literal
 
 import click
 
-from sftcli import ConfigError, UserError, check_config, click_options, flag, main_errors, markdown_table, opt
+from sftcli import (ConfigError, UserError, check_config, click_options, flag, main_errors, markdown_table, one_line,
+                    opt)
 from train.logs import write_json
 
 EVAL_FILE = "eval.json"
@@ -171,11 +172,11 @@ def entries_of(results: dict, tasks: dict, local: dict | None, settings: dict) -
 
 def evaluate(targets: list[Target], config: EvalConfig, log_samples: bool = False) -> list[tuple[Target, dict]]:
     """Score every target on every task; write each target's eval.json; return (target, raw results) pairs."""
+    device = config.torch_device()
     lm_eval, HFLM, TaskManager = import_lm_eval()
     import datasets
 
     datasets.disable_progress_bars()  # a "Map" bar per task and target drowns lm-eval's own progress
-    device = config.torch_device()
     version = metadata.version("lm_eval")
     out = []
     with tempfile.TemporaryDirectory(prefix="sftpack-eval-") as folder:
@@ -195,7 +196,11 @@ def evaluate(targets: list[Target], config: EvalConfig, log_samples: bool = Fals
             model, tokenizer = load_for_eval(target.model, config.dtype, device)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size)
             # Tasks are built per target: lm-eval keeps each target's requests inside its Task objects.
-            tasks = manager.load(config.task_names)["tasks"]  # a group's tasks are scored one by one
+            try:
+                tasks = manager.load(config.task_names)["tasks"]  # a group's tasks are scored one by one
+            except ConnectionError as e:  # what `datasets` raises when the hub cannot be reached
+                raise EvalError(f"{flag('tasks')} {config.tasks}: {one_line(e)}; offline, score HellaSwag from a "
+                                f"local copy of its validation split with {flag('hellaswag_data')} FILE") from None
             results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=config.limit,
                                               task_manager=manager, log_samples=log_samples)
             settings = {"limit": config.limit, "lm_eval_version": version, "model": target.model,
