@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from prep.sources import SAMPLE_PATH
+from prep.readers import SAMPLE_PATH
 
 VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "datasets", "trl", "accelerate", "psutil")
 

@@ -48,7 +48,7 @@ def tokenizer():
 
 def conversations(data: Path) -> list[tuple]:
     """Every conversation of a data file, as prep reads it."""
-    from prep.sources import read_conversations
+    from prep.records import read_conversations
 
     return [c.messages for batch in read_conversations(str(data), batch_size=10_000) for c in batch]
 

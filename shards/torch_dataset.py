@@ -77,11 +77,7 @@ class ShardCollator:
 
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:
         ids, masks, segments = zip(*(_fields(row) for row in rows))
-        if self.flatten:
-            # Joining the rows and their segment lists is all flattening needs: collate restarts
-            # positions and drops the first label at every segment of the joined row.
-            ids, masks, segments = [np.concatenate(ids)], [np.concatenate(masks)], [np.concatenate(segments)]
-        batch = collate(ids, masks, segments, pad_token_id=self.pad_token_id)
+        batch = collate(ids, masks, segments, pad_token_id=self.pad_token_id, flatten=self.flatten)
         return {name: torch.from_numpy(getattr(batch, name)) for name in ("input_ids", "labels", "position_ids")}
 
 

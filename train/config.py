@@ -52,7 +52,13 @@ class TrainConfig:
     # ---- model set-up
     pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
     dropout: float | None = opt(None, "override the model's dropout probabilities (default: keep the model's)")
-    attention: Literal["sdpa", "eager"] = opt("sdpa", "attention implementation")
+    attention: Literal["auto", "sdpa", "eager", "varlen", "flash", "flex"] = opt(
+        "auto", "varlen: causal attention inside each sample (any device); flash: CUDA varlen kernels (flash-attn, "
+                "with --flatten; else torch's); flex: flex_attention block mask (trains on CUDA only); sdpa: dense mask; eager; "
+                "auto: flash where it runs, else varlen (train/attention.py)")
+    flatten: bool = opt(False, "padding-free: join each micro-batch's rows into one sequence whose positions restart "
+                               "per sample (TRL's padding_free)")
+    compile: bool = opt(False, "torch.compile the model; widths are padded to a multiple of 64 so shapes repeat")
     # ---- safety and resuming
     verify: bool = opt(False, "also check each shard file's sha256 before training")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
