@@ -174,8 +174,10 @@ class Manifest(_Json):
 
     def fingerprint(self) -> str:
         """sha256 of what the set holds (files with their sha256, tokenizer, statistics), leaving out
-        where it was written (`command`, `args`, `source` name paths): a copy on another node matches."""
-        content = {k: v for k, v in self.to_json().items() if k not in ("command", "args", "source")}
+        how it was made (`command`, `args`, `source`, `sources` name paths; `encoder` gives the same
+        ids either way): a copy on another node, or the same data prepared there, matches."""
+        provenance = ("command", "args", "source", "sources", "encoder")
+        content = {k: v for k, v in self.to_json().items() if k not in provenance}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
