@@ -7,6 +7,7 @@ is `proc_memory`, a reader of /proc/PID/status, polled by `run_process` while a 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -173,13 +174,7 @@ class Setup:
 
 def versions() -> dict:
     """Installed versions of the libraries the figures depend on (None: not installed)."""
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {name: importlib.util.find_spec(name) and importlib.metadata.version(name) for name in VERSIONED}
 
 
 def machine() -> dict:
