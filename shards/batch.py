@@ -26,6 +26,10 @@ class Batch:
     position_ids: np.ndarray
     tokens: int  # real (non-padding) tokens
     supervised_tokens: int  # labels that are not IGNORE_INDEX
+    # The sequences attention keeps apart (each sample with isolation on, each input row with it
+    # off): flat index (row * width + column) of each one's first token, and its length.
+    sequence_starts: np.ndarray | None = None
+    sequence_lengths: np.ndarray | None = None
 
     @property
     def slots(self) -> int:
@@ -33,13 +37,14 @@ class Batch:
         return self.input_ids.size
 
 
-def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: bool = True) -> Batch:
+def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: bool = True, *,
+            flatten: bool = False, pad_to_multiple_of: int = 1) -> Batch:
     """Pad rows to the longest one; make labels and per-segment position ids.
 
     labels: the token where its loss mask is set, IGNORE_INDEX elsewhere: on padding
     and on the first token of every segment (it has no context inside its own
-    sample). Labels are NOT shifted here: `train.loop.token_losses` is the one place
-    where position t's logits meet label t+1.
+    sample). Labels are NOT shifted here: `train.head.shift_labels` is the one place
+    where position t meets label t+1.
 
     position_ids restart at 0 with every segment when `isolation` is on; with
     position ids that restart and no attention mask, transformers blocks attention
@@ -48,6 +53,12 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: boo
     one sequence (and keeps the fast causal kernel). With isolation off, positions
     run 0..length-1 over the whole row, as in the seed.
 
+    `flatten` joins the rows into one row (padding-free, as TRL's padding_free and
+    DataCollatorWithFlattening): positions restart at every sample, or at every input
+    row with isolation off, so attention sees exactly what it sees unflattened; labels
+    are unchanged. `pad_to_multiple_of` rounds the width up (shapes repeat under
+    torch.compile); a flattened row's padding tail is a sequence of its own.
+
     >>> b = collate([[5, 6, 7, 8, 9], [3, 4]], [[0, 1, 1, 0, 1], [1, 1]], [[3, 2], [2]], pad_token_id=0)
     >>> b.input_ids.tolist(), b.labels.tolist()
     ([[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]], [[-100, 6, 7, -100, 9], [-100, 4, -100, -100, -100]])
@@ -55,34 +66,55 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: boo
     ([[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]], 7, 4)
     >>> collate([[5, 6, 7, 8, 9]], [[0, 1, 1, 0, 1]], [[3, 2]], 0, isolation=False).position_ids.tolist()
     [[0, 1, 2, 3, 4]]
+    >>> f = collate([[5, 6, 7, 8, 9], [3, 4]], [[0, 1, 1, 0, 1], [1, 1]], [[3, 2], [2]], 0, flatten=True,
+    ...             pad_to_multiple_of=4)
+    >>> f.input_ids.tolist(), f.position_ids.tolist(), f.sequence_starts.tolist(), f.sequence_lengths.tolist()
+    ([[5, 6, 7, 8, 9, 3, 4, 0]], [[0, 1, 2, 0, 1, 0, 1, 0]], [0, 3, 5], [3, 2, 2])
     """
-    lengths = np.fromiter((len(r) for r in ids_rows), dtype=np.int64, count=len(ids_rows))
+    row_lengths = np.fromiter((len(r) for r in ids_rows), dtype=np.int64, count=len(ids_rows))
+    segment_lengths = np.concatenate([np.asarray(s, dtype=np.int64) for s in segment_rows])
+    segments_per_row = np.fromiter((len(s) for s in segment_rows), dtype=np.int64, count=len(segment_rows))
+    if flatten:
+        ids_rows, mask_rows = [np.concatenate(ids_rows)], [np.concatenate(mask_rows)]
+        segments_per_row = np.array([len(segment_lengths)])
+        sequence_lengths = segment_lengths if isolation else row_lengths
+        lengths = np.array([row_lengths.sum()])
+    else:
+        lengths = row_lengths
+        sequence_lengths = segment_lengths if isolation else row_lengths
     rows, width = len(lengths), int(lengths.max())
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = np.full((rows, width), pad_token_id, dtype=np.int64)
     loss_mask = np.zeros((rows, width), dtype=bool)
     for i, (ids, mask) in enumerate(zip(ids_rows, mask_rows)):  # one copy per row, never per token
         input_ids[i, : lengths[i]] = ids
         loss_mask[i, : lengths[i]] = mask
-    # Flat index (row * width + column) of the first token of every segment.
-    segment_lengths = np.concatenate([np.asarray(s, dtype=np.int64) for s in segment_rows])
-    segments_per_row = np.fromiter((len(s) for s in segment_rows), dtype=np.int64, count=rows)
-    row_of_segment = np.repeat(np.arange(rows), segments_per_row)
-    ends = np.cumsum(segment_lengths)
-    row_token_base = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    column = ends - segment_lengths - row_token_base[row_of_segment]
-    starts = row_of_segment * width + column
-
-    loss_mask.flat[starts] = False
+    loss_mask.flat[_flat_starts(segment_lengths, segments_per_row, lengths, width)] = False
     labels = np.where(loss_mask, input_ids, IGNORE_INDEX)
-    if isolation:
-        # A running sum of +1 steps, with a step back to 0 at every segment that does not open its row.
-        steps = np.ones((rows, width), dtype=np.int64)
-        later = column > 0
-        steps.flat[starts[later]] = 1 - segment_lengths[np.flatnonzero(later) - 1]
-        position_ids = np.cumsum(steps, axis=1) - 1
+    sequences_per_row = segments_per_row if isolation else (np.array([len(row_lengths)]) if flatten
+                                                             else np.ones(rows, dtype=np.int64))
+    sequence_starts = _flat_starts(sequence_lengths, sequences_per_row, lengths, width)
+    if flatten and width > lengths[0]:  # the padding tail: its own sequence, positions from 0
+        restarts, restart_lengths = np.append(sequence_starts, lengths[0]), np.append(sequence_lengths,
+                                                                                       width - lengths[0])
     else:
-        position_ids = np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
-    return Batch(input_ids, labels, position_ids, int(lengths.sum()), int(loss_mask.sum()))
+        restarts, restart_lengths = sequence_starts, sequence_lengths
+    # A running sum of +1 steps, with a step back to 0 at every sequence that does not open its row.
+    steps = np.ones((rows, width), dtype=np.int64)
+    later = restarts % width > 0
+    steps.flat[restarts[later]] = 1 - restart_lengths[np.flatnonzero(later) - 1]
+    position_ids = np.cumsum(steps, axis=1) - 1
+    return Batch(input_ids, labels, position_ids, int(lengths.sum()), int(loss_mask.sum()),
+                 sequence_starts, sequence_lengths)
+
+
+def _flat_starts(segment_lengths: np.ndarray, segments_per_row: np.ndarray, row_lengths: np.ndarray,
+                 width: int) -> np.ndarray:
+    """Flat index (row * width + column) of the first token of every segment."""
+    row_of_segment = np.repeat(np.arange(len(row_lengths)), segments_per_row)
+    row_token_base = np.concatenate([[0], np.cumsum(row_lengths)[:-1]])
+    column = np.cumsum(segment_lengths) - segment_lengths - row_token_base[row_of_segment]
+    return row_of_segment * width + column
 
 
 def gather_rows(split: SplitArrays, rows: np.ndarray) -> tuple[list, list, list]:
@@ -100,5 +132,6 @@ def gather_rows(split: SplitArrays, rows: np.ndarray) -> tuple[list, list, list]
     return ids_rows, mask_rows, segment_rows
 
 
-def get_rows_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool) -> Batch:
-    return collate(*gather_rows(split, rows), pad_token_id=pad_token_id, isolation=isolation)
+def get_rows_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, **options) -> Batch:
+    """Collate the chosen rows; `options` are `collate`'s keywords (flatten, pad_to_multiple_of)."""
+    return collate(*gather_rows(split, rows), pad_token_id=pad_token_id, isolation=isolation, **options)

@@ -11,8 +11,14 @@ import torch
 
 from tests.train_helpers import PAD, chatml_tokenizer, pack, synthetic_samples
 from shards.batch import collate
-from train.loop import forward, token_losses
+from train.head import token_losses
 from train.model import load_model
+
+
+def forward(model, inputs: dict) -> torch.Tensor:
+    """Full logits of a collated batch: no attention mask and no cache, so transformers reads a new
+    sequence wherever the position ids restart (with a cache or a 2-D mask it would not look at them)."""
+    return model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
 
 
 def per_token_losses(model, rows: list, isolation: bool) -> np.ndarray:

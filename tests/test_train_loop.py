@@ -19,7 +19,7 @@ from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thre
 from train.__main__ import main
 from train.config import TrainConfig
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
-from train import loop
+from train import checkpoint, head, loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,15 +143,15 @@ def test_grad_accum_normalises_by_the_tokens_of_the_whole_step(shards, tmp_path)
 @pytest.mark.parametrize("scaler", [True, False])
 def test_overflowing_gradients_are_skipped_counted_and_logged(shards, tmp_path, monkeypatch, scaler):
     calls = {"n": 0}
-    real = loop.token_losses
+    real = head.head_loss
 
-    def overflow_on_third_call(logits, labels):
+    def overflow_on_third_call(hidden, targets, weight):
         calls["n"] += 1
-        if calls["n"] == 3 and logits.requires_grad:  # step 3's gradients become inf, its loss stays finite
-            logits.register_hook(lambda grad: torch.full_like(grad, float("inf")))
-        return real(logits, labels)
+        if calls["n"] == 3 and hidden.requires_grad:  # step 3's gradients become inf, its loss stays finite
+            hidden.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+        return real(hidden, targets, weight)
 
-    monkeypatch.setattr(loop, "token_losses", overflow_on_third_call)
+    monkeypatch.setattr(head, "head_loss", overflow_on_third_call)
     # The fp16 GradScaler, on fp32 compute: CPU fp16 kernels are 8x slower, and the
     # scaler's skip is what is under test. Without a scaler (fp32/bf16) the loop skips itself.
     monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: (None, scaler))
@@ -167,14 +167,14 @@ def test_overflowing_gradients_are_skipped_counted_and_logged(shards, tmp_path, 
 
 def test_nan_loss_stops_the_run_and_keeps_checkpoints(shards, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = loop.token_losses
+    real = head.head_loss
 
-    def nan_from_step_3(logits, labels):
+    def nan_from_step_3(hidden, targets, weight):
         calls["n"] += 1
-        losses_ = real(logits, labels)
-        return losses_ * float("nan") if logits.requires_grad and calls["n"] >= 3 else losses_
+        losses_ = real(hidden, targets, weight)
+        return losses_ * float("nan") if hidden.requires_grad and calls["n"] >= 3 else losses_
 
-    monkeypatch.setattr(loop, "token_losses", nan_from_step_3)
+    monkeypatch.setattr(head, "head_loss", nan_from_step_3)
     out = tmp_path / "nan"
     config = tiny_config(shards, out, max_steps=20, eval_interval=2, max_nan_steps=2)
     result = CliRunner().invoke(main, cli_args(config))
@@ -201,15 +201,15 @@ def test_a_run_folder_is_not_reused_by_accident(reference):
 
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
     target = tmp_path / "last"
-    with loop.atomic_folder(target) as folder:
+    with checkpoint.atomic_folder(target) as folder:
         (folder / "a").write_text("1")
     # a kill after `last` -> `.last.old` and before `.last.tmp` -> `last`:
     target.rename(tmp_path / ".last.old")
     (tmp_path / ".last.tmp").mkdir()
     (tmp_path / ".last.tmp" / "a").write_text("half")
-    loop.recover_folder(target)
+    checkpoint.recover_folder(target)
     assert (target / "a").read_text() == "1"
-    with loop.atomic_folder(target) as folder:
+    with checkpoint.atomic_folder(target) as folder:
         (folder / "a").write_text("2")
     assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 

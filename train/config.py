@@ -20,7 +20,7 @@ from typing import Literal, get_args, get_type_hints
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ISOLATIONS = ("on", "off")
-ATTENTIONS = ("sdpa", "eager")
+ATTENTIONS = ("auto", "sdpa", "eager", "varlen", "flash", "flex")
 # Fields that may differ between a run and its --resume: they change neither the model,
 # nor the data order, nor the learning-rate schedule (max_steps does: extend a run on purpose).
 RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress")
@@ -61,7 +61,13 @@ class TrainConfig:
     # ---- model set-up
     pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
     dropout: float | None = opt(None, "override the model's dropout probabilities (default: keep the model's)")
-    attention: Literal["sdpa", "eager"] = opt("sdpa", "attention implementation")
+    attention: Literal["auto", "sdpa", "eager", "varlen", "flash", "flex"] = opt(
+        "auto", "varlen: causal attention inside each sample (any device); flash: flash-attn varlen (CUDA, with "
+                "--flatten); flex: flex_attention block mask (trains on CUDA only); sdpa: dense mask; eager; "
+                "auto: flash where it runs, else varlen (train/attention.py)")
+    flatten: bool = opt(False, "padding-free: join each micro-batch's rows into one sequence whose positions restart "
+                               "per sample (TRL's padding_free)")
+    compile: bool = opt(False, "torch.compile the model; widths are padded to a multiple of 64 so shapes repeat")
     # ---- safety and resuming
     verify: bool = opt(False, "also check each shard file's sha256 before training")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")

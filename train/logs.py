@@ -11,7 +11,9 @@ stage reads these keys (keep them stable):
 
 tokens and supervised_tokens count what was trained on so far (all processes);
 loss is the token-weighted mean over the steps since the previous train record.
-summary.json holds SUMMARY_KEYS. Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
+summary.json holds SUMMARY_KEYS; `attention` (the path taken, `auto` resolved), `flatten` and
+`compile` say on which kernel a run trained, so layouts are compared on the same one.
+`Meter` owns the counters and is the one writer of all three records. Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
 figures under the tags of `TB_TAGS`.
 
     >>> finite_or_none(float("nan")), finite_or_none(1.5)
@@ -22,7 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from shards.format import MANIFEST
 
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
               "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
@@ -32,8 +38,8 @@ VAL_KEYS = ("kind", "step", "epoch", "tokens", "supervised_tokens", "val_loss", 
 SUMMARY_KEYS = ("steps", "max_steps", "completed", "epoch", "wall_seconds", "train_seconds", "tokens",
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
                 "best_val_loss", "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
-                "mode", "max_length", "isolation", "model", "precision", "world_size", "batch_size",
-                "grad_accum", "shards", "shard_stats_path")
+                "mode", "max_length", "isolation", "attention", "flatten", "compile", "model", "precision",
+                "world_size", "batch_size", "grad_accum", "shards", "shard_stats_path")
 TB_TAGS = {
     "loss": "Loss/train",
     "val_loss": "Loss/val",
@@ -104,3 +110,100 @@ class RunLogger:
         if self.enabled:
             self.file.close()
             self.tb.close()
+
+
+@dataclass
+class Progress:
+    """Everything about where a run is that is not a tensor; saved in last/trainer_state.json."""
+
+    step: int = 0  # optimizer steps done (skipped updates included)
+    epoch: int = 0  # data order: epoch of the permutation ...
+    position: int = 0  # ... and micro-batches already drawn from it
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    last_val_loss: float | None = None
+    tokens: int = 0  # real tokens trained on (all processes)
+    supervised_tokens: int = 0
+    slots: int = 0  # positions computed, padding included
+    train_seconds: float = 0.0  # time in steps, without evaluation and saving
+    wall_seconds: float = 0.0
+    overflow_skipped_steps: int = 0  # updates skipped because gradients or loss were inf/NaN
+    nan_loss_steps: int = 0
+    consecutive_nan_steps: int = 0
+    consecutive_skipped_steps: int = 0
+
+
+class Meter:
+    """Owns the run's counters (a `Progress`) and writes the train, val and summary records.
+
+    The loss stays on the device between records: the host reads it (a sync) only when
+    a train record is written.
+    """
+
+    def __init__(self, progress: Progress, logger: RunLogger, bar=None):
+        self.progress, self.logger, self.bar = progress, logger, bar
+        self.started, self.wall_before = time.perf_counter(), progress.wall_seconds
+        self._window()
+
+    def _window(self) -> None:
+        self.loss, self.supervised, self.tokens, self.slots, self.seconds = 0.0, 0, 0, 0, 0.0
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def count(self, seconds: float, loss_sum, supervised: int, tokens: int, slots: int, stepped: bool,
+              finite_loss: bool) -> None:
+        """One optimizer step: `loss_sum` (a device tensor) summed over its supervised tokens."""
+        p = self.progress
+        p.step += 1
+        p.train_seconds += seconds
+        p.tokens, p.supervised_tokens, p.slots = p.tokens + tokens, p.supervised_tokens + supervised, p.slots + slots
+        p.overflow_skipped_steps += not stepped
+        p.nan_loss_steps += not finite_loss
+        p.consecutive_nan_steps = 0 if finite_loss else p.consecutive_nan_steps + 1
+        p.consecutive_skipped_steps = 0 if stepped else p.consecutive_skipped_steps + 1
+        self.loss = self.loss + loss_sum.detach()
+        self.supervised, self.tokens, self.slots = self.supervised + supervised, self.tokens + tokens, self.slots + slots
+        self.seconds += seconds
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log_train(self, loss_sum: float, learning_rate: float, grad_norm: float) -> None:
+        """The record of the steps since the previous one; `loss_sum`: their loss, read from the device."""
+        p = self.progress
+        loss = loss_sum / max(self.supervised, 1)
+        values = dict(kind="train", step=p.step, epoch=p.epoch, loss=loss, learning_rate=learning_rate,
+                      grad_norm=grad_norm, tokens=p.tokens, supervised_tokens=p.supervised_tokens,
+                      tokens_per_second=self.tokens / self.seconds,
+                      supervised_tokens_per_second=self.supervised / self.seconds,
+                      padding_fraction=1 - self.tokens / self.slots,
+                      overflow_skipped_steps=p.overflow_skipped_steps, nan_loss_steps=p.nan_loss_steps,
+                      elapsed_seconds=self.elapsed())
+        self.logger.log({k: values[k] for k in TRAIN_KEYS})
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens / self.seconds:.0f}")
+        self._window()
+
+    def log_val(self, val_loss: float, val_supervised: int) -> None:
+        p = self.progress
+        values = dict(kind="val", step=p.step, epoch=p.epoch, tokens=p.tokens, supervised_tokens=p.supervised_tokens,
+                      val_loss=val_loss, val_supervised_tokens=val_supervised, best_val_loss=p.best_val_loss,
+                      best_step=p.best_step, elapsed_seconds=p.wall_seconds)
+        self.logger.log({k: values[k] for k in VAL_KEYS})
+
+    def summary(self, config, manifest, shards: Path, world_size: int, attention: str) -> dict:
+        p = self.progress
+        p.wall_seconds = self.elapsed()
+        values = dict(
+            **{k: getattr(p, k) for k in ("epoch", "wall_seconds", "train_seconds", "tokens", "supervised_tokens",
+                                          "best_val_loss", "best_step", "overflow_skipped_steps", "nan_loss_steps")},
+            **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
+                                               "batch_size", "grad_accum")},
+            steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
+            tokens_per_second=p.tokens / max(p.train_seconds, 1e-9),
+            supervised_tokens_per_second=p.supervised_tokens / max(p.train_seconds, 1e-9),
+            padding_fraction=1 - p.tokens / max(p.slots, 1), mode=manifest["mode"],
+            max_length=manifest["max_length"], attention=attention, world_size=world_size, shards=str(shards),
+            shard_stats_path=str(Path(shards) / MANIFEST),
+        )
+        return {k: values[k] for k in SUMMARY_KEYS}

@@ -1,0 +1,140 @@
+"""Checkpoints and the run folder: RUN/best/ and RUN/last/, written whole or not at all.
+
+    RUN/best/  the lowest validation loss so far: a Hugging Face folder (safetensors, tokenizer)
+    RUN/last/  the same plus optimizer.pt and trainer_state.json: all that `--resume` needs
+
+A save goes to a temporary folder swapped in by renames, so a kill never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed
+
+from train.config import ConfigError, TrainConfig, load_config
+from train.logs import Progress
+
+if TYPE_CHECKING:
+    from train.step import Dist
+
+TRAINER_STATE = "trainer_state.json"  # Progress + config: the counters a resume restores
+OPTIMIZER_STATE = "optimizer.pt"  # optimizer, scheduler, GradScaler, per-process RNG states
+
+
+def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> None:
+    """Refuse to mix runs; on --resume, check the options against the run's own and mend a save cut short.
+
+    Writes nothing new: OUT/config.json is written once every check has passed.
+    """
+    if dist.main:
+        recover_folder(out / "last")
+        recover_folder(out / "best")
+    barrier(dist)
+    saved_config = out / "config.json"
+    if config.resume:
+        if not (out / "last" / TRAINER_STATE).is_file():
+            raise ConfigError(f"--resume: {out / 'last'} holds no checkpoint to resume; run without --resume")
+        if saved_config.is_file():
+            mismatches = config.resume_mismatches(load_config(saved_config))
+            if mismatches:
+                raise ConfigError("--resume with options that change the run: " + "; ".join(mismatches))
+    elif saved_config.exists():
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or another --out "
+                          f"(or delete {out})")
+    barrier(dist)  # every process has looked before the main one writes
+
+
+def barrier(dist: Dist) -> None:
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [*folder.iterdir(), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def recover_folder(target: Path) -> None:
+    """A save killed between its two renames leaves only `.NAME.old`: put it back."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        old.rename(target)
+
+
+@contextmanager
+def atomic_folder(target: Path):
+    """Write a folder under a temporary name; swap it in by renames only when complete.
+
+    At every instant `target` or `.target.old` is a complete folder (recover_folder
+    mends the second case), so a kill during a save never leaves half a checkpoint.
+    """
+    recover_folder(target)
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    _fsync_tree(tmp)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    _fsync_tree(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig,
+                    optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None) -> None:
+    """A Hugging Face folder (safetensors + tokenizer); with an optimizer, also all that --resume needs.
+
+    With an optimizer every process must call it (the RNG states are gathered); only rank 0 writes.
+    """
+    rng_states = None
+    if optimizer is not None:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        rng_states = [rng]
+        if dist is not None and dist.world_size > 1:
+            rng_states = [None] * dist.world_size
+            torch.distributed.all_gather_object(rng_states, rng)
+        if dist is not None and not dist.main:
+            return
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_states}, tmp / OPTIMIZER_STATE)
+
+
+def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> Progress:
+    """Restore optimizer, scheduler, scaler and this process's RNG; return the progress counters.
+
+    The model weights were loaded from the same folder by `load_model`.
+    """
+    try:
+        state = torch.load(folder / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+        progress = Progress(**json.loads((folder / TRAINER_STATE).read_text())["progress"])
+    except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); run without --resume") from None
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng = state["rng"][dist.rank % len(state["rng"])]
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return progress

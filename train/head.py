@@ -1,0 +1,129 @@
+"""The loss: the LM head applied only where labels are, in chunks, and THE label shift.
+
+The model's backbone gives hidden states (rows, length, width). `shift_labels` pairs
+position t with label t+1 (the one place the shift happens); only the positions whose
+shifted label is not IGNORE_INDEX go through the head, a chunk at a time, so no
+rows x length x vocab tensor ever exists: neither the logits of unlabelled positions,
+nor the fp32 copy the loss takes, nor their gradients. In training the chunk's
+gradients are computed in the same pass (the loss is a sum, so its gradient is known
+up to one scalar), so no chunk's logits are kept for backward either.
+
+    >>> shift_labels(torch.tensor([[-100, 5, 6, -100]])).tolist()
+    [[5, 6, -100, -100]]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shards.format import IGNORE_INDEX
+from train.model import ModelError
+
+CHUNK_POSITIONS = 1024  # labelled positions per head chunk: chunk x vocab fp32 logits (~200 MB for GPT-2)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """THE label shift: entry t becomes the label at t+1 (IGNORE_INDEX after the last token).
+
+    Labels arrive unshifted from `shards.batch.collate`; the model is never given labels.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of full logits, fp32, shape (rows, length); ignored labels give 0.
+
+    The full-head reference the label-only head is tested against.
+    """
+    shifted = shift_labels(labels)
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none")
+    return losses.view(labels.shape)
+
+
+def labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of the positions that predict a label, and those labels (shifted)."""
+    targets = shift_labels(labels).flatten()
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    return hidden.flatten(0, 1).index_select(0, keep), targets.index_select(0, keep)
+
+
+def head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedHeadLoss.apply(hidden, weight, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), CHUNK_POSITIONS):
+        logits = (hidden[start : start + CHUNK_POSITIONS] @ weight.T).float()
+        total = total + F.cross_entropy(logits, targets[start : start + CHUNK_POSITIONS], reduction="sum")
+    return total
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Loss and its gradients in one pass over chunks (as Liger's fused linear cross-entropy).
+
+    d(sum of CE)/d(logits) = softmax - one_hot: computed per chunk in fp32, then taken
+    through the head's matmul in the compute dtype (autocast's, as the full head would).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        compute = _matmul_dtype(hidden)
+        for start in range(0, len(targets), CHUNK_POSITIONS):
+            h = hidden[start : start + CHUNK_POSITIONS]
+            target = targets[start : start + CHUNK_POSITIONS]
+            logits = (h @ weight.T).float()
+            log_z = torch.logsumexp(logits, dim=1)
+            total += (log_z - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            grad_logits = torch.exp(logits - log_z[:, None])
+            grad_logits[torch.arange(len(target), device=target.device), target] -= 1
+            grad_logits = grad_logits.to(compute)  # as the full head's backward: through .float(), then its matmul
+            grad_hidden[start : start + CHUNK_POSITIONS] = grad_logits @ weight.to(compute)
+            grad_weight += (grad_logits.T @ h.to(compute)).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total, (grad_weight * grad_total).to(ctx.weight_dtype), None
+
+
+def _matmul_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype autocast gives a matmul here (the tensor's own outside autocast)."""
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
+
+
+class LabelLossModel(torch.nn.Module):
+    """The model as the loop trains and validates it: backbone, label-only head, summed token loss.
+
+    DDP wraps this module (so its forward hooks see the whole step); `compile` compiles
+    the backbone only (the head loops over a data-dependent number of chunks).
+    """
+
+    def __init__(self, model, compile: bool = False):  # noqa: A002 - mirrors the --compile option
+        super().__init__()
+        self.model = model
+        head = model.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear) or head.bias is not None or getattr(
+                model.config, "final_logit_softcapping", None):
+            raise ModelError(f"{type(model).__name__}: the label-only head needs a bias-free linear LM head "
+                             "without logit soft-capping")
+        backbone = model.base_model
+        # Not a submodule: its parameters are the model's, registered once through `self.model`.
+        object.__setattr__(self, "backbone", torch.compile(backbone) if compile else backbone)
+
+    def forward(self, input_ids, position_ids, labels, varlen_index=None, flex_documents=None) -> torch.Tensor:
+        extra = {} if varlen_index is None else {"varlen_index": varlen_index}
+        if flex_documents is not None:
+            from train.attention import flex_block_mask
+
+            extra["flex_block_mask"] = flex_block_mask(flex_documents)
+        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                               **extra).last_hidden_state
+        return head_loss(*labelled(hidden, labels), self.model.get_output_embeddings().weight)

@@ -1,0 +1,156 @@
+"""One training step's parts: draw (collate in a background thread), backward, update; and the processes.
+
+    batches = prefetcher.next()                 # this step's micro-batches, collated while the last step ran
+    loss_sum = backward(ddp, loss_model, batches, 1 / supervised_tokens, autocast, scaler)
+    grad_norm, stepped, finite_loss = update(model, optimizer, scaler, grad_clip, torch.isfinite(loss_sum))
+
+Benchmarks call the same three: `get_batch`, `backward` (it takes a plain Hugging Face model
+too) and `update`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed
+
+from shards.batch import get_rows_batch
+from shards.format import SplitArrays
+from train.attention import document_ids, varlen_index
+from train.head import LabelLossModel
+
+COMPILE_WIDTH_MULTIPLE = 64  # --compile pads widths to this multiple, so shapes repeat and it compiles few graphs
+
+
+@dataclass
+class Dist:
+    """This process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        if self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+
+def setup_distributed() -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist()
+    dist = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+    torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a GradScaler runs).
+
+    >>> resolve_precision("auto", torch.device("cpu")), resolve_precision("bf16", torch.device("cpu"))
+    ((None, False), (torch.bfloat16, False))
+    """
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"  # the seed's choice on GPU
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
+
+
+def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device,
+              *, flatten: bool = False, pad_to_multiple_of: int = 1, attention: str = "sdpa", pin: bool = False):
+    """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
+
+    `attention` varlen: inputs["varlen_index"] holds the regrouping of the batch's samples (None
+    when no row holds two); flex: inputs["flex_documents"] the sequence of every position.
+    With `pin` the host tensors are pinned and copied without blocking.
+    """
+    batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
+    names = ("input_ids", "position_ids", "labels")
+    varlen = attention == "varlen"
+    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in names}
+    if attention == "flex":
+        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths,
+                                                                  *batch.input_ids.shape))
+    index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *batch.input_ids.shape) if varlen else None
+    if pin:
+        tensors = {k: v.pin_memory() for k, v in tensors.items()}
+        index = index.pin_memory() if index is not None else None
+    inputs = {k: v.to(device, non_blocking=pin) for k, v in tensors.items()}
+    if varlen:
+        inputs["varlen_index"] = index.to(device, non_blocking=pin) if index is not None else None
+    return inputs, batch
+
+
+class Prefetcher:
+    """Draws and collates the next step's micro-batches in a background thread while this step runs.
+
+    `draw()` returns (the step's [(inputs, Batch)], the row order's (epoch, position) after it):
+    progress records the position of the step trained, not of the one collated ahead.
+    """
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate")
+        self.pending = self.pool.submit(draw)
+
+    def next(self):
+        drawn = self.pending.result()
+        self.pending = self.pool.submit(self.draw)
+        return drawn
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def backward(ddp, model, batches: list, loss_scale: float, autocast, scaler) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches; returns their summed token loss.
+
+    Each micro-batch's summed loss is multiplied by `loss_scale` (1 / the step's supervised
+    tokens), so the gradients are of the token-weighted mean over the whole step. DDP
+    all-reduces once, on the last micro-batch. `model` is the `LabelLossModel` (`ddp` its
+    DDP wrapper, or itself); a plain Hugging Face model is wrapped here.
+    """
+    if not isinstance(model, LabelLossModel):
+        ddp = model = LabelLossModel(model)
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for micro, (inputs, _) in enumerate(batches):
+        last_micro = micro == len(batches) - 1
+        with nullcontext() if last_micro or ddp is model else ddp.no_sync():
+            with autocast():
+                micro_loss = ddp(**inputs)
+            scaler.scale(micro_loss * loss_scale).backward()
+        loss_sum += micro_loss.detach()
+    return loss_sum
+
+
+def update(model, optimizer, scaler, grad_clip: float, finite_loss) -> tuple[torch.Tensor, bool, bool]:
+    """Unscale, clip and step; an update with inf/NaN gradients or loss is skipped.
+
+    Returns (grad norm, a device tensor; whether it stepped; whether the loss was finite).
+    Reading the two flags is the step's one host sync: the skip must be known before the
+    optimizer and the scheduler move (the GradScaler makes the same sync).
+    """
+    scaler.unscale_(optimizer)  # clip the true gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    finite_loss, finite_grad = torch.stack([torch.as_tensor(finite_loss, device=grad_norm.device),
+                                            torch.isfinite(grad_norm)]).tolist()
+    stepped = finite_loss and finite_grad
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the update itself when the gradients hold inf/NaN
+    elif stepped:
+        optimizer.step()
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach(), stepped, finite_loss
