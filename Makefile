@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml
 	  echo "install: $(TORCH) from the default package index$(if $(TORCH_INDEX), ($(TORCH_INDEX) is unreachable; on Linux this can be a CUDA build))"; \
 	  $(PY) -m pip install -q "$(TORCH)"; \
 	fi
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/.sftpack-torch
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/.sftpack-torch 2>/dev/null
 	$(PY) -m pip install -q -c $(ENV_DIR)/.sftpack-torch -e ".[dev]"
 	@touch $(STAMP)
 

@@ -123,34 +123,49 @@ def python_module(module: str, *args) -> list[str]:
 
 class Setup:
     """Open shards -> row order -> `batch()`; with `with_model`, tokenizer -> model -> optimizer ->
-    `step()`. `python -m train`'s own collation, backward and update, AdamW with its defaults."""
+    `step()`: `python -m train`'s own collation, backward and update, AdamW with its defaults."""
 
-    def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, device=None):
+    def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, device=None, attention: str = "sdpa",
+                 flatten: bool = False, compile: bool = False):  # noqa: A002 - the --compile option
         import torch
 
         from shards.format import ShardSet
         from train.data import RowOrder
+        from train.step import COMPILE_WIDTH_MULTIPLE
 
-        self.device, self.seed = device or torch.device("cpu"), seed
+        self.device, self.seed, self.attention, self.compile = device or torch.device("cpu"), seed, attention, compile
         self.shard_set = ShardSet.open(shards)
         self.split = self.shard_set.split("train")
-        self.pad = self.shard_set.manifest["pad_token_id"]
+        self.options = dict(pad_token_id=self.shard_set.manifest["pad_token_id"], flatten=flatten, attention=attention,
+                            pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if compile else 1)
         self.order = RowOrder(self.split.num_rows, batch_size, seed=seed, shuffle=True)
 
-    def with_model(self, model: str = "tiny", precision: str = "fp32", pad_vocab_to: int = 1) -> "Setup":
+    def with_model(self, model: str = "tiny", precision: str = "fp32", pad_vocab_to: int = 1,
+                   label_head: bool = True) -> "Setup":
+        """`label_head` False: today's reference path, full B x L x V logits and their cross-entropy."""
         import torch
         from transformers import AutoTokenizer
 
+        from train.attention import IMPLEMENTATIONS, register_attention
         from train.config import TrainConfig
-        from train.loop import resolve_precision
+        from train.head import LabelLossModel, token_losses
         from train.model import load_model
+        from train.step import resolve_precision
 
+        class FullHeadLoss(LabelLossModel):
+            def forward(self, input_ids, position_ids, labels, **extra):
+                extra = {k: v for k, v in extra.items() if v is not None}
+                logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).logits
+                return token_losses(logits, labels).sum()
+
+        register_attention()
         tokenizer = AutoTokenizer.from_pretrained(str(self.shard_set.tokenizer_dir))
-        self.model = load_model(model, tokenizer, pad_vocab_to=pad_vocab_to, seed=self.seed).to(self.device)
-        self.model.train()
+        self.model = load_model(model, tokenizer, pad_vocab_to=pad_vocab_to, seed=self.seed,
+                                attention=IMPLEMENTATIONS[self.attention]).to(self.device)
+        self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model, compile=self.compile).train()
         defaults = TrainConfig()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=defaults.learning_rate, eps=defaults.adam_eps,
-                                           weight_decay=defaults.weight_decay)
+                                           weight_decay=defaults.weight_decay, fused=self.device.type == "cuda")
         dtype, use_scaler = resolve_precision(precision, self.device)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype is not None else nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -158,17 +173,20 @@ class Setup:
 
     def batch(self, rows=None):
         """(model inputs on the device, the collated Batch) of these rows, or of the next ones in order."""
-        from train.loop import get_batch
+        from train.step import get_batch
 
-        return get_batch(self.split, self.order.next_rows() if rows is None else rows, self.pad, True, self.device)
+        rows = self.order.next_rows() if rows is None else rows
+        return get_batch(self.split, rows, isolation=True, device=self.device, **self.options)
 
     def step(self, inputs: dict, supervised_tokens: int) -> float:
         """One optimizer step; returns the mean loss per supervised token (`.item()` waits for the device)."""
-        from train.loop import backward, update
+        import torch
 
-        loss = backward(self.model, self.model, [(inputs, None)], 1 / max(supervised_tokens, 1), self.autocast,
-                        self.scaler)
-        update(self.model, self.optimizer, self.scaler, 1.0, finite_loss=True)
+        from train.step import backward, update
+
+        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], 1 / max(supervised_tokens, 1),
+                        self.autocast, self.scaler)
+        update(self.model, self.optimizer, self.scaler, 1.0, torch.isfinite(loss))
         return loss.item() / max(supervised_tokens, 1)
 
 
