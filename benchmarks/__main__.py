@@ -22,12 +22,12 @@ from shards.cli import click_options
 from train.config import opt
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("prep", "packing", "loading", "training")
+SECTIONS = ("prep", "packing", "loading", "training", "kernels")
 # Defaults of the fields left None, for a full run and for --quick.
 FULL = dict(out=HERE / "results.json", repeats=3, copies=52, train_steps=6, batch_size=16, records=None,
-            synthetic_count=10_000_000, rss_small_mb=100, rss_large_mb=1024)
+            synthetic_count=10_000_000, rss_small_mb=100, rss_large_mb=1024, kernel_model="gpt2-124m")
 QUICK = dict(out=HERE / "work" / "results-quick.json", repeats=1, copies=2, train_steps=1, batch_size=2, records=120,
-             synthetic_count=20_000, rss_small_mb=1, rss_large_mb=4)
+             synthetic_count=20_000, rss_small_mb=1, rss_large_mb=4, kernel_model="tiny")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class Settings:
     synthetic_count: int | None = opt(None, "synthetic lengths bin-packed [10,000,000; --quick 20,000]")
     rss_small_mb: int | None = opt(None, "size of the smaller shard set of the memory comparison [100; --quick 1]")
     rss_large_mb: int | None = opt(None, "size of the larger one [1024; --quick 4]")
+    kernel_model: str | None = opt(None, "model shape of the kernels section's whole step [gpt2-124m; --quick tiny]")
+    kernel_rows: int = opt(1, "rows of 1024 tokens in the kernels section's step (the attention op takes 2)")
     trl: bool = opt(True, "time TRL's dataset preparation when trl is installed")
     max_length: int = opt(256, "max-length of the prep, loading-memory and training sections")
 
@@ -71,7 +73,7 @@ class Settings:
 
 def run_all(settings: Settings, log=print) -> dict:
     """Run the chosen sections; return (and write to settings.out) the results."""
-    from benchmarks import loading, packing, prep_speed, training
+    from benchmarks import kernels, loading, packing, prep_speed, training
 
     started, clock0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     results: dict = {"started": started.isoformat(timespec="seconds"), "machine": common.machine(),
@@ -115,6 +117,12 @@ def run_all(settings: Settings, log=print) -> dict:
         sections["training"] = training.measure(by_mode, settings.batch_size, settings.train_steps)
         figures += training.figures(sections["training"])
 
+    if "kernels" in chosen:
+        log(f"kernels: attention op, varlen vs dense mask; {settings.kernel_model} step variants, a process each ...")
+        by_mode = {mode: common.build_shards(sample, shards / f"{mode}-1024", mode, 1024) for mode in ("padding", "concat")}
+        sections["kernels"] = {"max_length": 1024, "attention": kernels.attention_op(by_mode["concat"], 2, settings.repeats),
+                               "step": kernels.step_variants(by_mode, settings.kernel_model, settings.kernel_rows)}
+        figures += kernels.figures(sections["kernels"])
     finished = datetime.datetime.now(datetime.timezone.utc)
     results.update(finished=finished.isoformat(timespec="seconds"), seconds=time.perf_counter() - clock0)
     results["load_average"]["end"] = common.load_average()

@@ -198,10 +198,12 @@ def test_settings_reject_bad_options_in_one_line():
 @pytest.mark.slow
 def test_quick_run_writes_results_with_every_section(tmp_path):
     out = tmp_path / "results.json"
-    outcome = CliRunner().invoke(bench_main, ["--quick", "--no-trl", "--out", str(out), "--work", str(tmp_path / "w")])
+    sections = ",".join(s for s in SECTIONS if s != "kernels")  # kernels: its own tests, lighter
+    outcome = CliRunner().invoke(bench_main, ["--quick", "--no-trl", "--sections", sections, "--out", str(out),
+                                              "--work", str(tmp_path / "w")])
     assert outcome.exit_code == 0, outcome.output
     results = json.loads(out.read_text())
-    assert set(results["sections"]) == set(SECTIONS)
+    assert set(results["sections"]) == set(SECTIONS) - {"kernels"}
     assert {"platform", "cpus_usable", "python"} <= set(results["machine"])
     names = {f["name"] for f in results["figures"]}
     assert {"prep_over_floor", "concat_rows_over_bound_256", "concat_rows_over_bound_1024", "batch_ms_256",
@@ -217,3 +219,20 @@ def test_docstring_examples(module):
     import doctest
 
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_kernels_attention_op_compares_equal_outputs(small_shards):
+    from benchmarks import kernels
+
+    r = kernels.attention_op(small_shards["concat"], rows=2, repeats=1)
+    assert r["samples"] > 2 and r["max_abs_difference"] < 1e-4 and r["varlen_over_dense"] > 0
+
+
+@pytest.mark.parametrize("variant", ["dense", "lean_flatten", "state_only"])
+def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
+    from benchmarks import kernels
+
+    outcome = CliRunner().invoke(kernels.main, [variant, str(small_shards["concat"]), "tiny", "2"])
+    assert outcome.exit_code == 0, outcome.output
+    r = json.loads(outcome.output)
+    assert r["peak_rss_bytes"] > 0 and (r["seconds"] is None) == (variant == "state_only")
