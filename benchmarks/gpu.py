@@ -1,15 +1,20 @@
-"""`python -m benchmarks.gpu` (`make bench-gpu`): gpt2-124m at 16 x 1024 on a CUDA device -> results-gpu.json.
+"""`python -m benchmarks.gpu` (`make bench-gpu`): gpt2-124m at 16 x 1024, fp16, on a CUDA device -> results-gpu.json.
 
-Without a CUDA device it prints one line saying so and exits 0 (it never runs in CI). For each
-precision and layout: tokens/s, supervised tokens/s, model-FLOPs utilisation against the
-measured matmul peak of that precision, and the step split into its data share (drawing and
-collating the batch from the memory-mapped shards, copying it to the device) and compute.
+Without a CUDA device it prints one line saying so and exits 0 (it never runs in CI). For every
+layout (padding, packed, concat) x attention (sdpa, varlen, flash, flex) x --compile x --flatten
+that can run (a refused combination is listed with its reason): tokens/s, supervised tokens/s,
+model-FLOPs utilisation against the measured fp16 matmul peak, peak memory, and the step's data
+share (drawing and collating the batch from the memory-mapped shards, copying it to the device).
 
-Model FLOPs count useful work only, as PaLM (appendix B) and nanoGPT's `estimate_mfu` do:
-6 per matmul parameter per real token, plus attention, 12 * n_layer * d_model per token per
-token of its context, the full square rather than the causal half. With isolation a token's
-context is its own sample (its segment), so a row of segments s_1..s_k costs
-6 N sum(s_i) + 12 L d sum(s_i^2); padding costs nothing (the device computes it, nobody uses it).
+Model FLOPs, as PaLM (appendix B) and nanoGPT's `estimate_mfu`, but with attention counted as
+what each kernel has to compute:
+
+    flops = 6 * N * real_tokens + 12 * n_layer * d_model * sum over attended squares of length^2
+
+N: the matmul parameters (all but the position embeddings). The squares: sdpa (dense mask, or
+causal over a padded row) computes every row's full width^2; varlen computes width^2 for a row
+of one sample and longest^2 for each regrouped sample; flash and flex compute each sample's own
+length^2. Padding tokens add no 6N term: the device computes them, nobody uses them.
 """
 from __future__ import annotations
 
@@ -28,8 +33,8 @@ from shards.cli import click_options
 from train.config import opt
 
 HERE = Path(__file__).resolve().parent
-PRECISIONS = ("fp16", "bf16")
-MODES = ("padding", "concat")
+MODES = ("padding", "packed", "concat")
+ATTENTIONS = ("sdpa", "varlen", "flash", "flex")
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,12 @@ class GpuSettings:
     out: Path = opt(HERE / "results-gpu.json", "where the results JSON goes")
     work: Path = opt(HERE / "work" / "gpu", "folder for the shard sets")
     copies: int = opt(10, "times the embedded sample is repeated for the shards")
-    steps: int = opt(30, "timed steps per configuration")
-    warmup: int = opt(5, "untimed steps before them")
+    steps: int = opt(20, "timed steps per configuration")
+    warmup: int = opt(5, "untimed steps before them (compiling included)")
+    modes: str = opt(",".join(MODES), "comma-separated layouts")
+    attentions: str = opt(",".join(ATTENTIONS), "comma-separated --attention paths")
+    compile: str = opt("off,on", "--compile settings to measure")
+    flatten: str = opt("off,on", "--flatten settings to measure")
     max_length: int = opt(1024, "prep --max-length of the shards")
     batch_size: int = opt(16, "rows per step")
 
@@ -50,14 +59,25 @@ def matmul_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters()) - (positions.weight.numel() if positions is not None else 0)
 
 
-def model_flops(n_params: int, n_layer: int, d_model: int, segment_lengths) -> float:
-    """Training FLOPs of a batch whose rows hold samples (segments) of these lengths.
+def model_flops(n_params: int, n_layer: int, d_model: int, tokens: int, squares: float) -> float:
+    """Training FLOPs of a step (see the module docstring).
 
-    >>> model_flops(123_653_376, 12, 768, [1024]) / 1024 / 1e9  # nanoGPT: 6N + 12*L*H*Q*T per token
+    >>> model_flops(123_653_376, 12, 768, 1024, 1024**2) / 1024 / 1e9  # nanoGPT: 6N + 12*L*H*Q*T per token
     0.855166464
     """
-    s = np.asarray(segment_lengths, dtype=np.float64)
-    return float(6.0 * n_params * s.sum() + 12.0 * n_layer * d_model * (s * s).sum())
+    return 6.0 * n_params * tokens + 12.0 * n_layer * d_model * squares
+
+
+def attended_squares(inputs: dict, batch, attention: str) -> float:
+    """Sum of length^2 over what the attention kernel computes for this batch."""
+    rows, width = batch.input_ids.shape
+    if attention == "sdpa":
+        return float(rows * width**2)
+    if attention == "varlen":
+        index = inputs.get("varlen_index")
+        return float(rows * width**2 if index is None else len(index.single_rows) * width**2
+                     + index.samples * index.longest**2)
+    return float((batch.sequence_lengths.astype(np.float64) ** 2).sum())
 
 
 def synchronize(device) -> None:
@@ -82,50 +102,52 @@ def measured_peak_flops(device, dtype, size: int = 8192, repeats: int = 20) -> f
     return 2.0 * size**3 / best
 
 
-def run_config(shards: Path, precision: str, device, steps: int, warmup: int, batch_size: int = 16,
-               model: str = "gpt2-124m", peak: float | None = None) -> dict:
+def run_config(shards: Path, device, steps: int, warmup: int, batch_size: int = 16, model: str = "gpt2-124m",
+               attention: str = "sdpa", compile: bool = False, flatten: bool = False,  # noqa: A002
+               precision: str = "fp16", peak: float | None = None) -> dict:
     """`steps` timed steps (after `warmup`) on these shards; medians of the per-step figures."""
-    from shards.batch import gather_rows
+    import torch
 
-    setup = common.Setup(shards, batch_size, device=device).with_model(model, precision, pad_vocab_to=64)
-    config = setup.model.config
-    n_params = matmul_parameters(setup.model)
-    records = []
+    from train.attention import resolve_attention
+
+    resolve_attention(attention, device, training=True, isolation=True, flatten=flatten)  # refuses with its line
+    setup = common.Setup(shards, batch_size, device=device, attention=attention, flatten=flatten, compile=compile)
+    setup.with_model(model, precision, pad_vocab_to=64)
+    config, n_params, records = setup.model.config, matmul_parameters(setup.model), []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
-        rows = setup.order.next_rows()
         synchronize(device)
-        data_seconds, (inputs, batch) = common.clock(lambda: (setup.batch(rows), synchronize(device))[0])
+        data_seconds, (inputs, batch) = common.clock(lambda: (setup.batch(), synchronize(device))[0])
         compute_seconds, loss = common.clock(setup.step, inputs, batch.supervised_tokens)  # .item() syncs
         if i >= warmup:
-            segments = np.concatenate([np.asarray(s) for s in gather_rows(setup.split, rows)[2]])
-            records.append(dict(seconds=data_seconds + compute_seconds, data=data_seconds, compute=compute_seconds,
-                                tokens=batch.tokens, supervised=batch.supervised_tokens, loss=loss,
-                                flops=model_flops(n_params, config.n_layer, config.n_embd, segments)))
-    median = lambda key: common.median(r[key] for r in records)  # noqa: E731
-    result = {"shards": str(shards), "precision": precision, "model": model, "batch_size": batch_size, "steps": steps,
-              "matmul_parameters": n_params, "step_seconds": median("seconds"), "data_seconds": median("data"),
-              "compute_seconds": median("compute"), "final_loss": records[-1]["loss"],
-              "tokens_per_second": common.median(r["tokens"] / r["seconds"] for r in records),
-              "supervised_tokens_per_second": common.median(r["supervised"] / r["seconds"] for r in records),
-              "model_flops_per_second": common.median(r["flops"] / r["seconds"] for r in records)}
-    result["data_fraction"] = result["data_seconds"] / result["step_seconds"]
-    result["mfu"] = result["model_flops_per_second"] / peak if peak else None
-    return result
+            flops = model_flops(n_params, config.n_layer, config.n_embd, batch.tokens,
+                                attended_squares(inputs, batch, attention))
+            records.append(dict(seconds=data_seconds + compute_seconds, data=data_seconds, tokens=batch.tokens,
+                                supervised=batch.supervised_tokens, loss=loss, flops=flops))
+    per_second = lambda key: common.median(r[key] / r["seconds"] for r in records)  # noqa: E731
+    seconds = common.median(r["seconds"] for r in records)
+    return {"shards": str(shards), "attention": attention, "compile": compile, "flatten": flatten, "model": model,
+            "batch_size": batch_size, "steps": steps, "step_seconds": seconds, "final_loss": records[-1]["loss"],
+            "data_fraction": common.median(r["data"] for r in records) / seconds,
+            "tokens_per_second": per_second("tokens"), "supervised_tokens_per_second": per_second("supervised"),
+            "mfu": per_second("flops") / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
-def figures(runs: dict, peaks: dict) -> list[dict]:
+def figures(runs: dict, peak: float) -> list[dict]:
     f = report.figure
-    found = [f("gpu", f"matmul_peak_tflops_{p}", peaks[p] / 1e12, "TFLOP/s") for p in peaks]
+    found = [f("gpu", "matmul_peak_tflops_fp16", peak / 1e12, "TFLOP/s")]
     for key, r in runs.items():
-        found += [f("gpu", f"{key}_tokens_per_second", r["tokens_per_second"], "tokens/s"),
-                  f("gpu", f"{key}_supervised_tokens_per_second", r["supervised_tokens_per_second"], "tokens/s"),
-                  f("gpu", f"{key}_mfu", r["mfu"]), f("gpu", f"{key}_step_ms", r["step_seconds"] * 1000, "ms"),
-                  f("gpu", f"{key}_data_fraction", r["data_fraction"], note="collating + copying the batch")]
-    for precision in PRECISIONS:
-        a, b = runs.get(f"{precision}_concat"), runs.get(f"{precision}_padding")
-        if a and b:
-            found.append(f("gpu", f"{precision}_concat_over_padding",
-                           a["supervised_tokens_per_second"] / b["supervised_tokens_per_second"]))
+        found += [f("gpu", f"{key}_supervised_tokens_per_second", r["supervised_tokens_per_second"], "tokens/s"),
+                  f("gpu", f"{key}_mfu", r["mfu"]), f("gpu", f"{key}_peak_memory_gib", r["peak_memory_gib"], "GiB"),
+                  f("gpu", f"{key}_data_fraction", r["data_fraction"])]
+    for attention in ATTENTIONS:
+        for options in ("", "_compile", "_flatten", "_compile_flatten"):
+            a, b = runs.get(f"concat_{attention}{options}"), runs.get(f"padding_{attention}{options}")
+            if a and b:
+                found.append(f("gpu", f"concat_over_padding_{attention}{options}",
+                               a["supervised_tokens_per_second"] / b["supervised_tokens_per_second"], goal=(">=", 1.4)))
     return found
 
 
@@ -138,23 +160,31 @@ def main(**options) -> None:
     if not torch.cuda.is_available():
         click.echo("benchmarks.gpu: no CUDA device here (torch.cuda.is_available() is False); nothing measured")
         return
+    from train.attention import AttentionError
+
     s = GpuSettings(**options)
     started, clock0, device = datetime.datetime.now(datetime.timezone.utc), time.perf_counter(), torch.device("cuda")
     data = common.write_copies(s.work / f"sample-x{s.copies}.jsonl", common.sample_records(), s.copies)
-    shards = {mode: common.build_shards(data, s.work / f"{mode}-{s.max_length}", mode, s.max_length) for mode in MODES}
-    precisions = [p for p in PRECISIONS if p != "bf16" or torch.cuda.is_bf16_supported()]
-    peaks = {p: measured_peak_flops(device, {"fp16": torch.float16, "bf16": torch.bfloat16}[p]) for p in precisions}
-    runs = {}
-    for precision in precisions:
-        for mode in MODES:
-            click.echo(f"{precision} {mode} ...", err=True)
-            runs[f"{precision}_{mode}"] = run_config(shards[mode], precision, device, s.steps, s.warmup, s.batch_size,
-                                                     peak=peaks[precision])
+    pick = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    peak, runs, skipped = measured_peak_flops(device, torch.float16), {}, {}
+    for mode in pick(s.modes):
+        shards = common.build_shards(data, s.work / f"{mode}-{s.max_length}", mode, s.max_length)
+        for attention in pick(s.attentions):
+            for compiled in (c == "on" for c in pick(s.compile)):
+                for flat in (f == "on" for f in pick(s.flatten)):
+                    key = f"{mode}_{attention}" + "_compile" * compiled + "_flatten" * flat
+                    click.echo(f"{key} ...", err=True)
+                    try:
+                        runs[key] = run_config(shards, device, s.steps, s.warmup, s.batch_size, attention=attention,
+                                               compile=compiled, flatten=flat, peak=peak)
+                    except AttentionError as e:
+                        skipped[key] = str(e)
+                    torch.cuda.empty_cache()
     results = {"started": started.isoformat(timespec="seconds"), "machine": common.machine(),
                "versions": common.versions(), "load_average": {"start": None, "end": common.load_average()},
                "settings": {k: str(v) for k, v in dataclasses.asdict(s).items()},
-               "sections": {"gpu": {"peaks_flops": peaks, "runs": runs}}, "figures": figures(runs, peaks),
-               "skipped": {}, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "sections": {"gpu": {"peak_flops_fp16": peak, "runs": runs}}, "figures": figures(runs, peak),
+               "skipped": skipped, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "seconds": time.perf_counter() - clock0}
     s.out.parent.mkdir(parents=True, exist_ok=True)
     s.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -151,17 +151,30 @@ def test_gpu_flops_formula():
         model = GPT2LMHeadModel(GPT2Config(vocab_size=padded_vocab_size(50259, 64), **NAMED_CONFIGS["gpt2-124m"]))
     n = gpu.matmul_parameters(model)
     assert n == 123_653_376 + (50304 - 50257) * 768  # GPT-2 small without wpe, vocab padded to 64
-    # nanoGPT's estimate_mfu: 6N + 12 L H Q T per token, T the sequence length; 4 samples cost less attention.
-    assert gpu.model_flops(n, 12, 768, [1024]) == 1024 * (6 * n + 12 * 12 * 768 * 1024)
-    assert gpu.model_flops(n, 12, 768, [256] * 4) == 1024 * (6 * n + 12 * 12 * 768 * 256)
+    # nanoGPT's estimate_mfu: 6N + 12 L H Q T per token, T the sequence length.
+    assert gpu.model_flops(n, 12, 768, 1024, 1024**2) == 1024 * (6 * n + 12 * 12 * 768 * 1024)
+
+
+def test_gpu_attended_squares_follow_each_kernel(small_shards):
+    """Dense sdpa computes each row's full square; varlen a square per regrouped sample; flex per sample."""
+    rows = np.arange(2)
+    by = {a: common.Setup(small_shards["concat"], 2, attention=a).batch(rows) for a in ("sdpa", "varlen", "flex")}
+    _, batch = by["flex"]
+    width, lengths = batch.input_ids.shape[1], batch.sequence_lengths
+    assert gpu.attended_squares(*by["sdpa"], "sdpa") == 2 * width**2
+    assert gpu.attended_squares(*by["flex"], "flex") == float((lengths.astype(float) ** 2).sum()) < 2 * width**2
+    index = by["varlen"][0]["varlen_index"]
+    assert gpu.attended_squares(*by["varlen"], "varlen") == len(index.single_rows) * width**2 + index.samples * index.longest**2
 
 
 def test_gpu_step_logic_runs_on_cpu(small_shards):
     """The GPU section's measuring code, on CPU with the tiny model (its figures mean nothing here)."""
     peak = gpu.measured_peak_flops(torch.device("cpu"), torch.float32, size=64, repeats=2)
-    r = gpu.run_config(small_shards["concat"], "bf16", torch.device("cpu"), steps=2, warmup=1, batch_size=2,
-                       model="tiny", peak=peak)
+    r = gpu.run_config(small_shards["concat"], torch.device("cpu"), steps=2, warmup=1, batch_size=2, model="tiny",
+                       attention="varlen", flatten=True, precision="bf16", peak=peak)
     assert r["mfu"] > 0 and 0 < r["data_fraction"] < 1 and math.isfinite(r["final_loss"])
+    with pytest.raises(Exception, match="--attention flash"):
+        gpu.run_config(small_shards["concat"], torch.device("cpu"), 1, 0, 2, "tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
