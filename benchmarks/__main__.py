@@ -128,18 +128,9 @@ def run_all(settings: Settings, log=print) -> dict:
     results["load_average"]["end"] = common.load_average()
     out = Path(settings.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    numbers = lambda v: v.item() if isinstance(v, np.generic) else str(v)  # noqa: E731 - numpy scalars, paths
+    out.write_text(json.dumps(results, indent=2, default=numbers) + "\n")
     return results
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value) if isinstance(value, Path) else value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
