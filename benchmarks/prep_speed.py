@@ -164,6 +164,8 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     if trl_names:
         best = [min(runs) for runs in zip(*(seconds[name] for name in trl_names))]
         result["trl_over_prep"] = median(t / p for t, p in zip(best, seconds["prep"]))
+        result["trl_configs_over_prep"] = {name: median(t / p for t, p in zip(seconds[name], seconds["prep"]))
+                                           for name in trl_names}
         counts = done[next(iter(trl_names))][-1]
         result["trl_rows"] = counts["rows"]
         result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
@@ -179,6 +181,7 @@ def figures(p: dict) -> list[dict]:
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
                     note="TRL's faster of dataset_num_proc None / = cores, timed inside its process"),
+                  *(f("prep", f"{name}_over_prep", ratio) for name, ratio in p["trl_configs_over_prep"].items()),
                   f("prep", "trl_rows", p["trl_rows"], note="bfd rows of TRL (it packs per 1,000-row map batch)"),
                   f("prep", "prep_rows", p["prep_rows"])]
     return found + [f("prep", "prep_peak_anon_mib", p["prep_peak_anon_mib"], "MiB"),
