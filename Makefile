@@ -58,7 +58,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests prep shards train
+	$(PY) -m pytest -q tests prep shards train sftcli
 
 # The seed's experiment, CPU-sized: same data, validation split and hyperparameters for the
 # three layouts; a tiny random-initialised GPT-2 (the real tokenizer) so it ends in minutes.

@@ -18,8 +18,7 @@ import click
 import numpy as np
 
 from benchmarks import common
-from shards.cli import click_options
-from train.config import opt
+from sftcli import check_config, click_options, flag, main_errors, opt
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("prep", "packing", "loading", "training", "kernels")
@@ -54,16 +53,15 @@ class Settings:
         """Every None filled from the full or the quick defaults; then checked (all problems at once)."""
         defaults = QUICK if self.quick else FULL
         settings = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-        problems = [f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}"
+        problems = [f"{flag(name)}: must be at least 1, got {getattr(settings, name)}"
                     for name in ("repeats", "copies", "train_steps", "batch_size", "synthetic_count", "rss_small_mb",
                                  "rss_large_mb") if getattr(settings, name) < 1]
         if settings.records is not None and not 1 <= settings.records <= 999:
-            problems.append(f"--records must be between 1 and 999, got {settings.records}")
+            problems.append(f"--records: must be between 1 and 999, got {settings.records}")
         unknown = sorted(set(settings.section_list) - set(SECTIONS))
         if unknown:
             problems.append(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-        if problems:
-            raise ValueError("invalid benchmark options: " + "; ".join(problems))
+        check_config(settings, problems, "benchmark")
         return settings
 
     @property
@@ -139,8 +137,9 @@ def run_all(settings: Settings, log=print) -> dict:
               help="print the Markdown table of an existing results JSON and exit (measures nothing)")
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="with --markdown: put the table between this file's bench-results markers instead of printing it")
+@main_errors()
 def main(markdown_of, readme, **options) -> None:
-    """Measure prep, packing, loading and training side by side; print a table, write results JSON."""
+    """Measure prep, packing, loading, training and kernels side by side; print a table, write results JSON."""
     from benchmarks import report
 
     if markdown_of is not None:
@@ -152,10 +151,7 @@ def main(markdown_of, readme, **options) -> None:
 
             update_readme_section(readme, "bench-results", f"`python -m benchmarks --markdown {markdown_of}`:\n\n{table}")
         return
-    try:
-        settings = Settings(**options).resolved()
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    settings = Settings(**options).resolved()
     results = run_all(settings, log=lambda line: click.echo(line, err=True))
     click.echo(report.figures_table(results["figures"]))
     if "packing" in results["sections"]:

@@ -136,7 +136,7 @@ class Setup:
         self.device, self.seed, self.attention, self.compile = device or torch.device("cpu"), seed, attention, compile
         self.shard_set = ShardSet.open(shards)
         self.split = self.shard_set.split("train")
-        self.options = dict(pad_token_id=self.shard_set.manifest["pad_token_id"], flatten=flatten, attention=attention,
+        self.options = dict(pad_token_id=self.shard_set.manifest.pad_token_id, flatten=flatten, attention=attention,
                             pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if compile else 1)
         self.order = RowOrder(self.split.num_rows, batch_size, seed=seed, shuffle=True)
 

@@ -29,8 +29,7 @@ import click
 import numpy as np
 
 from benchmarks import common, report
-from shards.cli import click_options
-from train.config import opt
+from sftcli import click_options, opt
 
 HERE = Path(__file__).resolve().parent
 MODES = ("padding", "packed", "concat")

@@ -10,6 +10,7 @@ cache the kernel drops at will. The probe is this module run as a process:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -46,14 +47,15 @@ def repeat_rows(rows, copies: int):
 
 def tile(source: Path, out: Path, min_bytes: int) -> Path:
     """A shard set whose train split repeats `source`'s train rows until its files hold `min_bytes`."""
-    from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter, write_manifest
+    from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter
+    from shards.manifest import write_manifest
 
     shard_set = ShardSet.open(source)
     manifest = shard_set.manifest
     remove(out)
     out.mkdir(parents=True)
-    writer = SplitWriter(out, "train", np.dtype(manifest["token_dtype"]), manifest["vocab_size"])
-    train_bytes = sum(e["bytes"] for e in manifest["files"] if e["split"] == "train")
+    writer = SplitWriter(out, "train", np.dtype(manifest.token_dtype), manifest.vocab_size)
+    train_bytes = sum(e.bytes for e in manifest.split_files("train"))
     copies = -(-min_bytes // train_bytes)
     parts = [Rows(p["input_ids"], p["loss_mask"], p["row_offsets"], p["segment_lengths"], p["segment_sources"],
                   p["segment_offsets"]) for p in shard_set.split("train").parts()]
@@ -61,11 +63,12 @@ def tile(source: Path, out: Path, min_bytes: int) -> Path:
     for start in range(0, copies, per_write):
         for part in parts:
             writer.write(repeat_rows(part, min(per_write, copies - start)))
-    val = [e for e in manifest["files"] if e["split"] == "val"]
+    val = manifest.split_files("val")
     for entry in val:
-        shutil.copyfile(source / entry["name"], out / entry["name"])
+        shutil.copyfile(source / entry.name, out / entry.name)
     shutil.copytree(source / TOKENIZER_DIR, out / TOKENIZER_DIR)
-    write_manifest(out, {**manifest, "files": writer.finish() + val, "command": f"benchmarks.loading.tile({source})"})
+    write_manifest(out, dataclasses.replace(manifest, files=writer.finish() + val,
+                                            command=f"benchmarks.loading.tile({source})"))
     return out
 
 
@@ -108,7 +111,7 @@ def main(shards: Path, batch_size: int) -> None:
     setup = Setup(shards, batch_size)
     tokens = sum(setup.batch()[1].tokens for _ in range(setup.order.batches_per_epoch))
     print(json.dumps({"rows": setup.split.num_rows, "tokens": tokens,
-                      "shard_bytes": sum(e["bytes"] for e in setup.shard_set.manifest["files"])}))
+                      "shard_bytes": sum(e.bytes for e in setup.shard_set.manifest.files)}))
 
 
 if __name__ == "__main__":

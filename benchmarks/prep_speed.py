@@ -126,7 +126,7 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
             with_trl: bool) -> tuple[dict, np.ndarray]:
     """Seconds and memory of prep, the floor and TRL over `data`; also the samples' token counts."""
     from prep.config import PrepConfig
-    from shards.format import read_manifest
+    from shards.manifest import read_manifest
 
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
     here = "benchmarks.prep_speed"
@@ -147,18 +147,18 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     prep(warmup)  # warm-up (page cache, bytecode); the floor's gives its token counts for the checks
     floor_lengths = np.array(json.loads(run_process(floor_command + ["--lengths"])["stdout"]))
     done = rounds(tasks, repeats)
-    stats, lengths = read_manifest(out)["stats"], sample_lengths(data)
+    stats, lengths = read_manifest(out).stats, sample_lengths(data)
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
     result = {
         "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
-        "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats["rows"],
+        "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
         "prep_over_floor": median(p / f for p, f in zip(seconds["prep"], seconds["floor"])),
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
-        "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats["records_read"] == stats["samples"],
+        "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats.records_read == stats.samples,
                    "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
-                   "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats["tokens"]},
+                   "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
     if trl_names:
@@ -169,7 +169,7 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
         counts = done[next(iter(trl_names))][-1]
         result["trl_rows"] = counts["rows"]
         result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
-                                **{f"trl_same_{k}": counts[k] == stats[k] for k in ("tokens", "supervised_tokens")})
+                                **{f"trl_same_{k}": counts[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
     return result, lengths
 
 

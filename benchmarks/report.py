@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import operator
 
+from sftcli import markdown_table
+
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 SYMBOLS = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
 PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat seed": "concat_seed_rows", "packed": "packed_rows",
@@ -63,7 +65,7 @@ def format_value(value, unit: str = "") -> str:
 
 
 def grid(header: list[str], body: list[list[str]], markdown: bool = False) -> str:
-    """A table: Markdown, or plain text with aligned columns.
+    """A table: Markdown (sftcli's), or plain text with aligned columns.
 
     >>> print(grid(["a", "bb"], [["1", "2"]], markdown=True))
     | a | bb |
@@ -71,8 +73,7 @@ def grid(header: list[str], body: list[list[str]], markdown: bool = False) -> st
     | 1 | 2 |
     """
     if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(row) + " |" for row in body])
+        return markdown_table(header, body)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
     return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])

@@ -85,14 +85,14 @@ def check_same_samples(manifests: dict) -> dict:
     the same samples with the same tokens (both truncate to max_length; packed cuts instead)."""
     values = list(manifests.values())
     checks = {
-        "same_source": len({m["source_fingerprint"] for m in values}) == 1,
-        "same_tokenizer": len({m["tokenizer_fingerprint"] for m in values}) == 1,
-        "same_max_length": len({m["max_length"] for m in values}) == 1,
-        "same_records": len({m["stats"]["records_read"] for m in values}) == 1,
+        "same_source": len({m.source_fingerprint for m in values}) == 1,
+        "same_tokenizer": len({m.tokenizer_fingerprint for m in values}) == 1,
+        "same_max_length": len({m.max_length for m in values}) == 1,
+        "same_records": len({m.stats.records_read for m in values}) == 1,
     }
     if "padding" in manifests and "concat" in manifests:
-        padding, concat = manifests["padding"]["stats"], manifests["concat"]["stats"]
-        checks["padding_concat_same_tokens"] = all(padding[k] == concat[k]
+        padding, concat = manifests["padding"].stats, manifests["concat"].stats
+        checks["padding_concat_same_tokens"] = all(getattr(padding, k) == getattr(concat, k)
                                                    for k in ("samples", "tokens", "supervised_tokens"))
     return checks
 

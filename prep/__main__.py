@@ -12,25 +12,20 @@ import sys
 import click
 
 from prep.config import PrepConfig
-from shards.cli import click_options
+from sftcli import click_options, main_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click_options(PrepConfig)
+@main_errors()
 def main(**kwargs):
     """Turn instruction data into ready-to-train token shards."""
-    from prep.pipeline import PrepError, run
-    from prep.sources import DataError
-    from prep.template import ChatFormatError
-    from shards.format import ShardError
+    from prep.pipeline import run
     from shards.stats import format_table, shard_set_stats
 
-    try:
-        config = PrepConfig(**kwargs).validate()
-        command = "python -m prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        run(config, command=command)
-    except (ValueError, DataError, ChatFormatError, PrepError, ShardError) as e:
-        raise click.ClickException(str(e)) from None
+    config = PrepConfig(**kwargs).validate()
+    command = "python -m prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run(config, command=command)
     print(format_table([shard_set_stats(config.out_dir, config.stats_batch_size)]))
     print(f"\nwrote {config.out_dir}/ (inspect with: python -m shards stats {config.out_dir})")
 

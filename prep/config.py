@@ -1,17 +1,20 @@
-"""PrepConfig: every knob of `python -m prep` and its default, in one block."""
+"""PrepConfig: every knob of `python -m prep` and its default, in one block.
+
+Each field's help text becomes its `python -m prep --help` line (`sftcli.click_options`).
+
+    >>> PrepConfig(mode="pack", max_length=1).validate()
+    Traceback (most recent call last):
+    ...
+    sftcli.ConfigError: 2 problems with the prep options: --max-length: must be at least 2, got 1; --mode: must be one of padding, packed, concat, got 'pack'
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-MODES = ("padding", "packed", "concat")
-PACKERS = ("bfd", "seed")
-LOSS_ON = ("assistant", "all")
-OVERLONG = ("truncate", "drop", "error")
-
-
-def _opt(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+from prep.packing import Mode, Packer
+from sftcli import check_config, opt as _opt
 
 
 @dataclass(frozen=True)
@@ -19,11 +22,16 @@ class PrepConfig:
     data: str = _opt("yahma/alpaca-cleaned", "hub dataset id, a .json/.jsonl/.parquet/.csv file, or 'sample' (embedded, offline)")
     split: str = _opt("train", "split of a hub dataset to read")
     tokenizer: str = _opt("gpt2", "'gpt2' (vendored, offline), a hub id or a local tokenizer folder")
-    mode: str = _opt("concat", "row layout: padding (one sample a row), packed (concatenate and cut), concat (bin-pack whole samples)", choices=MODES)
+    mode: Mode = _opt(
+        "concat", "row layout: padding (one sample a row), packed (concatenate and cut every max-length tokens: "
+        "TRL's 'wrapped'), concat (bin-pack whole samples: TRL's 'bfd')")
     max_length: int = _opt(256, "tokens per row (the seed's context_length)")
-    packer: str = _opt("bfd", "concat packer: bfd (best-fit-decreasing + repair) or seed (two-pointer greedy)", choices=PACKERS)
-    loss_on: str = _opt("assistant", "tokens with loss: assistant (response + its <|im_end|>) or all (the seed's code)", choices=LOSS_ON)
-    overlong: str = _opt("truncate", "sample longer than max-length in padding/concat: truncate, drop or error", choices=OVERLONG)
+    packer: Packer = _opt(
+        "bfd", "concat packer: bfd (best-fit-decreasing + repair) or seed (the seed's two-pointer greedy)")
+    loss_on: Literal["assistant", "all"] = _opt(
+        "assistant", "tokens with loss: assistant (each reply + its end-of-turn token) or all (the seed's code)")
+    overlong: Literal["truncate", "drop", "error"] = _opt(
+        "truncate", "sample longer than max-length in padding/concat: truncate, drop or error")
     val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the seed) kept for validation, always padding mode")
     seed: int = _opt(0, "seed of the concat row shuffle")
     skip_bad: bool = _opt(False, "skip bad records (counted by reason in the manifest) instead of stopping")
@@ -37,21 +45,15 @@ class PrepConfig:
         return Path(self.out) if self.out else Path("shards") / f"{self.mode}-{self.max_length}"
 
     def validate(self) -> "PrepConfig":
+        """Collect every problem, raise one ConfigError; return self so calls chain."""
         problems = []
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                problems.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if self.max_length < 2:
-            problems.append(f"--max-length must be at least 2, got {self.max_length}")
+            problems.append(f"--max-length: must be at least 2, got {self.max_length}")
         if not 0.0 <= self.val_ratio < 1.0:
-            problems.append(f"--val-ratio must be in [0, 1), got {self.val_ratio}")
-        if self.limit is not None and self.limit < 1:
-            problems.append(f"--limit must be positive, got {self.limit}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be positive, got {self.batch_size}")
-        if self.stats_batch_size < 1:
-            problems.append(f"--stats-batch-size must be positive, got {self.stats_batch_size}")
-        if problems:
-            raise ValueError("invalid prep options:\n  " + "\n  ".join(problems))
+            problems.append(f"--val-ratio: must be in [0, 1), got {self.val_ratio}")
+        for name in ("limit", "batch_size", "stats_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')}: must be positive, got {value}")
+        check_config(self, problems, "prep")
         return self

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-PACKERS = ("bfd", "seed")
+# The three layouts; the field's names for them: packed is TRL's "wrapped", concat its "bfd".
+Mode = Literal["padding", "packed", "concat"]
+Packer = Literal["bfd", "seed"]  # bfd: best-fit decreasing + repair; seed: the seed article's two-pointer greedy
+PACKERS = get_args(Packer)
 # Machine words the minimum-slack repair may shift (some 0.3 s); past it, the samples it has
 # not placed go to new rows by best-fit decreasing. Chat data at max_length 1024 needs under
 # a million; only thousands of distinct lengths over a max_length of 8k or more reach it.

@@ -10,7 +10,7 @@ The staging folder becomes the shard set by one rename (shards.format.staged_fol
 from __future__ import annotations
 
 import collections
-import shlex
+import dataclasses
 import shutil
 import sys
 from dataclasses import asdict
@@ -23,18 +23,20 @@ from prep import packing
 from prep.config import PrepConfig
 from prep.sources import DataError, read_conversations, source_fingerprint
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
+from sftcli import UserError, command_line
 from shards import format as fmt
+from shards.manifest import Manifest, ShardStats, SplitStats
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
 ROWS_PER_WRITE = 8192
 
 
-class PrepError(Exception):
+class PrepError(UserError):
     """A prep run that cannot produce a correct shard set; the message says how to fix it."""
 
 
-def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> dict:
+def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> Manifest:
     """Build the shard set described by `config`; returns its manifest."""
     config.validate()
     tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
@@ -44,32 +46,21 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     with fmt.staged_folder(config.out_dir) as staging:
         spill = _tokenize_to_spill(config, encoder, staging, token_dtype, bad_counts, progress)
         _check_disk_space(staging, spill, token_dtype)
-        manifest = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
+        files, stats = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
         spill.remove(staging)
         tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
-        manifest["stats"]["dropped"].update(dict(bad_counts))
-        manifest.update(
-            mode=config.mode, max_length=config.max_length, packer=config.packer if config.mode == "concat" else None,
-            loss_on=config.loss_on, token_dtype=token_dtype.name, vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
+        stats = dataclasses.replace(stats, dropped={**stats.dropped, **bad_counts})
+        manifest = Manifest(
+            format_version=fmt.FORMAT_VERSION, mode=config.mode, max_length=config.max_length,
+            packer=config.packer if config.mode == "concat" else None, loss_on=config.loss_on,
+            token_dtype=token_dtype.name, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
             source=config.data, source_fingerprint=source_fingerprint(config.data, split=config.split),
-            args=asdict(config),
-            command=command or _command_line(config),
+            args=asdict(config), command=command or command_line("python -m prep", config), files=files, stats=stats,
         )
         fmt.write_manifest(staging, manifest)
     return fmt.read_manifest(config.out_dir)
-
-
-def _command_line(config: PrepConfig) -> str:
-    parts = ["python -m prep"]
-    for key, value in asdict(config).items():
-        if value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -220,7 +211,7 @@ def _write_split(config, spill, staging, split, mode, samples, lengths, token_dt
     for start in tqdm(range(0, layout.num_rows, ROWS_PER_WRITE), desc=f"write {split}", unit=" blocks",
                       disable=not progress, file=sys.stderr):
         rows = _gather(spill, samples, layout, slice(start, min(start + ROWS_PER_WRITE, layout.num_rows)))
-        supervised = np.add.reduceat(rows.loss_mask.astype(np.int64), rows.row_offsets[:-1]) if len(rows.tokens) else np.zeros(0, np.int64)
+        supervised = fmt.per_row_sum(rows.loss_mask, rows.row_offsets)
         if mode == "packed" and (supervised == 0).any():
             # A cut can leave a row of prompt tokens only: it would give a 0/0 loss.
             rows, supervised, n = _drop_unsupervised_rows(rows, supervised)
@@ -232,9 +223,7 @@ def _write_split(config, spill, staging, split, mode, samples, lengths, token_dt
     files = writer.finish()
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
     stats = row_stats(cat(row_lengths), cat(row_supervised), cat(segments), config.max_length, config.stats_batch_size)
-    stats["rows_without_supervised_tokens_dropped"] = dropped_rows
-    stats["split"] = layout.samples_split()
-    return files, stats
+    return files, dict(stats, rows_without_supervised_tokens_dropped=dropped_rows, split=layout.samples_split())
 
 
 def _drop_unsupervised_rows(rows: fmt.Rows, supervised: np.ndarray) -> tuple[fmt.Rows, np.ndarray, int]:
@@ -252,7 +241,7 @@ def _drop_unsupervised_rows(rows: fmt.Rows, supervised: np.ndarray) -> tuple[fmt
     return kept, supervised[keep], int((~keep).sum())
 
 
-def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> dict:
+def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> tuple[list, ShardStats]:
     n = len(spill)
     n_val = int(round(n * config.val_ratio))
     if config.val_ratio > 0 and n_val == 0 and n > 1:
@@ -275,12 +264,12 @@ def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> di
                                             token_dtype, vocab_size, progress)
     val_files, val_stats = _write_split(config, spill, staging, "val", "padding", val_kept, val_lengths,
                                         token_dtype, vocab_size, progress)
-    train_stats.update(sample_stats(lengths, config.max_length))
-    train_stats.update(
-        samples=int(len(kept)), truncated=truncated, dropped={k: v for k, v in dropped.items() if v},
+    val = SplitStats(**val_stats, samples=int(len(val_kept)), truncated=val_truncated,
+                         dropped={k: v for k, v in val_dropped.items() if v})
+    stats = ShardStats(
+        **train_stats, samples=int(len(kept)), truncated=truncated, dropped={k: v for k, v in dropped.items() if v},
+        records_read=int(n), sample_length=sample_stats(lengths),
         lower_bound_rows=packing.lower_bound_rows(np.minimum(lengths, config.max_length), config.max_length),
-        records_read=int(n),
+        val=val,
     )
-    val_stats.update(samples=int(len(val_kept)), truncated=val_truncated,
-                     dropped={k: v for k, v in val_dropped.items() if v})
-    return {"files": train_files + val_files, "stats": {**train_stats, "val": val_stats}}
+    return train_files + val_files, stats

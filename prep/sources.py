@@ -42,6 +42,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from sftcli import UserError
 
 SAMPLE = "sample"
 SAMPLE_PATH = Path(__file__).parent / "data" / "alpaca_en_demo.json"
@@ -87,7 +88,7 @@ _FILE_LIKE = {
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A bad input record or file; message names file, record, field and fix.
 
     `reason` is one of `REASONS` for a record-level problem, or a file-level key

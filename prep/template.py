@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sftcli import UserError
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -39,7 +40,7 @@ ASSISTANT = "assistant"
 _PLACEHOLDER = re.compile("\x00(\\d+)\x00")  # NUL never occurs in validated records
 
 
-class ChatFormatError(Exception):
+class ChatFormatError(UserError):
     """The chat template cannot give exact loss-mask boundaries."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from sftcli import main_errors
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
@@ -22,17 +24,14 @@ def main():
 @click.option("--batch-size", default=16, show_default=True, help="batch size for pad_fraction_at_batch")
 @click.option("--markdown", is_flag=True, help="print the table as Markdown")
 @click.option("--plot", type=click.Path(path_type=Path), help="write sample-length and row-fill histograms to this PNG")
+@main_errors()
 def stats(folders, as_json, batch_size, markdown, plot):
     """Statistics of each shard set in FOLDERS."""
-    from shards.format import ShardError
     from shards.stats import format_table, plot as draw, shard_set_stats
 
-    try:
-        all_stats = [shard_set_stats(folder, batch_size) for folder in folders]
-        if plot:
-            draw(list(folders), plot)
-    except ShardError as e:
-        raise click.ClickException(str(e)) from None
+    all_stats = [shard_set_stats(folder, batch_size) for folder in folders]
+    if plot:
+        draw(list(folders), plot)
     if as_json:
         for s in all_stats:
             print(json.dumps(s, sort_keys=True))

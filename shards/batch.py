@@ -119,17 +119,8 @@ def _flat_starts(segment_lengths: np.ndarray, segments_per_row: np.ndarray, row_
 
 def gather_rows(split: SplitArrays, rows: np.ndarray) -> tuple[list, list, list]:
     """Zero-copy views of the chosen rows' tokens, loss masks and segment lengths."""
-    parts = split.parts()
-    part_of_row, local = split.locate(rows)
-    ids_rows, mask_rows, segment_rows = [], [], []
-    for p, r in zip(part_of_row.tolist(), local.tolist()):
-        part = parts[p]
-        a, b = part["row_offsets"][r], part["row_offsets"][r + 1]
-        sa, sb = part["segment_offsets"][r], part["segment_offsets"][r + 1]
-        ids_rows.append(part["input_ids"][a:b])
-        mask_rows.append(part["loss_mask"][a:b])
-        segment_rows.append(part["segment_lengths"][sa:sb])
-    return ids_rows, mask_rows, segment_rows
+    chosen = split.rows(rows)
+    return [r.input_ids for r in chosen], [r.loss_mask for r in chosen], [r.segment_lengths for r in chosen]
 
 
 def get_rows_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, **options) -> Batch:

@@ -34,18 +34,14 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+from shards.manifest import (FORMAT_VERSION, MANIFEST, FileEntry, Manifest, ShardError, read_manifest,  # noqa: F401
+                             rebuild_hint, write_manifest)
+
 IGNORE_INDEX = -100
-MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
-COLUMNS = ("input_ids", "loss_mask", "segment_lengths", "segment_sources")
 # Bounded file size: a file holds at most this many tokens (64 MiB of uint16).
 MAX_TOKENS_PER_FILE = 32 * 1024 * 1024
-
-
-class ShardError(Exception):
-    """A shard set that cannot be used as it is; the message says how to rebuild it."""
 
 
 def token_dtype_for(vocab_size: int) -> np.dtype:
@@ -80,10 +76,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def rebuild_hint(manifest: dict | None) -> str:
-    """The command that rebuilds a shard set, from its manifest when it has one."""
-    command = (manifest or {}).get("command")
-    return f"rebuild it with: {command}" if command else "rebuild it with: make shards MODE=<mode> (python -m prep ...)"
+def per_row_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum of each row's slice of a flat array (CSR offsets); 0 for an empty row.
+
+    The one per-row sum: `np.add.reduceat` would misread empty rows.
+
+    >>> per_row_sum(np.array([3, 2, 5]), np.array([0, 2, 2, 3])).tolist()
+    [5, 0, 5]
+    >>> per_row_sum(np.array([9, 3, 2]), np.array([1, 3])).tolist()
+    [5]
+    """
+    cumsum = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return np.diff(cumsum[np.asarray(offsets, dtype=np.int64)])
 
 
 # --------------------------------------------------------------------------- writing
@@ -123,7 +127,8 @@ class SplitWriter:
         self.token_dtype, self.vocab_size = np.dtype(token_dtype), vocab_size
         self.max_tokens_per_file = max_tokens_per_file
         self.schema = schema(self.token_dtype)
-        self.files: list[dict] = []
+        self.files: list[FileEntry] = []
+        self._file: dict = {}
         self._writer = None
         self._sink = None
         self._file_tokens = 0
@@ -133,7 +138,7 @@ class SplitWriter:
         self._sink = pa.OSFile(str(self.folder / name), "wb")
         # Uncompressed IPC *file* format (not stream): random access + zero-copy mmap.
         self._writer = pa.ipc.new_file(self._sink, self.schema)
-        self.files.append({"name": name, "split": self.split, "rows": 0, "tokens": 0})
+        self._file = {"name": name, "split": self.split, "rows": 0, "tokens": 0}
         self._file_tokens = 0
 
     def _close(self) -> None:
@@ -141,11 +146,10 @@ class SplitWriter:
             return
         self._writer.close()
         self._sink.close()
-        entry = self.files[-1]
-        path = self.folder / entry["name"]
-        entry["bytes"] = path.stat().st_size
-        entry["sha256"] = sha256_file(path)
+        path = self.folder / self._file["name"]
+        self.files.append(FileEntry(**self._file, bytes=path.stat().st_size, sha256=sha256_file(path)))
         self._writer = self._sink = None
+        self._file = {}
 
     def write(self, rows: Rows) -> None:
         if rows.num_rows == 0:
@@ -181,35 +185,43 @@ class SplitWriter:
             schema=self.schema,
         )
         self._writer.write_batch(batch)
-        self.files[-1]["rows"] += stop - start
-        self.files[-1]["tokens"] += int(t1 - t0)
+        self._file["rows"] += stop - start
+        self._file["tokens"] += int(t1 - t0)
         self._file_tokens += int(t1 - t0)
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[FileEntry]:
         self._close()
         return self.files
 
 
-@contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Write a shard set into a temporary sibling folder; move it to `target` only on success.
-
-    A crash (even SIGKILL) leaves either the previous complete shard set or no
-    shard set at `target`: the new one becomes visible by one rename after its
-    manifest is written and synced. Stale temporary folders of dead runs are
-    named `.NAME.tmp-*` and removed by the next run.
-    """
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
+def recover_folder(target: Path) -> None:
+    """Clean up after writers of `target` that died: restore a complete previous folder that a
+    writer killed between its two renames left as `.NAME.old-PID`, remove staging folders."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
     for stale in sorted(target.parent.glob(f".{target.name}.tmp-*")) + sorted(target.parent.glob(f".{target.name}.old-*")):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             continue
-        if ".old-" in stale.name and not target.exists() and (stale / MANIFEST).is_file():
-            stale.rename(target)  # a run was killed between its two renames: restore the previous set
+        if ".old-" in stale.name and not target.exists():
+            stale.rename(target)  # the old folder was complete: it only moves aside after the new one is
         else:
             shutil.rmtree(stale, ignore_errors=True)
-    # Named after our pid so that a later run can tell whether it is stale.
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Write a folder (a shard set, a checkpoint) under a temporary name; swap it in when complete.
+
+    The one atomic-folder protocol: a crash (even SIGKILL) leaves either the previous
+    complete folder or the new complete one at `target` (or, between the two renames,
+    the previous one as `.NAME.old-PID`, which `recover_folder` puts back). Temporary
+    folders are named after the writer's pid so that a later writer can tell stale ones.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(target)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -218,12 +230,12 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(staging)
+    _fsync_tree(staging)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         target.rename(old)
     staging.rename(target)
-    _fsync_dir(target.parent)
+    _fsync_tree(target.parent, recurse=False)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -237,24 +249,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    for child in Path(path).iterdir():
+def _fsync_tree(folder: Path, recurse: bool = True) -> None:
+    """fsync every file below `folder` (with `recurse`) and the folder itself."""
+    for child in sorted(Path(folder).rglob("*") if recurse else []):
         if child.is_file():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    """Write manifest.json last: its presence marks a complete shard set."""
-    manifest = {"format_version": FORMAT_VERSION, **manifest}
-    tmp = Path(folder) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.rename(Path(folder) / MANIFEST)
 
 
 def tokenizer_fingerprint(tokenizer_dir: Path) -> str:
@@ -270,24 +275,14 @@ def tokenizer_fingerprint(tokenizer_dir: Path) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read_manifest(folder: Path) -> dict:
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise ShardError(f"{folder}: no such shard set folder; build one with: make shards MODE=<mode>")
-    if not path.is_file():
-        raise ShardError(f"{path}: missing, so {folder} is not a complete shard set; {rebuild_hint(None)}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{path}: not valid JSON ({e}); {rebuild_hint(None)}") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ShardError(
-            f"{path}: shard format version {version!r}, but this sftpack reads version {FORMAT_VERSION}; "
-            f"{rebuild_hint(manifest)}"
-        )
-    return manifest
+@dataclass(frozen=True)
+class Row:
+    """One row as stored: zero-copy views into the memory-mapped file."""
+
+    input_ids: np.ndarray
+    loss_mask: np.ndarray  # 1 where the token is a label
+    segment_lengths: np.ndarray  # the row's pieces of samples, in order
+    segment_sources: np.ndarray  # source-record index of each piece
 
 
 @dataclass
@@ -298,7 +293,7 @@ class SplitArrays:
     Arrow record batch of one file.
     """
 
-    files: list[dict]
+    files: list[FileEntry]
     _parts: list[dict]
     _starts: np.ndarray
 
@@ -306,24 +301,26 @@ class SplitArrays:
     def num_rows(self) -> int:
         return int(self._starts[-1])
 
-    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def locate(self, rows) -> tuple[np.ndarray, np.ndarray]:
         """Global row numbers -> (part index, row within that part)."""
         rows = np.asarray(rows, dtype=np.int64)
         part = np.searchsorted(self._starts, rows, side="right") - 1
         return part, rows - self._starts[part]
 
-    def row(self, r: int) -> dict[str, np.ndarray]:
-        part, local = self.locate(np.array([r]))
-        p = self._parts[int(part[0])]
-        i = int(local[0])
-        a, b = p["row_offsets"][i], p["row_offsets"][i + 1]
-        sa, sb = p["segment_offsets"][i], p["segment_offsets"][i + 1]
-        return {
-            "input_ids": p["input_ids"][a:b],
-            "loss_mask": p["loss_mask"][a:b],
-            "segment_lengths": p["segment_lengths"][sa:sb],
-            "segment_sources": p["segment_sources"][sa:sb],
-        }
+    def rows(self, indices) -> list[Row]:
+        """Zero-copy views of the given rows (global row numbers), in that order."""
+        part_of_row, local = self.locate(indices)
+        out = []
+        for p, i in zip(part_of_row.tolist(), local.tolist()):
+            part = self._parts[p]
+            a, b = part["row_offsets"][i], part["row_offsets"][i + 1]
+            sa, sb = part["segment_offsets"][i], part["segment_offsets"][i + 1]
+            out.append(Row(part["input_ids"][a:b], part["loss_mask"][a:b], part["segment_lengths"][sa:sb],
+                           part["segment_sources"][sa:sb]))
+        return out
+
+    def row(self, r: int) -> Row:
+        return self.rows([r])[0]
 
     def row_lengths(self) -> np.ndarray:
         return np.concatenate([np.diff(p["row_offsets"]) for p in self._parts]) if self._parts else np.zeros(0, np.int64)
@@ -347,7 +344,7 @@ class ShardSet:
     >>> # ShardSet.open("shards/concat-256").split("train").num_rows
     """
 
-    def __init__(self, folder: Path, manifest: dict, splits: dict[str, SplitArrays]):
+    def __init__(self, folder: Path, manifest: Manifest, splits: dict[str, SplitArrays]):
         self.folder, self.manifest, self._splits = Path(folder), manifest, splits
 
     @property
@@ -370,22 +367,22 @@ class ShardSet:
         tok_dir = folder / TOKENIZER_DIR
         if not tok_dir.is_dir():
             raise ShardError(f"{tok_dir}: the tokenizer saved with the shards is missing; {hint}")
-        if tokenizer_fingerprint(tok_dir) != manifest.get("tokenizer_fingerprint"):
+        if tokenizer_fingerprint(tok_dir) != manifest.tokenizer_fingerprint:
             raise ShardError(
                 f"{tok_dir}: tokenizer files do not match the manifest's tokenizer_fingerprint "
                 f"(the shards were made by another tokenizer); {hint}"
             )
-        token_dtype = np.dtype(manifest["token_dtype"])
+        token_dtype = np.dtype(manifest.token_dtype)
         splits: dict[str, list] = {s: [] for s in SPLITS}
         files_by_split: dict[str, list] = {s: [] for s in SPLITS}
-        for entry in manifest["files"]:
-            path = folder / entry["name"]
+        for entry in manifest.files:
+            path = folder / entry.name
             if not path.is_file():
                 raise ShardError(f"{path}: listed in the manifest but missing; {hint}")
             size = path.stat().st_size
-            if size != entry["bytes"]:
-                raise ShardError(f"{path}: {size} bytes, the manifest says {entry['bytes']} (truncated or altered); {hint}")
-            if verify and sha256_file(path) != entry["sha256"]:
+            if size != entry.bytes:
+                raise ShardError(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or altered); {hint}")
+            if verify and sha256_file(path) != entry.sha256:
                 raise ShardError(f"{path}: sha256 differs from the manifest (the file is corrupted); {hint}")
             try:
                 reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
@@ -396,19 +393,19 @@ class ShardSet:
             except (pa.ArrowInvalid, OSError) as e:
                 raise ShardError(f"{path}: not a readable Arrow file ({e}); {hint}") from None
             rows = sum(batch.num_rows for batch in batches)
-            if rows != entry["rows"]:
-                raise ShardError(f"{path}: {rows} rows, the manifest says {entry['rows']}; {hint}")
+            if rows != entry.rows:
+                raise ShardError(f"{path}: {rows} rows, the manifest says {entry.rows}; {hint}")
             for batch in batches:
                 ids, row_offsets = _flat(batch.column(0))
                 mask, _ = _flat(batch.column(1))
                 seg_len, seg_offsets = _flat(batch.column(2))
                 seg_src, _ = _flat(batch.column(3))
-                splits[entry["split"]].append({
+                splits[entry.split].append({
                     "input_ids": ids, "loss_mask": mask, "row_offsets": row_offsets,
                     "segment_lengths": seg_len, "segment_sources": seg_src, "segment_offsets": seg_offsets,
                     "batch": batch,  # keeps the memory map alive
                 })
-            files_by_split[entry["split"]].append(entry)
+            files_by_split[entry.split].append(entry)
         arrays = {
             s: SplitArrays(files_by_split[s], splits[s],
                            np.concatenate([[0], np.cumsum([len(p["row_offsets"]) - 1 for p in splits[s]])]).astype(np.int64))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format import ShardSet
+from sftcli import markdown_table
+from shards.format import ShardSet, per_row_sum
 
 PERCENTILES = (50, 90, 99)
 
@@ -53,17 +54,17 @@ def row_stats(row_lengths: np.ndarray, row_supervised: np.ndarray, segments_per_
     }
 
 
-def sample_stats(lengths: np.ndarray, max_length: int) -> dict:
+def sample_stats(lengths: np.ndarray) -> dict:
     """Length distribution of the samples written (after truncation).
 
-    >>> sample_stats(np.array([1, 2, 3, 10]), 8)["sample_length"]["max"]
+    >>> sample_stats(np.array([1, 2, 3, 10]))["max"]
     10
     """
     if len(lengths) == 0:
-        return {"sample_length": {}}
+        return {}
     summary = {f"p{p}": float(np.percentile(lengths, p)) for p in PERCENTILES}
     summary.update(mean=float(lengths.mean()), max=int(lengths.max()), min=int(lengths.min()))
-    return {"sample_length": summary}
+    return summary
 
 
 def _split_arrays(split) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -72,8 +73,7 @@ def _split_arrays(split) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     for part in split.parts():
         offsets = part["row_offsets"].astype(np.int64)
         lengths.append(np.diff(offsets))
-        cumsum = np.concatenate([[0], np.cumsum(part["loss_mask"], dtype=np.int64)])
-        supervised.append(cumsum[offsets[1:]] - cumsum[offsets[:-1]])
+        supervised.append(per_row_sum(part["loss_mask"], offsets))
         segments.append(np.diff(part["segment_offsets"].astype(np.int64)))
         seg_lo, seg_hi = part["segment_offsets"][0], part["segment_offsets"][-1]
         by_source.append((part["segment_sources"][seg_lo:seg_hi], part["segment_lengths"][seg_lo:seg_hi]))
@@ -89,25 +89,16 @@ def _split_arrays(split) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
     """Everything `python -m shards stats` reports for one shard set."""
     shard_set = ShardSet.open(folder)
-    manifest = shard_set.manifest
-    saved = manifest.get("stats", {})
+    manifest, saved = shard_set.manifest, shard_set.manifest.stats
     row_lengths, supervised, segments, _ = _split_arrays(shard_set.split("train"))
     result = {
-        "path": str(folder),
-        "mode": manifest["mode"],
-        "max_length": manifest["max_length"],
-        "packer": manifest.get("packer"),
-        "loss_on": manifest.get("loss_on"),
-        "samples": saved.get("samples"),
-        "dropped": saved.get("dropped", {}),
-        "truncated": saved.get("truncated"),
-        "split": saved.get("split"),
-        "lower_bound_rows": saved.get("lower_bound_rows"),
-        "sample_length": saved.get("sample_length"),
+        "path": str(folder), "mode": manifest.mode, "max_length": manifest.max_length, "packer": manifest.packer,
+        "loss_on": manifest.loss_on, "samples": saved.samples, "dropped": saved.dropped, "truncated": saved.truncated,
+        "split": saved.split, "lower_bound_rows": saved.lower_bound_rows, "sample_length": saved.sample_length,
     }
-    result.update(row_stats(row_lengths, supervised, segments, manifest["max_length"], batch_size))
+    result.update(row_stats(row_lengths, supervised, segments, manifest.max_length, batch_size))
     val_lengths, val_supervised, val_segments, _ = _split_arrays(shard_set.split("val"))
-    val = row_stats(val_lengths, val_supervised, val_segments, manifest["max_length"], batch_size)
+    val = row_stats(val_lengths, val_supervised, val_segments, manifest.max_length, batch_size)
     result["val"] = {k: val[k] for k in ("rows", "tokens", "supervised_tokens")}
     return result
 
@@ -139,9 +130,7 @@ def format_table(all_stats: list[dict], markdown: bool = False) -> str:
     header = ["statistic"] + [Path(s["path"]).name for s in all_stats]
     lines = [[name] + [str(get(s)) for s in all_stats] for name, get in _ROWS]
     if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
+        return markdown_table(header, lines)
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
     fmt_line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt_line(header), fmt_line(["-" * w for w in widths])] + [fmt_line(r) for r in lines])
@@ -157,7 +146,7 @@ def plot(folders: list[Path], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for folder in folders:
         shard_set = ShardSet.open(folder)
-        max_length = shard_set.manifest["max_length"]
+        max_length = shard_set.manifest.max_length
         row_lengths, _, _, sample_lengths = _split_arrays(shard_set.split("train"))
         label = Path(folder).name
         left.hist(sample_lengths, bins=50, alpha=0.5, label=label)

@@ -2,6 +2,7 @@
 claims to compare (the same rows, the same texts, the same tokens), and the reports render."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from benchmarks import common, gpu, loading, packing, prep_speed, report, training
 from benchmarks.__main__ import SECTIONS, main as bench_main
+from shards.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +78,12 @@ def test_trl_template_renders_the_text_prep_supervises(records):
 def test_packing_section_gets_the_real_lengths(prep_section):
     """packing.run on prep's lengths packs into exactly the rows prep wrote (val-ratio 0, nothing dropped)."""
     result, lengths, work = prep_section
-    manifest = json.loads((work / "shards" / "prep-timed" / "manifest.json").read_text())
-    assert manifest["stats"]["dropped"] == {}
+    stats = read_manifest(work / "shards" / "prep-timed").stats
+    assert stats.dropped == {}
     r = packing.run(lengths, max_lengths=(256,), repeats=1, synthetic_count=1000)[256]
     assert r["samples"] == 80 and r["padding_rows"] == 80
-    assert r["concat_bfd_rows"] == manifest["stats"]["rows"] == result["prep_rows"]
-    assert r["lower_bound_rows"] == manifest["stats"]["lower_bound_rows"] <= r["concat_bfd_rows"]
+    assert r["concat_bfd_rows"] == stats.rows == result["prep_rows"]
+    assert r["lower_bound_rows"] == stats.lower_bound_rows <= r["concat_bfd_rows"]
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +119,8 @@ def test_quantile_batches_span_the_epochs_widths(small_shards):
 
 
 def test_training_checks_catch_different_inputs(small_shards):
-    from shards.format import read_manifest
-
     manifests = {mode: read_manifest(path) for mode, path in small_shards.items()}
-    manifests["concat"] = {**manifests["concat"], "source_fingerprint": "another file"}
+    manifests["concat"] = dataclasses.replace(manifests["concat"], source_fingerprint="another file")
     assert training.check_same_samples(manifests)["same_source"] is False
 
 
@@ -133,10 +133,10 @@ def test_tiled_shard_set_repeats_rows_and_the_probe_reads_an_epoch(small_shards,
     split = ShardSet.open(tiled, verify=True).split("train")
     copies = split.num_rows // base.num_rows
     assert copies >= 2 and split.num_rows == copies * base.num_rows
-    assert sum(e["bytes"] for e in ShardSet.open(tiled).manifest["files"] if e["split"] == "train") >= 200_000
+    assert sum(e.bytes for e in ShardSet.open(tiled).manifest.split_files("train")) >= 200_000
     for r in (0, base.num_rows - 1):
         for k in ("input_ids", "loss_mask", "segment_lengths"):
-            assert np.array_equal(split.row(r + (copies - 1) * base.num_rows)[k], base.row(r)[k])
+            assert np.array_equal(getattr(split.row(r + (copies - 1) * base.num_rows), k), getattr(base.row(r), k))
     memory = loading.epoch_memory(source, tiled, batch_size=2, repeats=1)
     assert memory["large"]["rows"] == split.num_rows and memory["small"]["peak_anon_mib"] > 0
     assert loading.batch_seconds(source, batch_size=2, count=2, warmup=1) > 0
@@ -205,7 +205,7 @@ def test_markdown_table_shows_each_figure_its_goal_and_verdict(tmp_path):
 def test_settings_reject_bad_options_in_one_line():
     outcome = CliRunner().invoke(bench_main, ["--repeats", "0", "--sections", "prep,gpu"])
     assert outcome.exit_code == 1 and len(outcome.output.strip().splitlines()) == 1
-    assert "--repeats must be at least 1" in outcome.output and "--sections: unknown gpu" in outcome.output
+    assert "--repeats: must be at least 1" in outcome.output and "--sections: unknown gpu" in outcome.output
 
 
 @pytest.mark.slow

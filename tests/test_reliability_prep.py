@@ -10,7 +10,7 @@ import pytest
 
 from prep.config import PrepConfig
 from prep.pipeline import PrepError, run
-from shards.format import MANIFEST, ShardSet
+from shards.format import ShardSet, read_manifest
 from tests.conftest import ROOT, SAMPLE, write_jsonl
 
 
@@ -28,7 +28,7 @@ def bigger_jsonl(tmp_path_factory):
 def test_sigkill_at_any_moment_leaves_previous_set_or_none(bigger_jsonl, tmp_path):
     out = tmp_path / "s"
     subprocess.run(_prep_cmd(bigger_jsonl, out, "padding"), check=True, capture_output=True, cwd=ROOT)
-    previous = json.loads((out / MANIFEST).read_text())
+    previous = read_manifest(out)
     # Time one full run to spread the kill points over it.
     t0 = time.monotonic()
     subprocess.run(_prep_cmd(bigger_jsonl, tmp_path / "timing", "concat"), check=True, capture_output=True, cwd=ROOT)
@@ -40,9 +40,9 @@ def test_sigkill_at_any_moment_leaves_previous_set_or_none(bigger_jsonl, tmp_pat
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if out.exists():
-            manifest = json.loads((out / MANIFEST).read_text())
+            manifest = read_manifest(out)
             ShardSet.open(out, verify=True)  # complete and intact, whichever it is
-            if manifest["mode"] == "concat":  # the kill came after the rename: the new set is whole
+            if manifest.mode == "concat":  # the kill came after the rename: the new set is whole
                 previous = manifest
             assert manifest == previous
     # a rerun succeeds and cleans up what the killed runs left behind

@@ -58,8 +58,8 @@ def test_stats_match_a_recount_of_the_rows(two_sets):
 
     s = shard_set_stats(two_sets[1], batch_size=4)
     split = ShardSet.open(two_sets[1]).split("train")
-    lengths = np.array([len(split.row(r)["input_ids"]) for r in range(split.num_rows)])
-    supervised = sum(int(split.row(r)["loss_mask"].sum()) for r in range(split.num_rows))
+    lengths = np.array([len(split.row(r).input_ids) for r in range(split.num_rows)])
+    supervised = sum(int(split.row(r).loss_mask.sum()) for r in range(split.num_rows))
     padded = sum(max(lengths[i:i + 4]) * len(lengths[i:i + 4]) for i in range(0, len(lengths), 4))
     assert s["tokens"] == lengths.sum() and s["supervised_tokens"] == supervised
     assert s["pad_fraction_at_batch"] == pytest.approx(1 - lengths.sum() / padded)

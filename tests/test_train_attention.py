@@ -165,7 +165,7 @@ def test_varlen_index_regroups_only_rows_of_several_samples():
     # rows [3 | 2 | pad] and [4 | pad pad], width 6: row 1 keeps its own causal pass over the row
     index = varlen_index(np.array([0, 3, 6]), np.array([3, 2, 4]), rows=2, width=6)
     assert index.single_rows.tolist() == [1] and (index.samples, index.longest) == (2, 3)
-    assert index.grouped_source.tolist() == [0, 1, 2, 3, 4, 4]
+    assert index.grouped_source.tolist() == [[0, 1, 2], [3, 4, 4]]
     # row 0's tokens read the regrouped slots (after the 6 of the single row), its padding the zero row (12)
     assert index.output_source.tolist() == [6, 7, 8, 9, 10, 12, 0, 1, 2, 3, 4, 5]
     assert varlen_index(np.array([0, 5]), np.array([3, 4]), rows=2, width=5) is None

@@ -19,7 +19,7 @@ from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thre
 from train.__main__ import main
 from train.config import TrainConfig
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
-from train import checkpoint, head, loop
+from train import head, loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,16 +200,22 @@ def test_a_run_folder_is_not_reused_by_accident(reference):
 
 
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
+    import subprocess
+
+    from shards.format import recover_folder, staged_folder
+
     target = tmp_path / "last"
-    with checkpoint.atomic_folder(target) as folder:
+    with staged_folder(target) as folder:
         (folder / "a").write_text("1")
-    # a kill after `last` -> `.last.old` and before `.last.tmp` -> `last`:
-    target.rename(tmp_path / ".last.old")
-    (tmp_path / ".last.tmp").mkdir()
-    (tmp_path / ".last.tmp" / "a").write_text("half")
-    checkpoint.recover_folder(target)
+    # a writer (now dead) killed after `last` -> `.last.old-PID` and before `.last.tmp-PID` -> `last`:
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    target.rename(tmp_path / f".last.old-{writer.pid}")
+    (tmp_path / f".last.tmp-{writer.pid}").mkdir()
+    (tmp_path / f".last.tmp-{writer.pid}" / "a").write_text("half")
+    recover_folder(target)
     assert (target / "a").read_text() == "1"
-    with checkpoint.atomic_folder(target) as folder:
+    with staged_folder(target) as folder:
         (folder / "a").write_text("2")
     assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 

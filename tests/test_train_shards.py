@@ -92,7 +92,7 @@ def test_token_id_outside_the_model_vocabulary(tmp_path):
     tokens[5] = 50300
     writer.write(Rows(tokens, np.ones(n, np.uint8), np.arange(0, n + 1, 10), np.full(4, 10), np.arange(4),
                       np.arange(5)))
-    entry.update(writer.finish()[0])
+    entry.update(writer.finish()[0].to_json())
     (shards / "manifest.json").write_text(json.dumps(data))
     line = refused(shards, tmp_path)
     assert "token id 50300 is outside the model's vocabulary of 50259" in line and "rebuild it with" in line
@@ -106,3 +106,25 @@ def test_missing_shard_folder(tmp_path):
 def test_unloadable_model(shards, tmp_path):
     line = refused(shards, tmp_path, "--model", str(tmp_path / "no-such-model"))
     assert "cannot load model" in line and "tiny, gpt2-124m" in line
+
+
+@pytest.mark.parametrize("key", ["token_dtype", "files", "stats"])
+def test_a_manifest_missing_a_key_is_named_by_train_and_stats(shards, tmp_path, key):
+    from shards.__main__ import main as shards_main
+
+    data = manifest(shards)
+    del data[key]
+    (shards / "manifest.json").write_text(json.dumps(data))
+    line = refused(shards, tmp_path)
+    assert f"{key}: missing" in line and "rebuild it with: python -m prep" in line
+    result = CliRunner().invoke(shards_main, ["stats", str(shards)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and f"{key}: missing" in result.stderr, result.stderr
+
+
+def test_a_mistyped_manifest_key_is_named(shards, tmp_path):
+    data = manifest(shards)
+    data["max_length"], data["stats"]["val"]["rows"] = "64", None
+    (shards / "manifest.json").write_text(json.dumps(data))
+    line = refused(shards, tmp_path)
+    assert "max_length: expected int, got str" in line and "stats.val.rows: expected int, got NoneType" in line

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.format import (ShardSet, SplitWriter, Rows, staged_folder, token_dtype_for, tokenizer_fingerprint,
-                           write_manifest)
+from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, staged_folder, token_dtype_for,
+                           tokenizer_fingerprint)
+from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, write_manifest
+from shards.stats import row_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_FILES = ROOT / "prep" / "assets" / "gpt2"
@@ -106,23 +108,46 @@ def write_shard_set(folder: Path, mode: str = "concat", max_length: int = 64, tr
     """A complete shard set at `folder`, as prep would write it (one write per split)."""
     train = samples if samples is not None else synthetic_samples(train_samples, seed, max_length=max_length // 2)
     val = synthetic_samples(val_samples, seed + 1000, max_length=max_length // 2)
+    train_rows, val_rows = to_rows(pack(train, mode, max_length)), to_rows(pack(val, "padding", max_length))
+    extra = {} if max_tokens_per_file is None else {"max_tokens_per_file": max_tokens_per_file}
+    return write_rows_set(folder, mode, max_length, {"train": [train_rows], "val": [val_rows]}, vocab_size, **extra)
+
+
+def write_rows_set(folder: Path, mode: str, max_length: int, rows_by_split: dict, vocab_size: int = VOCAB,
+                   **writer_options) -> Path:
+    """A complete shard set of the given `Rows` (a list of writes per split), with a full manifest."""
     command = f"python -m prep --mode {mode} --max-length {max_length} --out {folder}"
     with staged_folder(Path(folder)) as staging:
         chatml_tokenizer().save_pretrained(str(staging / "tokenizer"))
-        files = []
-        for split, split_rows in (("train", pack(train, mode, max_length)), ("val", pack(val, "padding", max_length))):
-            extra = {} if max_tokens_per_file is None else {"max_tokens_per_file": max_tokens_per_file}
-            writer = SplitWriter(staging, split, token_dtype_for(vocab_size), vocab_size, **extra)
-            writer.write(to_rows(split_rows))
+        files, stats = [], {}
+        for split, writes in rows_by_split.items():
+            writer = SplitWriter(staging, split, token_dtype_for(vocab_size), vocab_size, **writer_options)
+            for rows in writes:
+                writer.write(rows)
             files += writer.finish()
-        write_manifest(staging, {
-            "mode": mode, "max_length": max_length, "packer": "first_fit" if mode == "concat" else mode,
-            "loss_on": "assistant", "token_dtype": str(token_dtype_for(vocab_size)), "vocab_size": VOCAB,
-            "pad_token_id": PAD, "eos_token_id": IM_END, "bos_token_id": IM_START,
-            "tokenizer_fingerprint": tokenizer_fingerprint(staging / "tokenizer"), "files": files,
-            "command": command, "stats": {"rows": {"train": len(pack(train, mode, max_length))}},
-        })
+            stats[split] = split_stats(writes, max_length)
+        tokens = sum(len(r.tokens) for r in rows_by_split["train"])
+        train_stats = ShardStats(**stats["train"], records_read=stats["train"]["samples"] + stats["val"]["samples"],
+                                 lower_bound_rows=-(-tokens // max_length),  # L1, a valid lower bound
+                                 sample_length={}, val=SplitStats(**stats["val"]))
+        write_manifest(staging, Manifest(
+            format_version=FORMAT_VERSION, mode=mode, max_length=max_length,
+            packer="first_fit" if mode == "concat" else None, loss_on="assistant",
+            token_dtype=str(token_dtype_for(vocab_size)), vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=IM_END,
+            bos_token_id=IM_START, tokenizer_fingerprint=tokenizer_fingerprint(staging / "tokenizer"),
+            source="synthetic", source_fingerprint="synthetic", args={}, command=command, files=files,
+            stats=train_stats,
+        ))
     return Path(folder)
+
+
+def split_stats(writes: list, max_length: int) -> dict:
+    """What prep records for a split, for rows written without prep (every segment a whole sample)."""
+    lengths = np.concatenate([np.diff(r.row_offsets) for r in writes])
+    supervised = np.concatenate([per_row_sum(r.loss_mask, r.row_offsets) for r in writes])
+    segments = np.concatenate([np.diff(r.segment_offsets) for r in writes])
+    return dict(row_stats(lengths, supervised, segments, max_length, 16), samples=int(segments.sum()), truncated=0,
+                split=0, dropped={}, rows_without_supervised_tokens_dropped=0)
 
 
 def read_metrics(out: Path, kind: str = "train") -> list[dict]:

@@ -6,29 +6,21 @@
 """
 from __future__ import annotations
 
-import sys
-
 import click
 
-from shards.cli import click_options
+from sftcli import click_options, main_errors
 from train.config import TrainConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click_options(TrainConfig)
+@main_errors()
 def main(**options) -> None:
     """Train a causal LM on a shard set (see train/__init__.py)."""
     # Imported here: `--help` and option errors stay fast (no torch import).
-    from shards.format import ShardError
-    from train.config import ConfigError
-    from train.loop import TrainError, train
-    from train.model import ModelError
+    from train.loop import train
 
-    try:
-        train(TrainConfig(**options))
-    except (ConfigError, ShardError, ModelError, TrainError) as e:
-        click.echo("error: " + " ".join(str(e).split()), err=True)
-        sys.exit(1)
+    train(TrainConfig(**options))
 
 
 if __name__ == "__main__":

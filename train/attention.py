@@ -20,7 +20,7 @@ attention function.
     >>> index.single_rows.tolist(), index.samples, index.longest
     ([1], 2, 3)
     >>> index.grouped_source.tolist()  # slots of samples (0..2) and (3..4); a short sample's extra slot repeats its last token
-    [0, 1, 2, 3, 4, 4]
+    [[0, 1, 2], [3, 4, 4]]
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from train.config import ConfigError
+from sftcli import ConfigError
 
 VARLEN, FLEX = "sftpack_varlen", "sftpack_flex"  # the names registered with transformers' AttentionInterface
 # --attention -> transformers' attn_implementation. transformers' own flex_attention is not offered
@@ -132,29 +133,35 @@ class VarlenIndex:
     """Where a batch's attention sequences go in the regrouped batch, and back.
 
     single_rows: rows holding one sequence; they skip regrouping (causal SDPA over the row).
-    grouped_source: flat token index (row * width + column) feeding each slot of the
-        [samples, longest] batch of the other rows' sequences; slots past a sequence's
+    grouped_source: (samples, longest) flat token index (row * width + column) feeding each
+        slot of the regrouped batch of the other rows' sequences; slots past a sequence's
         end repeat its last token (a causal query never sees later slots).
     output_source: for each flat token position of the batch, its row in
         cat(single-row outputs, regrouped outputs, one zero row); padding after a row's
         last sequence reads the zero row (its labels are ignored).
+    Sizes live in the tensors' shapes only, so torch.compile treats them as dynamic sizes.
     """
 
     single_rows: np.ndarray | torch.Tensor
     grouped_source: np.ndarray | torch.Tensor
     output_source: np.ndarray | torch.Tensor
-    samples: int
-    longest: int
+
+    @property
+    def samples(self) -> int:
+        return int(self.grouped_source.shape[0])
+
+    @property
+    def longest(self) -> int:
+        return int(self.grouped_source.shape[1])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "VarlenIndex":
-        move = lambda a: torch.as_tensor(a).to(device, non_blocking=non_blocking)  # noqa: E731
-        return VarlenIndex(move(self.single_rows), move(self.grouped_source), move(self.output_source),
-                           self.samples, self.longest)
+        return VarlenIndex(*(torch.as_tensor(a).to(device, non_blocking=non_blocking) for a in self._arrays()))
 
     def pin_memory(self) -> "VarlenIndex":
-        pin = lambda a: torch.as_tensor(a).pin_memory()  # noqa: E731
-        return VarlenIndex(pin(self.single_rows), pin(self.grouped_source), pin(self.output_source),
-                           self.samples, self.longest)
+        return VarlenIndex(*(torch.as_tensor(a).pin_memory() for a in self._arrays()))
+
+    def _arrays(self) -> tuple:
+        return self.single_rows, self.grouped_source, self.output_source
 
 
 def varlen_index(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int) -> VarlenIndex | None:
@@ -178,13 +185,18 @@ def varlen_index(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int)
     within = np.arange(int(g_lengths.sum())) - np.repeat(np.cumsum(g_lengths) - g_lengths, g_lengths)
     output_source[np.repeat(g_starts, g_lengths) + within] = (
         single_slots + np.repeat(np.arange(samples) * longest, g_lengths) + within)
-    return VarlenIndex(single_rows, grouped_source.ravel(), output_source, samples, longest)
+    return VarlenIndex(single_rows, grouped_source, output_source)
 
 
 def _causal(query, key, value, dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal SDPA, [n, heads, length, dim] in and [n * length, heads, dim] out."""
-    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=query.shape[2] > 1,
-                                         scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    """Causal SDPA, [n, heads, length, dim] in and [n * length, heads, dim] out.
+
+    Both flags are plain Python bools: a size comparison passed as is would be a SymBool under
+    torch.compile, which SDPA refuses (a graph break). A length-1 causal row is just itself.
+    """
+    gqa = bool(key.shape[1] != query.shape[1])
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
+                                         enable_gqa=gqa)
     return out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[3])
 
 
@@ -196,8 +208,6 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     exactly transformers' SDPA path.
     """
     if varlen_index is None or attention_mask is not None or query.shape[2] != key.shape[2]:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     rows, heads, width, dim = query.shape
@@ -206,8 +216,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if index.single_rows.numel():
         parts.append(_causal(*(x.index_select(0, index.single_rows) for x in (query, key, value)),
                              dropout, scaling))
-    grouped = [x.transpose(1, 2).reshape(rows * width, x.shape[1], dim).index_select(0, index.grouped_source)
-               .view(index.samples, index.longest, x.shape[1], dim).transpose(1, 2) for x in (query, key, value)]
+    source = index.grouped_source
+    grouped = [x.transpose(1, 2).reshape(rows * width, x.shape[1], dim).index_select(0, source.flatten())
+               .view(source.shape[0], source.shape[1], x.shape[1], dim).transpose(1, 2) for x in (query, key, value)]
     parts.append(_causal(*grouped, dropout, scaling))
     parts.append(query.new_zeros(1, heads, dim))
     out = torch.cat(parts).index_select(0, index.output_source).view(rows, width, heads, dim)

@@ -3,22 +3,22 @@
     RUN/best/  the lowest validation loss so far: a Hugging Face folder (safetensors, tokenizer)
     RUN/last/  the same plus optimizer.pt and trainer_state.json: all that `--resume` needs
 
-A save goes to a temporary folder swapped in by renames, so a kill never leaves half a checkpoint.
+A save goes through `shards.format.staged_folder` (the one atomic-folder protocol, shared
+with shard sets), so a kill never leaves half a checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed
 
-from train.config import ConfigError, TrainConfig, load_config
+from sftcli import ConfigError
+from shards.format import recover_folder, staged_folder
+from train.config import TrainConfig, load_config
 from train.logs import Progress
 
 if TYPE_CHECKING:
@@ -56,43 +56,6 @@ def barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in [*folder.iterdir(), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def recover_folder(target: Path) -> None:
-    """A save killed between its two renames leaves only `.NAME.old`: put it back."""
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.exists():
-        old.rename(target)
-
-
-@contextmanager
-def atomic_folder(target: Path):
-    """Write a folder under a temporary name; swap it in by renames only when complete.
-
-    At every instant `target` or `.target.old` is a complete folder (recover_folder
-    mends the second case), so a kill during a save never leaves half a checkpoint.
-    """
-    recover_folder(target)
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    _fsync_tree(tmp)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    _fsync_tree(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig,
                     optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None) -> None:
     """A Hugging Face folder (safetensors + tokenizer); with an optimizer, also all that --resume needs.
@@ -110,7 +73,7 @@ def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: 
             torch.distributed.all_gather_object(rng_states, rng)
         if dist is not None and not dist.main:
             return
-    with atomic_folder(folder) as tmp:
+    with staged_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}

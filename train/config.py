@@ -8,36 +8,27 @@ Each field's help text becomes its `python -m train --help` line (see `train/__m
     >>> TrainConfig(shards=Path("s"), batch_size=0, precision="fp8").validate()
     Traceback (most recent call last):
     ...
-    train.config.ConfigError: 2 problems with the train options: --batch-size: must be at least 1, got 0; --precision: must be one of auto, fp16, bf16, fp32, got 'fp8'
+    sftcli.ConfigError: 2 problems with the train options: --batch-size: must be at least 1, got 0; --precision: must be one of auto, fp16, bf16, fp32, got 'fp8'
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args, get_type_hints
+from typing import Literal, get_type_hints
 
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-ISOLATIONS = ("on", "off")
-ATTENTIONS = ("auto", "sdpa", "eager", "varlen", "flash", "flex")
+from sftcli import ConfigError, check_config, flag, opt
+
 # Fields that may differ between a run and its --resume: they change neither the model,
 # nor the data order, nor the learning-rate schedule (max_steps does: extend a run on purpose).
 RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress")
 
 
-class ConfigError(ValueError):
-    """Options that cannot run together; the message lists every problem at once."""
-
-
-def opt(default, help: str, **kwargs):  # noqa: A002 - `help` mirrors click's keyword
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     # ---- what to train on, what to train, where to write (defaults: the seed's where it had one)
-    shards: Path = opt(None, "shard set folder written by `python -m prep` (required)")
+    shards: Path = opt(None, "shard set folder written by `python -m prep`", required=True)
     out: Path = opt(Path("runs/train"), "run folder: config.json, metrics.jsonl, tb/, best/, last/, summary.json")
     model: str = opt("tiny", "named random-init config (tiny, gpt2-124m), a local model folder, or a hub id")
     # ---- the loop: the seed's defaults
@@ -81,9 +72,8 @@ class TrainConfig:
 
         def need(ok: bool, name: str, message: str) -> None:
             if not ok:
-                problems.append(f"--{name.replace('_', '-')}: {message}")
+                problems.append(f"{flag(name)}: {message}")
 
-        need(self.shards is not None, "shards", "required (a folder written by python -m prep)")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval", "pad_vocab_to"):
             value = getattr(self, name)
             need(value >= 1, name, f"must be at least 1, got {value}")
@@ -94,16 +84,10 @@ class TrainConfig:
         need(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
         need(self.weight_decay >= 0, "weight_decay", f"must be at least 0, got {self.weight_decay}")
         need(self.grad_clip >= 0, "grad_clip", f"must be at least 0, got {self.grad_clip}")
-        for name in ("precision", "isolation", "attention"):
-            choices = get_args(get_type_hints(TrainConfig)[name])
-            value = getattr(self, name)
-            need(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
         need(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         need(self.stop_after is None or 1 <= self.stop_after <= self.max_steps, "stop_after",
              f"must be between 1 and --max-steps ({self.max_steps}), got {self.stop_after}")
-        if problems:
-            noun = "problem" if len(problems) == 1 else "problems"
-            raise ConfigError(f"{len(problems)} {noun} with the train options: " + "; ".join(problems))
+        check_config(self, problems, "train")
         return self
 
     def to_json(self) -> dict:
@@ -126,7 +110,7 @@ class TrainConfig:
         ['--seed: the run used 1, now 1337']
         """
         return [
-            f"--{f.name.replace('_', '-')}: the run used {getattr(saved, f.name)}, now {getattr(self, f.name)}"
+            f"{flag(f.name)}: the run used {getattr(saved, f.name)}, now {getattr(self, f.name)}"
             for f in dataclasses.fields(self)
             if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(saved, f.name)
         ]

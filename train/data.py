@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.format import ShardError, ShardSet, SplitArrays, rebuild_hint
+from shards.format import ShardError, ShardSet, SplitArrays, per_row_sum, rebuild_hint
 
 
 def epoch_permutation(num_rows: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -73,15 +73,6 @@ def val_row_batches(split: SplitArrays, batch_size: int, rank: int = 0, world_si
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def per_row_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Sum of each row's slice of a flat array (CSR offsets from 0); 0 for an empty row.
-
-    >>> per_row_sum(np.array([3, 2, 5]), np.array([0, 2, 2, 3])).tolist()
-    [5, 0, 5]
-    """
-    return np.diff(np.concatenate([[0], np.cumsum(values, dtype=np.int64)])[offsets])
-
-
 def check_shards(shard_set: ShardSet, vocab_size: int) -> int:
     """Refuse rows the trainer cannot use; return the largest token id.
 
@@ -92,7 +83,7 @@ def check_shards(shard_set: ShardSet, vocab_size: int) -> int:
     """
     manifest = shard_set.manifest
     hint = rebuild_hint(manifest)
-    max_length = int(manifest["max_length"])
+    max_length = manifest.max_length
     largest = -1
     for name in ("train", "val"):
         split = shard_set.split(name)

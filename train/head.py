@@ -116,7 +116,8 @@ class LabelLossModel(torch.nn.Module):
                              "without logit soft-capping")
         backbone = model.base_model
         # Not a submodule: its parameters are the model's, registered once through `self.model`.
-        object.__setattr__(self, "backbone", torch.compile(backbone) if compile else backbone)
+        # dynamic: the varlen index's sizes change every batch; padded widths repeat anyway.
+        object.__setattr__(self, "backbone", torch.compile(backbone, dynamic=True) if compile else backbone)
 
     def forward(self, input_ids, position_ids, labels, varlen_index=None, flex_documents=None) -> torch.Tensor:
         extra = {} if varlen_index is None else {"varlen_index": varlen_index}

@@ -202,8 +202,8 @@ class Meter:
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
             tokens_per_second=p.tokens / max(p.train_seconds, 1e-9),
             supervised_tokens_per_second=p.supervised_tokens / max(p.train_seconds, 1e-9),
-            padding_fraction=1 - p.tokens / max(p.slots, 1), mode=manifest["mode"],
-            max_length=manifest["max_length"], attention=attention, world_size=world_size, shards=str(shards),
+            padding_fraction=1 - p.tokens / max(p.slots, 1), mode=manifest.mode,
+            max_length=manifest.max_length, attention=attention, world_size=world_size, shards=str(shards),
             shard_stats_path=str(Path(shards) / MANIFEST),
         )
         return {k: values[k] for k in SUMMARY_KEYS}

@@ -24,7 +24,8 @@ from transformers import AutoTokenizer
 from shards.format import ShardError, ShardSet, SplitArrays, rebuild_hint
 from train.attention import IMPLEMENTATIONS, AttentionError, attention_dropout, register_attention, resolve_attention
 from train.checkpoint import load_checkpoint, prepare_out, save_checkpoint
-from train.config import ConfigError, TrainConfig
+from sftcli import ConfigError, UserError
+from train.config import TrainConfig
 from train.data import RowOrder, check_shards, rank_share, val_row_batches
 from train.head import LabelLossModel
 from train.logs import Meter, Progress, RunLogger, write_json
@@ -33,7 +34,7 @@ from train.step import (COMPILE_WIDTH_MULTIPLE, Dist, Prefetcher, backward, get_
                         setup_distributed, update)
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """The run cannot go on (e.g. the loss stays NaN); checkpoints already written stay intact."""
 
 
@@ -97,10 +98,10 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         raise AttentionError(f"--attention flex: flex_attention has no attention dropout, and {config.model} uses "
                              f"{attention_dropout(model.config)}; pass --dropout 0, or use --attention varlen")
     width_multiple = COMPILE_WIDTH_MULTIPLE if config.compile else 1
-    padded_length = -(-manifest["max_length"] // width_multiple) * width_multiple
+    padded_length = -(-manifest.max_length // width_multiple) * width_multiple
     if (positions := max_positions(model)) is not None and padded_length > positions:
         raise ShardError(f"{shard_set.folder}: rows of up to {padded_length} tokens (max_length "
-                         f"{manifest['max_length']}{', padded for --compile' if config.compile else ''}), but the "
+                         f"{manifest.max_length}{', padded for --compile' if config.compile else ''}), but the "
                          f"model has {positions} positions; {hint} and a smaller --max-length")
     train_split, val_split = shard_set.split("train"), shard_set.split("val")
     if config.batch_size % dist.world_size or train_split.num_rows < config.batch_size:
@@ -128,7 +129,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=None if config.progress else True,
                dynamic_ncols=True) if dist.main else None
     meter = Meter(progress, RunLogger(out, dist.main, progress.step if config.resume else None), bar)
-    batch_options = dict(pad_token_id=manifest["pad_token_id"], flatten=config.flatten,
+    batch_options = dict(pad_token_id=manifest.pad_token_id, flatten=config.flatten,
                          pad_to_multiple_of=width_multiple, attention=attention)
 
     def draw_step():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
+from sftcli import UserError
 
 # Random-initialised shapes that need no network. `tiny` is for CPU tests and demos
 # (positions as long as GPT-2's, so any max_length up to 1024 fits); `gpt2-124m` is
@@ -22,7 +23,7 @@ NAMED_CONFIGS = {
 }
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A model that cannot be loaded or cannot read these shards."""
 
 

@@ -77,19 +77,17 @@ def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation
     With `pin` the host tensors are pinned and copied without blocking.
     """
     batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
-    names = ("input_ids", "position_ids", "labels")
-    varlen = attention == "varlen"
-    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in names}
+    shape = batch.input_ids.shape
+    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")}
     if attention == "flex":
-        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths,
-                                                                  *batch.input_ids.shape))
-    index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *batch.input_ids.shape) if varlen else None
+        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
+    index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *shape) if attention == "varlen" else None
     if pin:
         tensors = {k: v.pin_memory() for k, v in tensors.items()}
-        index = index.pin_memory() if index is not None else None
+        index = index and index.pin_memory()
     inputs = {k: v.to(device, non_blocking=pin) for k, v in tensors.items()}
-    if varlen:
-        inputs["varlen_index"] = index.to(device, non_blocking=pin) if index is not None else None
+    if attention == "varlen":
+        inputs["varlen_index"] = index and index.to(device, non_blocking=pin)
     return inputs, batch
 
 
