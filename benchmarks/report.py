@@ -1,4 +1,4 @@
-"""Figures with their goals, shown as a terminal table or as the README's Markdown.
+"""Figures with their goals, and the Markdown the terminal and the README show them in.
 
 `results.json` holds `figures`: a list of {section, name, value, unit, goal, passed, note?},
 where `goal` is {"op": "<=" | "<" | ">=" | ">", "value": number} or null, and `passed` is null
@@ -64,32 +64,18 @@ def format_value(value, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def grid(header: list[str], body: list[list[str]], markdown: bool = False) -> str:
-    """A table: Markdown (sftcli's), or plain text with aligned columns.
-
-    >>> print(grid(["a", "bb"], [["1", "2"]], markdown=True))
-    | a | bb |
-    |---|---|
-    | 1 | 2 |
-    """
-    if markdown:
-        return markdown_table(header, body)
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
-    return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
-
-
-def figures_table(figures: list[dict], markdown: bool = False) -> str:
+def figures_table(figures: list[dict]) -> str:
+    """The figures as a Markdown table (the terminal shows the same table the README does)."""
     verdict = {True: "pass", False: "MISS", None: ""}
-    return grid(["section", "figure", "value", "goal", ""],
-                [[f["section"], f"`{f['name']}`" if markdown else f["name"], format_value(f["value"], f["unit"]),
-                  format_goal(f["goal"]), verdict[f["passed"]]] for f in figures], markdown)
+    return markdown_table(["section", "figure", "value", "goal", ""],
+                          [[f["section"], f"`{f['name']}`", format_value(f["value"], f["unit"]), format_goal(f["goal"]),
+                            verdict[f["passed"]]] for f in figures])
 
 
-def packing_table(packing: dict, markdown: bool = False) -> str:
+def packing_table(packing: dict) -> str:
     """Rows per layout at each max_length (from benchmarks.packing.run)."""
-    return grid(["max_length", *PACKING_COLUMNS], [[str(length)] + [format_value(r[key]) for key in PACKING_COLUMNS.values()]
-                                                   for length, r in packing.items()], markdown)
+    body = [[length, *(format_value(r[key]) for key in PACKING_COLUMNS.values())] for length, r in packing.items()]
+    return markdown_table(["max_length", *PACKING_COLUMNS], body)
 
 
 def markdown(results: dict) -> str:
@@ -101,12 +87,12 @@ def markdown(results: dict) -> str:
     lines = [f"Measured {results['finished'][:16].replace('T', ' ')} UTC in {results['seconds']:.0f} s{quick}; "
              f"load average {results['load_average']['start']} → {results['load_average']['end']}.",
              f"Machine: {m['platform']}; {m.get('cuda') or m['processor']}, {m['cpus_usable']} CPUs; "
-             f"{m['memory_gib']} GiB; Python {m['python']}; {libs}.", "", figures_table(results["figures"], True)]
+             f"{m['memory_gib']} GiB; Python {m['python']}; {libs}.", "", figures_table(results["figures"])]
     lines += [""] + [f"- `{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
     packing = results["sections"].get("packing")
     if packing:
         lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "",
-                  packing_table(packing, markdown=True)]
+                  packing_table(packing)]
     if results["skipped"]:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {r}" for k, r in results["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"
