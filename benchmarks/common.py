@@ -27,7 +27,7 @@ _STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss
 
 def sample_records(limit: int | None = None) -> list[dict]:
     """The embedded Alpaca sample's records (the first `limit` of them)."""
-    from prep.sources import SAMPLE_PATH
+    from prep.readers import SAMPLE_PATH
 
     return json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))[:limit]
 

@@ -50,7 +50,7 @@ def tokenizer():
 
 def conversations(data: Path, batch_size: int = 1000):
     """The file's conversations in batches, read by prep's own reader."""
-    from prep.sources import read_conversations
+    from prep.records import read_conversations
 
     for batch in read_conversations(str(data), batch_size=batch_size):
         yield [c.messages for c in batch]

@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from prep.encoders import EncoderChoice
 from prep.packing import Mode, Packer
-from sftcli import check_config, opt as _opt
+from prep.template import LossOn
+from sftcli import check_config, flag, opt as _opt
+from shards.prompts import PromptFormat
 
 
 @dataclass(frozen=True)
 class PrepConfig:
-    data: str = _opt("yahma/alpaca-cleaned", "hub dataset id, a .json/.jsonl/.parquet/.csv file, or 'sample' (embedded, offline)")
+    data: tuple[str, ...] = _opt(
+        ("yahma/alpaca-cleaned",), "hub dataset id, a .json/.jsonl/.parquet/.csv file, a folder of them, a quoted "
+        "glob, or 'sample' (embedded, offline); repeat to read several, in the order given")
     split: str = _opt("train", "split of a hub dataset to read")
     tokenizer: str = _opt("gpt2", "'gpt2' (vendored, offline), a hub id or a local tokenizer folder")
     mode: Mode = _opt(
@@ -28,17 +33,27 @@ class PrepConfig:
     max_length: int = _opt(256, "tokens per row (the seed's context_length)")
     packer: Packer = _opt(
         "bfd", "concat packer: bfd (best-fit-decreasing + repair) or seed (the seed's two-pointer greedy)")
-    loss_on: Literal["assistant", "all"] = _opt(
-        "assistant", "tokens with loss: assistant (each reply + its end-of-turn token) or all (the seed's code)")
+    prompt_format: PromptFormat = _opt(
+        "alpaca", "user turn of Alpaca records: alpaca (the seed's preamble) or none (the instruction as is); "
+        "recorded for generation")
+    loss_on: LossOn = _opt(
+        "assistant", "tokens with loss: assistant (each reply + the template's end-of-turn token) or all (the seed's code)")
     overlong: Literal["truncate", "drop", "error"] = _opt(
-        "truncate", "sample longer than max-length in padding/concat: truncate, drop or error")
+        "truncate", "sample longer than max-length in padding/concat and validation rows: truncate, drop or error")
     val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the seed) kept for validation, always padding mode")
     seed: int = _opt(0, "seed of the concat row shuffle")
     skip_bad: bool = _opt(False, "skip bad records (counted by reason in the manifest) instead of stopping")
     limit: int | None = _opt(None, "read only the first N records (quick runs)")
+    encoder: EncoderChoice = _opt(
+        "auto", "text encoder: auto (tiktoken where its ids are identical, checked at start, else the fast "
+        "tokenizer), tiktoken or tokenizers")
     batch_size: int = _opt(1000, "records tokenized per batch (bounds prep's memory)")
     out: str | None = _opt(None, "output folder (default: shards/MODE-MAX_LENGTH)")
     stats_batch_size: int = _opt(16, "batch size assumed by the pad_fraction_at_batch statistic")
+
+    def __post_init__(self) -> None:
+        # One source may be given as a plain string (the Python API); click gives a tuple.
+        object.__setattr__(self, "data", (self.data,) if isinstance(self.data, str) else tuple(self.data))
 
     @property
     def out_dir(self) -> Path:
@@ -47,6 +62,8 @@ class PrepConfig:
     def validate(self) -> "PrepConfig":
         """Collect every problem, raise one ConfigError; return self so calls chain."""
         problems = []
+        if not self.data:
+            problems.append("--data: empty; name at least one source")
         if self.max_length < 2:
             problems.append(f"--max-length: must be at least 2, got {self.max_length}")
         if not 0.0 <= self.val_ratio < 1.0:
@@ -54,6 +71,6 @@ class PrepConfig:
         for name in ("limit", "batch_size", "stats_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')}: must be positive, got {value}")
+                problems.append(f"{flag(name)}: must be positive, got {value}")
         check_config(self, problems, "prep")
         return self

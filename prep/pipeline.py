@@ -5,7 +5,7 @@ Two passes keep memory bounded by one batch of records:
    mask to `samples.ids` / `samples.mask` in the staging folder (only per-sample lengths stay in RAM);
 2. split train/val, apply the length policy, lay the rows out with the pure packing
    functions (prep.packing), and write the rows by gathering from the memory-mapped spill.
-The staging folder becomes the shard set by one rename (shards.format.staged_folder).
+The staging folder becomes the shard set by one rename (shards.folders.staged_folder).
 """
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ from tqdm import tqdm
 
 from prep import packing
 from prep.config import PrepConfig
-from prep.sources import DataError, read_conversations, source_fingerprint
+from prep.readers import DataError
+from prep.records import combined_fingerprint, read_conversations
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from sftcli import UserError, command_line
 from shards import format as fmt
-from shards.manifest import Manifest, ShardStats, SplitStats
+from shards.folders import staged_folder
+from shards.manifest import Manifest, ShardStats, SourceEntry, SplitStats
+from shards.prompts import set_prompt_format
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
@@ -39,28 +42,40 @@ class PrepError(UserError):
 def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> Manifest:
     """Build the shard set described by `config`; returns its manifest."""
     config.validate()
-    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
-    encoder = ConversationEncoder(tokenizer, config.loss_on)
-    token_dtype = fmt.token_dtype_for(len(tokenizer))
     bad_counts: collections.Counter = collections.Counter()
-    with fmt.staged_folder(config.out_dir) as staging:
-        spill = _tokenize_to_spill(config, encoder, staging, token_dtype, bad_counts, progress)
+    # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
+    batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
+                                 batch_size=config.batch_size, prompt_format=config.prompt_format)
+    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
+    encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder)
+    token_dtype = fmt.token_dtype_for(len(tokenizer))
+    with staged_folder(config.out_dir) as staging:
+        spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
         _check_disk_space(staging, spill, token_dtype)
         files, stats = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
         spill.remove(staging)
+        prompt_format = config.prompt_format if spill.alpaca else "none"
+        set_prompt_format(tokenizer, prompt_format)  # generation renders questions as training did
         tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
         stats = dataclasses.replace(stats, dropped={**stats.dropped, **bad_counts})
+        prints = batches.fingerprints()
         manifest = Manifest(
             format_version=fmt.FORMAT_VERSION, mode=config.mode, max_length=config.max_length,
             packer=config.packer if config.mode == "concat" else None, loss_on=config.loss_on,
             token_dtype=token_dtype.name, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+            end_of_turn_token_id=encoder.end_of_turn_id, prompt_format=prompt_format, encoder=encoder.text.name,
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
-            source=config.data, source_fingerprint=source_fingerprint(config.data, split=config.split),
-            args=asdict(config), command=command or command_line("python -m prep", config), files=files, stats=stats,
+            source=_data_name(config), source_fingerprint=combined_fingerprint(prints),
+            sources=[SourceEntry(**entry) for entry in prints], args=asdict(config), command=command or command_line("python -m prep", config),
+            files=files, stats=stats,
         )
         fmt.write_manifest(staging, manifest)
     return fmt.read_manifest(config.out_dir)
+
+
+def _data_name(config: PrepConfig) -> str:
+    return ", ".join(config.data)
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -74,13 +89,15 @@ class _Spill:
     """
 
     def __init__(self, folder: Path, token_dtype: np.dtype, lengths: np.ndarray, sources: np.ndarray,
-                 supervised_head: np.ndarray):
+                 supervised_head: np.ndarray, alpaca: bool, locate):
         self.ids = np.memmap(folder / SPILL_IDS, dtype=token_dtype, mode="r")
         self.mask = np.memmap(folder / SPILL_MASK, dtype=np.uint8, mode="r")
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.sources = sources
         self.supervised_head = supervised_head  # supervised tokens among each sample's first max_length
+        self.alpaca = alpaca  # some user turn was rendered from an Alpaca record
+        self.locate = locate  # source index -> "FILE: record K", for messages
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -97,32 +114,30 @@ def _supervised_head(mask: np.ndarray, offsets: np.ndarray, limit: int) -> np.nd
     return cumsum[np.minimum(offsets[1:], offsets[:-1] + limit)] - cumsum[offsets[:-1]]
 
 
-def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progress) -> _Spill:
+def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) -> _Spill:
     lengths: list[np.ndarray] = []
     sources: list[np.ndarray] = []
     supervised_head: list[np.ndarray] = []
     read = 0
-    checked = False
+    alpaca = False
     with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
             open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
-        for batch in read_conversations(config.data, split=config.split, skip_bad=config.skip_bad,
-                                        bad_counts=bad_counts, batch_size=config.batch_size):
+        for batch in batches:
             if config.limit is not None:
                 batch = batch[: config.limit - read]
             if not batch:
                 break
             conversations = [c.messages for c in batch]
             ids, mask, offsets = encoder.encode(conversations)
-            if not checked:  # the tokenizer alone must agree with the construction
-                bad = encoder.check_prompts(conversations, ids, offsets)
-                if bad is not None:
-                    raise PrepError(
-                        f"{config.data}: record {batch[bad].index}: the rendered prompt tokenizes differently on its "
-                        f"own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
-                        "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
-                        "a token boundary"
-                    )
-                checked = True
+            bad = encoder.check_prompts(conversations, ids, offsets)  # the tokenizer alone must agree
+            if bad is not None:
+                raise PrepError(
+                    f"{batches.locate(batch[bad].index)}: the rendered prompt tokenizes differently "
+                    f"on its own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
+                    "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
+                    "a token boundary"
+                )
+            alpaca = alpaca or any(c.alpaca for c in batch)
             ids.astype(token_dtype).tofile(ids_file)
             mask.tofile(mask_file)
             lengths.append(np.diff(offsets))
@@ -133,9 +148,9 @@ def _tokenize_to_spill(config, encoder, folder, token_dtype, bad_counts, progres
             if config.limit is not None and read >= config.limit:
                 break
     if read == 0:
-        raise DataError(f"{config.data}: no records to prepare")
+        raise DataError(f"{_data_name(config)}: no records to prepare")
     return _Spill(folder, token_dtype, np.concatenate(lengths), np.concatenate(sources),
-                  np.concatenate(supervised_head))
+                  np.concatenate(supervised_head), alpaca, batches.locate)
 
 
 def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
@@ -160,7 +175,7 @@ def _apply_length_policy(config: PrepConfig, spill: _Spill, samples: np.ndarray,
     if policy == "error" and over.any():
         first = samples[np.argmax(over)]
         raise PrepError(
-            f"{config.data}: record {spill.sources[first]} is {spill.lengths[first]} tokens, over --max-length "
+            f"{spill.locate(int(spill.sources[first]))} is {spill.lengths[first]} tokens, over --max-length "
             f"{config.max_length}; raise --max-length, or pass --overlong truncate or --overlong drop"
         )
     keep = np.ones(len(samples), dtype=bool)
@@ -255,11 +270,14 @@ def _write_rows(config, spill, staging, token_dtype, vocab_size, progress) -> tu
         kept, lengths, truncated = _apply_length_policy(config, spill, train_samples, config.overlong, dropped)
     if len(kept) == 0:
         raise PrepError(
-            f"{config.data}: no training sample is left after the length policy ({dict(dropped)}); "
+            f"{_data_name(config)}: no training sample is left after the length policy ({dict(dropped)}); "
             "raise --max-length or use --overlong truncate"
         )
     val_dropped: collections.Counter = collections.Counter()
-    val_kept, val_lengths, val_truncated = _apply_length_policy(config, spill, val_samples, "truncate", val_dropped)
+    # Validation rows are one sample each whatever the mode, so they follow --overlong (packed
+    # training rows have no such policy: there they are truncated, as padding rows must be).
+    val_policy = "truncate" if config.mode == "packed" else config.overlong
+    val_kept, val_lengths, val_truncated = _apply_length_policy(config, spill, val_samples, val_policy, val_dropped)
     train_files, train_stats = _write_split(config, spill, staging, "train", config.mode, kept, lengths,
                                             token_dtype, vocab_size, progress)
     val_files, val_stats = _write_split(config, spill, staging, "val", "padding", val_kept, val_lengths,

@@ -16,15 +16,27 @@ prompt is a token prefix of the conversation by construction, and that is
 checked against the template (`ChatFormatError` otherwise, never a warning).
 Message contents are tokenized with special-token parsing off, so a user who
 types `<|im_start|>` gets plain text, not a forged turn.
+
+Supervision covers each assistant content and the template's tokens up to and including
+the first special token after it: the template's end of turn (`<|im_end|>`, `<|eot_id|>`,
+`<end_of_turn>`), whatever the tokenizer's eos is. A template that closes an assistant
+turn with no special token is refused (unless loss_on="all"): nothing would tell the
+model, or generation, where its reply ends. Templates that `| trim` contents (Llama 3,
+Gemma) are detected and the contents trimmed the same way.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
+
+from prep.encoders import TextEncoder
+from prep.records import ASSISTANT, USER
 from sftcli import UserError
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
@@ -36,8 +48,15 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-ASSISTANT = "assistant"
+# Which tokens carry a loss: each assistant reply and its end-of-turn token, or every token (the seed's code).
+LossOn = Literal["assistant", "all"]
+CHECKS_PER_SHAPE = 4
 _PLACEHOLDER = re.compile("\x00(\\d+)\x00")  # NUL never occurs in validated records
+
+
+def _content(conversation, index: int, trimmed: frozenset) -> str:
+    content = conversation[index][1]
+    return content.strip() if index in trimmed else content
 
 
 class ChatFormatError(UserError):
@@ -91,6 +110,8 @@ class _Plan:
 
     segments: list  # each: (kind, value, supervised); kind "special" (id) | "text" (list of str|int parts)
     const_ids: dict  # segment index -> token ids of segments without contents
+    trimmed: frozenset  # message indices whose content the template trims
+    end_of_turn: int | None  # the special token that closes the assistant turns
 
     @property
     def supervised(self) -> list[bool]:
@@ -100,28 +121,29 @@ class _Plan:
 class ConversationEncoder:
     """Turn conversations (tuples of (role, content)) into ids and loss masks, in batches."""
 
-    def __init__(self, tokenizer, loss_on: str = "assistant"):
-        if loss_on not in ("assistant", "all"):
-            raise ValueError(f"loss_on must be 'assistant' or 'all', got {loss_on!r}")
+    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto"):
+        if loss_on not in get_args(LossOn):
+            raise ValueError(f"loss_on must be one of {get_args(LossOn)}, got {loss_on!r}")
         self.tokenizer, self.loss_on = tokenizer, loss_on
         self.eos_id = tokenizer.eos_token_id
         specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
-        # The Rust tokenizer, for its parallel batch API. Special-token parsing is switched
-        # off while encoding texts: template specials are inserted as ids by the plan.
-        self._backend = tokenizer.backend_tokenizer
+        # Texts are encoded in parallel batches with special-token parsing off: template
+        # specials are inserted as ids by the plan (prep.encoders picks tiktoken or tokenizers).
+        self.text = TextEncoder(tokenizer, encoder)
+        self._backend = tokenizer.backend_tokenizer  # the prompt check tokenizes as generation does
         self._plans: dict[tuple, _Plan] = {}
+        self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
+        # Where generation must stop: the end of an assistant turn, from the template itself.
+        self.end_of_turn_id = self.plan((USER, ASSISTANT)).end_of_turn
+        if self.end_of_turn_id is None:
+            self.end_of_turn_id = self.eos_id
 
     def _encode_plain(self, texts: list[str]) -> list[list[int]]:
-        backend = self._backend
-        backend.encode_special_tokens = True
-        try:
-            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        finally:
-            backend.encode_special_tokens = False
+        return self.text.encode(texts)
 
-    def _render(self, roles: tuple, upto: int | None = None) -> str:
-        messages = [{"role": r, "content": f"\x00{i}\x00"} for i, r in enumerate(roles)]
+    def _render(self, roles: tuple, upto: int | None = None, pad: str = "") -> str:
+        messages = [{"role": r, "content": f"{pad}\x00{i}\x00{pad}"} for i, r in enumerate(roles)]
         if upto is None:
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
         return self.tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=True)
@@ -159,14 +181,7 @@ class ConversationEncoder:
                     items.append(("special", self.tokenizer.convert_tokens_to_ids(part)))
                 elif part:
                     items.append(("text", part))
-        # Supervised: each assistant content and what follows it up to and including eos.
-        supervised, on = [], False
-        for kind, value in items:
-            if kind == "content":
-                on = on or roles[value] == ASSISTANT
-            supervised.append(on)
-            if kind == "special" and value == self.eos_id:
-                on = False
+        supervised, closers = self._supervision(roles, items)
         segments: list = []
         for (kind, value), sup in zip(items, supervised):
             if kind == "special":
@@ -178,9 +193,36 @@ class ConversationEncoder:
         const_texts = {i: "".join(seg[1]) for i, seg in enumerate(segments)
                        if seg[0] == "text" and all(isinstance(p, str) for p in seg[1])}
         const_ids = dict(zip(const_texts, self._encode_plain(list(const_texts.values())))) if const_texts else {}
-        plan = _Plan(segments, const_ids)
+        # A content rendered without the spaces around its placeholder is trimmed by the template.
+        padded = self._render(roles, pad=" ")
+        trimmed = frozenset(i for i in range(len(roles)) if f" \x00{i}\x00 " not in padded)
+        plan = _Plan(segments, const_ids, trimmed, closers[0] if closers else None)
         self._plans[roles] = plan
         return plan
+
+    def _supervision(self, roles: tuple, items: list[tuple]) -> tuple[list[bool], list[int]]:
+        """Per item, whether it is a label: each assistant content and what follows it up to and
+        including the first special token (the end of turn). Also the ids that closed turns."""
+        supervised, closers, on = [], [], False
+        for kind, value in items:
+            if kind == "content" and roles[value] == ASSISTANT:
+                if on and self.loss_on == "assistant":
+                    raise self._unclosed(roles)
+                on = True
+            supervised.append(on)
+            if kind == "special" and on:
+                closers.append(value)
+                on = False
+        if on and self.loss_on == "assistant":
+            raise self._unclosed(roles)
+        return supervised, closers
+
+    def _unclosed(self, roles: tuple) -> ChatFormatError:
+        return ChatFormatError(
+            f"the chat template closes an assistant turn with no special token (roles {roles}), so the loss "
+            "mask cannot tell where a reply ends, nor generation where to stop; use a template that ends "
+            "each turn with a special token (e.g. <|im_end|>, <|eot_id|>), or --loss-on all"
+        )
 
     def encode(self, conversations: list[tuple[tuple[str, str], ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Encode a batch. Returns flat `ids` (int64), flat `mask` (uint8) and `offsets`
@@ -198,7 +240,8 @@ class ConversationEncoder:
         for conv, plan in zip(conversations, plans):
             for i, seg in enumerate(plan.segments):
                 if seg[0] == "text" and i not in plan.const_ids:
-                    texts.append("".join(p if isinstance(p, str) else conv[p][1] for p in seg[1]))
+                    texts.append("".join(p if isinstance(p, str) else _content(conv, p, plan.trimmed)
+                                         for p in seg[1]))
         encoded = iter(self._encode_plain(texts)) if texts else iter(())
         # Gather the pieces as lists and convert once: per-token Python work is the cost here.
         pieces: list[list[int]] = []
@@ -221,20 +264,27 @@ class ConversationEncoder:
         return ids, mask, offsets.astype(np.int64)
 
     def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray) -> int | None:
-        """Tokenize each rendered prompt on its own, as generation will, and compare it with the
-        conversation's first tokens. Returns the position of the first mismatching conversation.
+        """Tokenize rendered prompts on their own, as generation will, and compare them with the
+        conversation's tokens. Returns the position of the first mismatching conversation.
 
-        Conversations whose text holds a special-token string are skipped: on its own the
-        tokenizer would parse it as a control token, which the conversation rightly does not.
+        Every conversation shape is checked whenever it appears, in any batch, on its first
+        `CHECKS_PER_SHAPE` conversations, at every assistant turn: the construction is the same
+        for every conversation of a shape, so more would only cost time. Conversations whose
+        text holds a special-token string are skipped: on its own the tokenizer would parse it
+        as a control token, which the conversation rightly does not.
         """
         for k, conv in enumerate(conversations):
-            last = max(i for i, (role, _) in enumerate(conv) if role == ASSISTANT)
+            shape = tuple(role for role, _ in conv)
+            if self._checked[shape] >= CHECKS_PER_SHAPE:
+                continue
             if self._special_re and any(self._special_re.search(c) for _, c in conv):
                 continue
-            messages = [{"role": r, "content": c} for r, c in conv[:last]]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            alone = self._backend.encode(text, add_special_tokens=False).ids
-            row = ids[offsets[k]:offsets[k + 1]]
-            if len(alone) > len(row) or list(row[: len(alone)]) != alone:
-                return k
+            self._checked[shape] += 1
+            row = list(ids[offsets[k]:offsets[k + 1]])
+            for turn in (i for i, role in enumerate(shape) if role == ASSISTANT):
+                messages = [{"role": r, "content": c} for r, c in conv[:turn]]
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                alone = self._backend.encode(text, add_special_tokens=False).ids
+                if row[: len(alone)] != alone:
+                    return k
         return None

@@ -2,7 +2,7 @@
 
 Each stage declares one frozen dataclass whose fields are made with `opt(...)`; `click_options`
 turns it into command-line options (`Literal[...]` fields become choices, `bool` fields
-`--x/--no-x` flags, `required=True` fields required options), `check_config` collects every
+`--x/--no-x` flags, `tuple[X, ...]` fields repeatable options, `required=True` fields required options), `check_config` collects every
 problem at once, and `main_errors` is the one path from an exception to an exit: a user error
 prints one `error:` line with its fix and exits 1; anything else keeps its traceback.
 
@@ -84,6 +84,9 @@ def click_options(cls):
                           help=field.metadata["help"], required=required)
             if hint is bool:
                 decl = [f"{name}/--no-{name[2:]}", field.name]
+            elif get_origin(hint) is tuple:  # `tuple[str, ...]`: an option given once per value
+                decl = [name, field.name]
+                kwargs.update(multiple=True, type=get_args(hint)[0])
             else:
                 decl = [name, field.name]
                 choices = choices_of(cls, field.name)
@@ -111,7 +114,8 @@ def command_line(program: str, config) -> str:
         value = getattr(config, field.name)
         if value is None or value is False:
             continue
-        parts.append(flag(field.name) if value is True else f"{flag(field.name)} {shlex.quote(str(value))}")
+        for one in value if isinstance(value, tuple) else [value]:  # repeatable options, once per value
+            parts.append(flag(field.name) if one is True else f"{flag(field.name)} {shlex.quote(str(one))}")
     return " ".join(parts)
 
 

@@ -107,6 +107,14 @@ class FileEntry(_Json):
 
 
 @dataclass(frozen=True)
+class SourceEntry(_Json):
+    """source entry: one file (or hub dataset) prep read, in reading order."""
+
+    source: str  # the path as resolved from --data, or the hub id
+    fingerprint: str  # sha256 of the file's bytes, or hub:{id}:{split}:{dataset fingerprint}
+
+
+@dataclass(frozen=True)
 class SplitStats(_Json):
     """split statistics: what prep wrote into one split (rows as written, samples as kept)."""
 
@@ -148,9 +156,13 @@ class Manifest(_Json):
     pad_token_id: int
     eos_token_id: int | None
     bos_token_id: int | None
+    end_of_turn_token_id: int  # the special token that closes an assistant turn; generation stops there
+    prompt_format: str  # how Alpaca records' user turns were rendered: alpaca | none (shards.prompts)
+    encoder: str  # what encoded the texts: tiktoken | tokenizers (the ids are the same)
     tokenizer_fingerprint: str  # sha256 of the saved tokenizer files, chat template included
-    source: str
-    source_fingerprint: str
+    source: str  # the --data values, comma-separated
+    source_fingerprint: str  # the one source's fingerprint, or the sha256 of all of them in order
+    sources: list[SourceEntry]
     args: dict  # the PrepConfig that made the set
     command: str  # the prep command line, quoted in every rebuild hint
     files: list[FileEntry]

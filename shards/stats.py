@@ -113,7 +113,7 @@ _ROWS = [
     ("split across rows", lambda s: s["split"]),
     ("rows", lambda s: s["rows"]),
     ("lower_bound_rows", lambda s: s["lower_bound_rows"]),
-    ("rows over bound", lambda s: f"{s['rows'] / s['lower_bound_rows'] - 1:+.2%}" if s["lower_bound_rows"] else "-"),
+    ("rows over bound", lambda s: _over_bound(s)),
     ("tokens", lambda s: s["tokens"]),
     ("supervised_tokens", lambda s: s["supervised_tokens"]),
     ("fill", lambda s: f"{s['fill']:.3f}"),
@@ -123,6 +123,18 @@ _ROWS = [
     ("val rows", lambda s: s["val"]["rows"]),
     ("val supervised_tokens", lambda s: s["val"]["supervised_tokens"]),
 ]
+
+
+# The bound counts the rows any packing of *whole* samples needs: it measures the concat
+# packer only. Padding rows hold one sample by design, and packed rows cut samples, so it
+# neither bounds packed nor says anything about padding; the cell says so instead of a figure.
+_NO_BOUND = {"padding": "n/a: one sample a row", "packed": "n/a: cuts samples"}
+
+
+def _over_bound(s: dict) -> str:
+    if s["mode"] in _NO_BOUND:
+        return _NO_BOUND[s["mode"]]
+    return f"{s['rows'] / s['lower_bound_rows'] - 1:+.2%}" if s["lower_bound_rows"] else "-"
 
 
 def format_table(all_stats: list[dict], markdown: bool = False) -> str:

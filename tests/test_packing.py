@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from prep.binpack import best_fit_decreasing as _best_fit_decreasing, min_slack as _min_slack
 from prep.packing import (
     Layout,
-    _best_fit_decreasing,
-    _min_slack,
     lower_bound_rows,
     pack_concat,
     pack_packed,

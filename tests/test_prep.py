@@ -8,7 +8,7 @@ import pytest
 
 from prep.config import PrepConfig
 from prep.pipeline import PrepError, run
-from prep.sources import DataError
+from prep.readers import DataError
 from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
 from shards.format import ShardSet, read_manifest
 from tests.conftest import ROOT, write_jsonl

@@ -8,7 +8,7 @@ import pytest
 
 from prep.config import PrepConfig
 from prep.pipeline import run
-from prep.sources import DataError
+from prep.readers import DataError
 from shards.format import ShardSet
 from tests.conftest import ROOT
 from tests.test_sources import BAD, BAD_CASES, OK

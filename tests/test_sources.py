@@ -1,4 +1,4 @@
-"""Tests for prep/sources.py: record validation, the bad-input corpus, every format.
+"""Tests for prep/readers.py and prep/records.py: record validation, the bad-input corpus, every format.
 
 `BAD_CASES` is the catalogue of tests/data/bad/: one row per file, with the
 reason key the reader reports, substrings its message must contain (field,
@@ -18,19 +18,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from prep.sources import (
+from prep.readers import SAMPLE, DataError
+from prep.records import (
     ASSISTANT,
     REASONS,
-    SAMPLE,
-    SEED_PROMPT,
     SYSTEM,
     USER,
     Conversation,
-    DataError,
-    alpaca_prompt,
     read_conversations,
     source_fingerprint,
 )
+from shards.prompts import ALPACA_PREAMBLE as SEED_PROMPT
+from shards.prompts import user_turn
+
+
+def alpaca_prompt(instruction: str, input_text: str) -> str:
+    return user_turn("alpaca", instruction, input_text)
 
 DATA = Path(__file__).parent / "data"
 BAD = DATA / "bad"
@@ -404,9 +407,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_hub_unreachable_names_the_offline_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     _offline(monkeypatch)
-    batches = read_conversations("sftpack-tests/no-such-dataset")
-    with pytest.raises(DataError) as info:
-        next(batches)
+    with pytest.raises(DataError) as info:  # at the call: before prep would load its tokenizer
+        read_conversations("sftpack-tests/no-such-dataset")
     message = str(info.value)
     assert "hub cannot be reached" in message
     assert "--data sample" in message and "DATA=sample" in message
@@ -451,3 +453,131 @@ def test_local_fingerprint_is_sha256_of_the_bytes(tmp_path: Path) -> None:
     assert source_fingerprint(SAMPLE) == hashlib.sha256(sample.read_bytes()).hexdigest()
     with pytest.raises(DataError, match="file not found"):
         source_fingerprint(str(tmp_path / "missing.json"))
+
+
+# --------------------------------------------------------------------------- ShareGPT, folders, several sources
+
+
+SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                              {"from": "gpt", "value": "Hello"}, {"from": "user", "value": "Bye"},
+                              {"from": "assistant", "value": "Bye!"}]}
+
+
+def test_sharegpt_records_map_their_speakers(tmp_path: Path) -> None:
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text(json.dumps(SHAREGPT) + "\n")
+    (conv,) = _read_all(path)
+    assert conv.messages == ((SYSTEM, "Be brief."), (USER, "Hi"), (ASSISTANT, "Hello"), (USER, "Bye"),
+                             (ASSISTANT, "Bye!"))
+    assert not conv.alpaca
+
+
+@pytest.mark.parametrize("turns, reason, expect", [
+    ("hello", "not_a_list", "'conversations' is a string"),
+    ([{"from": "human"}], "missing_field", "'conversations[0].value' is missing"),
+    ([{"from": "bot", "value": "x"}], "unknown_role", "'conversations[0].from' is 'bot'"),
+    ([{"from": "human", "value": "x"}, {"from": "gpt", "value": " "}], "empty_field",
+     "'conversations[1].value' is whitespace only"),
+    ([{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}], "ends_on_user_turn", "conversations[1]"),
+    ([{"from": "human", "value": "x"}], "no_assistant_turn", "'conversations' has no assistant turn"),
+])
+def test_bad_sharegpt_records_name_file_record_and_field(tmp_path: Path, turns, reason, expect) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(SHAREGPT) + "\n" + json.dumps({"conversations": turns}) + "\n")
+    with pytest.raises(DataError) as info:
+        _read_all(path)
+    assert info.value.reason == reason
+    assert str(info.value).startswith(f"{path}: line 2 (record 1): ") and expect in str(info.value)
+    counts: collections.Counter = collections.Counter()
+    assert len(_read_all(path, skip_bad=True, bad_counts=counts)) == 1 and counts == {reason: 1}
+
+
+def _two_files(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    lines = (BAD / "missing_instruction.jsonl").read_text().splitlines(keepends=True)
+    (folder / "b.jsonl").write_text("".join(lines[2:]))
+    (folder / "a.jsonl").write_text("".join(lines[:2]))
+    (folder / "README.md").write_text("not data")
+    return folder / "a.jsonl", folder / "b.jsonl"
+
+
+def test_folder_glob_and_several_sources_read_in_order(tmp_path: Path) -> None:
+    a, b = _two_files(tmp_path)
+    # an error names the file it comes from, with the record and line within that file
+    with pytest.raises(DataError, match=rf"^{a}: line 2 \(record 1\): field 'instruction' is missing"):
+        _read_all(a.parent)
+
+    def read(data):
+        return [c for batch in read_conversations(data, skip_bad=True) for c in batch]
+
+    folder, pattern, several = read(str(a.parent)), read(str(a.parent / "*.jsonl")), read([str(a), str(b)])
+    assert folder == pattern == several
+    # indices run on across files: a.jsonl holds records 0 and 1 (bad), b.jsonl starts at 2
+    assert [c.index for c in folder][:2] == [0, 2]
+    assert [c.line for c in folder][:2] == [1, 1]
+    assert read([str(b), str(a)])[0].messages == folder[1].messages  # the order given
+
+
+def test_folder_of_mixed_formats_is_refused(tmp_path: Path) -> None:
+    a, _ = _two_files(tmp_path)
+    pq.write_table(pa.Table.from_pylist(ROWS), a.parent / "c.parquet")
+    with pytest.raises(DataError, match="mixes .jsonl, .parquet files"):
+        read_conversations(str(a.parent))
+    with pytest.raises(DataError, match="matches no file"):
+        read_conversations(str(tmp_path / "*.csv"))
+
+
+def test_every_source_is_fingerprinted(tmp_path: Path) -> None:
+    import hashlib
+
+    a, b = _two_files(tmp_path)
+    prints = read_conversations([str(a.parent), SAMPLE]).fingerprints()
+    assert [p["source"] for p in prints] == [str(a), str(b), f"sample ({DATA.parents[1] / 'prep/data/alpaca_en_demo.json'})"]
+    assert prints[1]["fingerprint"] == hashlib.sha256(b.read_bytes()).hexdigest()
+
+
+def test_offline_hub_fails_without_touching_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1: no connection is tried, and load_dataset runs in offline mode (the
+    cache or an immediate failure, never its ~25 s of retries)."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was contacted although HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    _offline(monkeypatch)
+    with pytest.raises(DataError) as info:
+        read_conversations("sftpack-tests/no-such-dataset")
+    assert info.value.reason == "hub_unreachable" and "DATA=sample" in str(info.value)
+
+
+def test_unreachable_hub_is_probed_once_then_read_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import datasets
+    import datasets.config
+
+    calls: list[tuple] = []
+
+    def refused(address, timeout=None):
+        calls.append((address, timeout))
+        raise OSError("connection refused")
+
+    def load_dataset(name: str, split: str):
+        assert datasets.config.HF_HUB_OFFLINE  # no retries: offline mode reads the cache or fails
+        raise ConnectionError("offline and not cached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(DataError, match="hub cannot be reached.*DATA=sample"):
+        read_conversations("owner/name")
+    assert len(calls) == 1 and calls[0][1] <= 5, calls
+    assert not datasets.config.HF_HUB_OFFLINE  # restored

@@ -44,6 +44,9 @@ def test_table_and_plot(two_sets, tmp_path):
     res = subprocess.run([sys.executable, "-m", "shards", "stats", *map(str, two_sets), "--plot", str(png)],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert "pad_fraction_at_batch" in res.stdout and "padding" in res.stdout and "concat" in res.stdout
+    (over_bound,) = [line for line in res.stdout.splitlines() if line.startswith("rows over bound")]
+    assert "n/a: one sample a row" in over_bound  # padding: the whole-sample bound says nothing
+    assert over_bound.rstrip().endswith("%")  # concat's figure
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

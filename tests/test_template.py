@@ -50,9 +50,9 @@ def test_multi_turn_masks_every_assistant_turn(tok):
 
 def test_ids_equal_whole_text_tokenization_and_prompt_is_a_prefix(tok):
     records = json.loads(SAMPLE.read_text())[:200]
-    from prep.sources import alpaca_prompt
+    from shards.prompts import user_turn
 
-    convs = [(("user", alpaca_prompt(r["instruction"], r["input"])), ("assistant", r["output"])) for r in records]
+    convs = [(("user", user_turn("alpaca", r["instruction"], r["input"])), ("assistant", r["output"])) for r in records]
     enc = ConversationEncoder(tok)
     ids, mask, offsets = enc.encode(convs)
     for k, conv in enumerate(convs):

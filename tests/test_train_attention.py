@@ -145,6 +145,34 @@ def test_flex_equals_sdpa_in_the_forward_pass_on_cpu():
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_flash_on_torchs_varlen_kernel_gets_each_sample_as_one_sequence(monkeypatch):
+    """torch's varlen kernel runs on CUDA only: here a per-span causal SDPA stands in for it, so what
+    is checked is what we hand it (flat tokens, cumulative lengths of samples and padding runs)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    from train.attention import TORCH_FLASH, cumulative_lengths
+
+    def reference_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and max_q == int(cu_q.diff().max())
+        spans = [(int(a), int(b)) for a, b in zip(cu_q[:-1], cu_q[1:])]
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *(x[a:b].transpose(0, 1) for x in (q, k, v)), is_causal=True, scale=scale).transpose(0, 1)
+            for a, b in spans])
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", reference_kernel)
+    register_attention()
+    batch = batch_of(pack(samples_with_edge_cases(), "concat", 72))
+    reference = gpt2("sdpa")
+    flash = load_model("tiny", chatml_tokenizer(), seed=0, attention=TORCH_FLASH).eval()
+    flash.load_state_dict(reference.state_dict())
+    bounds, longest = cumulative_lengths(document_ids(batch.sequence_starts, batch.sequence_lengths,
+                                                      *batch.input_ids.shape))
+    inputs = {**inputs_of(batch, varlen=False), "flash_cu_seqlens": torch.from_numpy(bounds),
+              "flash_max_length": longest}
+    expected = loss_and_grads(reference, full_head_loss(reference, batch))
+    assert_same(loss_and_grads(flash, LabelLossModel(flash)(**inputs)), expected)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
@@ -153,7 +181,8 @@ def shards(tmp_path_factory):
 
 @pytest.mark.parametrize("attention, message", [
     ("flex", "error: --attention flex: torch 2.13's flex_attention has no backward on CPU, so it cannot train here"),
-    ("flash", "error: --attention flash: needs a CUDA device and the flash-attn package"),
+    ("flash", "error: --attention flash: needs a CUDA device and the flash-attn package (pip install flash-attn) "
+              "or a torch with torch.nn.attention.varlen"),
 ])
 def test_paths_that_cannot_train_on_cpu_say_so_in_one_line(shards, tmp_path, attention, message):
     result = CliRunner().invoke(main, cli_args(tiny_config(shards, tmp_path / "run", attention=attention)))

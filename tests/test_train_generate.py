@@ -48,3 +48,18 @@ def test_cli_prints_the_reply_of_a_saved_checkpoint(tmp_path, one_thread):
     assert result.stdout == "HelloHelloHelloHello\n"
     missing = CliRunner().invoke(main, [str(tmp_path / "nope"), "hi"])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: ")
+
+
+def test_an_alpaca_trained_tokenizer_gets_the_preamble_and_raw_does_not(tmp_path, one_thread):
+    from shards.prompts import ALPACA_PREAMBLE, set_prompt_format
+
+    model, tokenizer = one_token_model(tokenizer_id("Hello")), chatml_tokenizer()
+    set_prompt_format(tokenizer, "alpaca")
+    text = tokenizer.decode(render(tokenizer, "Hi?")["input_ids"][0])
+    assert text == f"<|im_start|>user\n{ALPACA_PREAMBLE}Hi?<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(render(tokenizer, "Hi?", raw=True)["input_ids"][0]).startswith("<|im_start|>user\nHi?")
+    model.save_pretrained(tmp_path / "best")
+    tokenizer.save_pretrained(tmp_path / "best")
+    for extra in ([], ["--raw"]):
+        result = CliRunner().invoke(main, [str(tmp_path / "best"), "Hi?", "--max-new-tokens", "1", *extra])
+        assert result.exit_code == 0 and result.stdout == "Hello\n", result.output

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from sftcli import flag
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -202,7 +204,7 @@ def test_a_run_folder_is_not_reused_by_accident(reference):
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
     import subprocess
 
-    from shards.format import recover_folder, staged_folder
+    from shards.folders import recover_folder, staged_folder
 
     target = tmp_path / "last"
     with staged_folder(target) as folder:
@@ -230,6 +232,6 @@ def test_bad_options_are_listed_together():
 def test_cli_help_documents_every_option():
     text = CliRunner().invoke(main, ["--help"], terminal_width=200).output
     for field in dataclasses.fields(TrainConfig):
-        assert "--" + field.name.replace("_", "-") in text
+        assert flag(field.name) in text
         assert field.metadata["help"].split()[0] in text
 

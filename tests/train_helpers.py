@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, staged_folder, token_dtype_for,
+import sftcli
+
+from shards.folders import staged_folder
+from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, token_dtype_for,
                            tokenizer_fingerprint)
 from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, write_manifest
+from prep.template import CHATML_TEMPLATE
 from shards.stats import row_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_FILES = ROOT / "prep" / "assets" / "gpt2"
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,7 +34,7 @@ def chatml_tokenizer():
     tok = GPT2Tokenizer.from_pretrained(str(GPT2_FILES), model_max_length=1024)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.eos_token, tok.bos_token, tok.pad_token = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
-    tok.chat_template = CHATML
+    tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
@@ -134,8 +136,9 @@ def write_rows_set(folder: Path, mode: str, max_length: int, rows_by_split: dict
             format_version=FORMAT_VERSION, mode=mode, max_length=max_length,
             packer="first_fit" if mode == "concat" else None, loss_on="assistant",
             token_dtype=str(token_dtype_for(vocab_size)), vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=IM_END,
-            bos_token_id=IM_START, tokenizer_fingerprint=tokenizer_fingerprint(staging / "tokenizer"),
-            source="synthetic", source_fingerprint="synthetic", args={}, command=command, files=files,
+            bos_token_id=IM_START, end_of_turn_token_id=IM_END, prompt_format="none", encoder="tokenizers",
+            tokenizer_fingerprint=tokenizer_fingerprint(staging / "tokenizer"),
+            source="synthetic", source_fingerprint="synthetic", sources=[], args={}, command=command, files=files,
             stats=train_stats,
         ))
     return Path(folder)
@@ -174,7 +177,7 @@ def cli_args(config) -> list[str]:
 
     args = []
     for field in dataclasses.fields(config):
-        value, flag = getattr(config, field.name), "--" + field.name.replace("_", "-")
+        value, flag = getattr(config, field.name), sftcli.flag(field.name)
         if isinstance(value, bool):
             args.append(flag if value else f"--no-{flag[2:]}")
         elif value is not None:

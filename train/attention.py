@@ -5,7 +5,9 @@
     --attention varlen   per layer, the batch's samples regrouped into a right-padded [samples, longest]
                          batch and run through causal SDPA (no mask: right padding is never seen by a
                          causal query), then scattered back; portable, CPU and CUDA
-    --attention flash    transformers' flash_attention_2 driven by the position ids (CUDA + flash-attn)
+    --attention flash    transformers' flash_attention_2 driven by the position ids (CUDA + flash-attn),
+                         else torch's own varlen kernel (torch.nn.attention.varlen, CUDA) fed with
+                         the batch's cumulative sequence lengths
     --attention flex     transformers' flex_attention with a document-causal BlockMask, compiled;
                          torch 2.13 has no flex backward on CPU, so it trains on CUDA only
     --attention auto     flash where it runs, else varlen (printed once at start)
@@ -34,7 +36,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from sftcli import ConfigError
 
-VARLEN, FLEX = "sftpack_varlen", "sftpack_flex"  # the names registered with transformers' AttentionInterface
+# the names registered with transformers' AttentionInterface (never containing "flash": transformers would
+# then look for a flash-attn kernel of that name)
+VARLEN, FLEX, TORCH_FLASH = "sftpack_varlen", "sftpack_flex", "sftpack_torch_varlen"
 # --attention -> transformers' attn_implementation. transformers' own flex_attention is not offered
 # for GPT-2, so flex is ours too: the same flex kernel, its block mask built from the batch's samples.
 IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "varlen": VARLEN, "flash": "flash_attention_2", "flex": FLEX}
@@ -44,18 +48,27 @@ class AttentionError(ConfigError):
     """An attention path that cannot run here, or cannot give what the options ask."""
 
 
+def implementation(attention: str) -> str:
+    """transformers' attn_implementation of a resolved --attention."""
+    if attention == "flash" and importlib.util.find_spec("flash_attn") is None:
+        return TORCH_FLASH
+    return IMPLEMENTATIONS[attention]
+
+
 def resolve_attention(choice: str, device: torch.device, training: bool, isolation: bool, flatten: bool) -> str:
     """The path a run takes (`auto` resolved); one clear line where the choice cannot run here."""
     flash_ready = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    torch_flash_ready = device.type == "cuda" and importlib.util.find_spec("torch.nn.attention.varlen") is not None
     if choice == "auto":
         # flash isolates samples only within one flattened sequence (transformers reads packing from
         # position ids at batch size 1 only); varlen isolates them in any batch.
         return "flash" if flash_ready and (flatten or not isolation) else "varlen"
     if choice == "flash":
-        if not flash_ready:
-            raise AttentionError("--attention flash: needs a CUDA device and the flash-attn package "
-                                 "(pip install flash-attn); use --attention varlen, the same per-sample attention")
-        if isolation and not flatten:
+        if not (flash_ready or torch_flash_ready):
+            raise AttentionError("--attention flash: needs a CUDA device and the flash-attn package (pip install "
+                                 "flash-attn) or a torch with torch.nn.attention.varlen; use --attention varlen, "
+                                 "the same per-sample attention")
+        if flash_ready and isolation and not flatten:
             raise AttentionError("--attention flash: isolates samples only in one flattened sequence "
                                  "(transformers reads packing from position ids at batch size 1); add --flatten, "
                                  "or use --attention varlen")
@@ -74,6 +87,7 @@ def register_attention() -> None:
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     AttentionInterface.register(FLEX, flex_attention_forward)
+    AttentionInterface.register(TORCH_FLASH, torch_flash_attention_forward)
 
 
 def attention_dropout(config) -> float:
@@ -105,6 +119,39 @@ def flex_block_mask(documents: torch.Tensor):
     return create_block_mask(document_causal, rows, None, width, width, device=documents.device)
 
 
+def cumulative_lengths(documents: np.ndarray) -> tuple[np.ndarray, int]:
+    """Flat spans of equal document id (each sample, each padding run) as int32 cumulative lengths, and the longest.
+
+    >>> cumulative_lengths(np.array([[0, 0, 1, -1], [2, 2, 2, -1]]))
+    (array([0, 2, 3, 4, 7, 8], dtype=int32), 3)
+    """
+    flat = documents.ravel()
+    width = documents.shape[1]
+    cuts = np.flatnonzero((np.diff(flat) != 0) | (np.arange(1, len(flat)) % width == 0)) + 1
+    bounds = np.concatenate([[0], cuts, [len(flat)]]).astype(np.int32)
+    return bounds, int(np.diff(bounds).max())
+
+
+def torch_flash_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                                  scaling: float | None = None, flash_cu_seqlens=None, flash_max_length=None,
+                                  **kwargs):
+    """transformers' attention-function signature, through torch's varlen flash kernel (CUDA).
+
+    All tokens of the batch in one flat sequence, cut into the batch's samples (and padding runs).
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    if flash_cu_seqlens is None:
+        raise ValueError("sftpack_torch_varlen attention needs the batch's flash_cu_seqlens (train.step.get_batch)")
+    if dropout > 0:
+        raise ValueError("sftpack_torch_varlen attention has no attention dropout")
+    rows, heads, width, dim = query.shape
+    flat = [x.transpose(1, 2).reshape(rows * width, x.shape[1], dim) for x in (query, key, value)]
+    out = varlen_attn(*flat, flash_cu_seqlens, flash_cu_seqlens, flash_max_length, flash_max_length,
+                      scale=scaling, window_size=(-1, 0), enable_gqa=bool(key.shape[1] != heads))
+    return out.view(rows, width, heads, dim), None
+
+
 _compiled_flex = None
 
 
@@ -121,7 +168,7 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
         raise ValueError("sftpack_flex attention needs the batch's flex_block_mask (train.head.LabelLossModel)")
     kernel = flex_attention
     if query.is_cuda:  # uncompiled, flex_attention is a slow reference; CPU (validation only) keeps it
-        _compiled_flex = _compiled_flex or torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention)
         kernel = _compiled_flex
     out = kernel(query, key, value, block_mask=flex_block_mask, scale=scaling,
                  enable_gqa=key.shape[1] != query.shape[1])

@@ -3,7 +3,7 @@
     RUN/best/  the lowest validation loss so far: a Hugging Face folder (safetensors, tokenizer)
     RUN/last/  the same plus optimizer.pt and trainer_state.json: all that `--resume` needs
 
-A save goes through `shards.format.staged_folder` (the one atomic-folder protocol, shared
+A save goes through `shards.folders.staged_folder` (the one atomic-folder protocol, shared
 with shard sets), so a kill never leaves half a checkpoint.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.distributed
 
 from sftcli import ConfigError
-from shards.format import recover_folder, staged_folder
+from shards.folders import recover_folder, staged_folder
 from train.config import TrainConfig, load_config
 from train.logs import Progress
 

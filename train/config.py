@@ -53,8 +53,8 @@ class TrainConfig:
     pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
     dropout: float | None = opt(None, "override the model's dropout probabilities (default: keep the model's)")
     attention: Literal["auto", "sdpa", "eager", "varlen", "flash", "flex"] = opt(
-        "auto", "varlen: causal attention inside each sample (any device); flash: flash-attn varlen (CUDA, with "
-                "--flatten); flex: flex_attention block mask (trains on CUDA only); sdpa: dense mask; eager; "
+        "auto", "varlen: causal attention inside each sample (any device); flash: CUDA varlen kernels (flash-attn, "
+                "with --flatten; else torch's); flex: flex_attention block mask (trains on CUDA only); sdpa: dense mask; eager; "
                 "auto: flash where it runs, else varlen (train/attention.py)")
     flatten: bool = opt(False, "padding-free: join each micro-batch's rows into one sequence whose positions restart "
                                "per sample (TRL's padding_free)")

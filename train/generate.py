@@ -1,7 +1,9 @@
-"""Answer one prompt with a trained checkpoint, rendered with the chat template prep used.
+"""Answer one prompt with a trained checkpoint, rendered as prep rendered its training prompts.
 
     python -m train.generate runs/concat/best "Give three tips for staying healthy."
-    # prints the assistant's reply (generation stops at <|im_end|>)
+    # prints the assistant's reply (generation stops at the template's end of turn, e.g. <|im_end|>)
+    python -m train.generate runs/concat/best --raw "Below is an instruction ..."
+    # sends the text as the user turn unchanged, whatever prompt format the shards used
 """
 from __future__ import annotations
 
@@ -10,28 +12,37 @@ from pathlib import Path
 
 import click
 
+from shards.prompts import prompt_format_of, user_turn
 
-def render(tokenizer, prompt: str) -> dict:
+
+def render(tokenizer, prompt: str, raw: bool = False) -> dict:
     """The prompt as one user turn plus the assistant header, by the tokenizer's own chat template.
 
-    The tokenizer saved with a checkpoint is the one prep saved with the shards, so
-    this is exactly how training rows began.
+    The tokenizer saved with a checkpoint is the one prep saved with the shards, and it
+    records the prompt format prep used (`shards.prompts`): an Alpaca-trained model gets
+    the seed's preamble around the question, as every training prompt had. `raw` sends
+    the text unchanged.
     """
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+    text = prompt if raw else user_turn(prompt_format_of(tokenizer), prompt)
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                          return_tensors="pt", return_dict=True)
 
 
 def reply_ids(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-              top_p: float = 1.0, seed: int = 0):
-    """Generated token ids after the prompt, up to and including `<|im_end|>` (the eos); greedy at temperature 0."""
+              top_p: float = 1.0, seed: int = 0, raw: bool = False):
+    """Generated token ids after the prompt, up to and including the end-of-turn token; greedy at temperature 0.
+
+    Where to stop comes from the model's generation config, which train set from the shard
+    manifest's `end_of_turn_token_id` (`<|eot_id|>` for a Llama-3 template, not its eos).
+    """
     import torch
 
-    encoded = render(tokenizer, prompt)
+    encoded = render(tokenizer, prompt, raw)
     torch.manual_seed(seed)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
-        output = model.generate(**encoded, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, **sampling)
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
     return output[0, encoded["input_ids"].shape[1]:]
 
 
@@ -53,13 +64,15 @@ def generate(model_dir: Path, prompt: str, **options) -> str:
 @click.option("--temperature", default=0.0, show_default=True, help="sampling temperature; 0 is greedy")
 @click.option("--top-p", default=1.0, show_default=True, help="nucleus sampling mass (with --temperature > 0)")
 @click.option("--seed", default=0, show_default=True, help="sampling seed")
-def main(model_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> None:
+@click.option("--raw", is_flag=True, help="send PROMPT as the user turn unchanged (no Alpaca preamble)")
+def main(model_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+         raw: bool) -> None:
     """Print the model's reply to PROMPT (MODEL_DIR: a run's best/ or last/ folder)."""
     if not (model_dir / "config.json").is_file():
         click.echo(f"error: {model_dir} is not a model folder (no config.json); pass a run's best/ folder", err=True)
         sys.exit(1)
     click.echo(generate(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                        seed=seed))
+                        seed=seed, raw=raw))
 
 
 if __name__ == "__main__":

@@ -119,8 +119,9 @@ class LabelLossModel(torch.nn.Module):
         # dynamic: the varlen index's sizes change every batch; padded widths repeat anyway.
         object.__setattr__(self, "backbone", torch.compile(backbone, dynamic=True) if compile else backbone)
 
-    def forward(self, input_ids, position_ids, labels, varlen_index=None, flex_documents=None) -> torch.Tensor:
-        extra = {} if varlen_index is None else {"varlen_index": varlen_index}
+    def forward(self, input_ids, position_ids, labels, flex_documents=None, **attention_inputs) -> torch.Tensor:
+        """`attention_inputs`: what `train.step.get_batch` built for the attention path (varlen_index, ...)."""
+        extra = {k: v for k, v in attention_inputs.items() if v is not None}
         if flex_documents is not None:
             from train.attention import flex_block_mask
 

@@ -22,7 +22,7 @@ import transformers
 from transformers import AutoTokenizer
 
 from shards.format import ShardError, ShardSet, SplitArrays, rebuild_hint
-from train.attention import IMPLEMENTATIONS, AttentionError, attention_dropout, register_attention, resolve_attention
+from train.attention import FLEX, TORCH_FLASH, AttentionError, attention_dropout, implementation, register_attention, resolve_attention
 from train.checkpoint import load_checkpoint, prepare_out, save_checkpoint
 from sftcli import ConfigError, UserError
 from train.config import TrainConfig
@@ -92,10 +92,10 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,
-                       config.seed, config.dropout, IMPLEMENTATIONS[attention])
+                       config.seed, config.dropout, implementation(attention), manifest.end_of_turn_token_id)
     check_shards(shard_set, vocab_rows(model))
-    if attention == "flex" and attention_dropout(model.config) > 0:
-        raise AttentionError(f"--attention flex: flex_attention has no attention dropout, and {config.model} uses "
+    if implementation(attention) in (FLEX, TORCH_FLASH) and attention_dropout(model.config) > 0:
+        raise AttentionError(f"--attention {attention}: its kernel has no attention dropout, and {config.model} uses "
                              f"{attention_dropout(model.config)}; pass --dropout 0, or use --attention varlen")
     width_multiple = COMPILE_WIDTH_MULTIPLE if config.compile else 1
     padded_length = -(-manifest.max_length // width_multiple) * width_multiple
@@ -112,6 +112,9 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls on tensor cores
     loss_model = LabelLossModel(model, compile=config.compile)
     autocast_dtype, use_scaler = resolve_precision(config.precision, device)
+    if attention == "flash" and autocast_dtype is None:
+        raise AttentionError("--attention flash: flash kernels compute in fp16/bf16 only; use --precision auto, "
+                             "fp16 or bf16, or --attention varlen")
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, eps=config.adam_eps,
                                   weight_decay=config.weight_decay, fused=device.type == "cuda")

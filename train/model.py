@@ -27,7 +27,7 @@ class ModelError(UserError):
     """A model that cannot be loaded or cannot read these shards."""
 
 
-class _NoPaddingWarning(logging.Filter):
+class _NoPaddingWarning(logging.Filter):  # installed by load_model, not at import
     # Padding here needs no attention mask: it sits after every real token (causal
     # attention never looks forward) and its labels are ignored; isolation comes from
     # position ids. transformers cannot know that and would warn once per process.
@@ -35,7 +35,7 @@ class _NoPaddingWarning(logging.Filter):
         return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
 
 
-logging.getLogger("transformers.modeling_utils").addFilter(_NoPaddingWarning())
+_NO_PADDING_WARNING = _NoPaddingWarning()
 
 
 def padded_vocab_size(num_tokens: int, multiple: int) -> int:
@@ -43,8 +43,10 @@ def padded_vocab_size(num_tokens: int, multiple: int) -> int:
 
 
 def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int = 1, seed: int = 0,
-               dropout: float | None = None, attention: str = "sdpa") -> PreTrainedModel:
+               dropout: float | None = None, attention: str = "sdpa",
+               end_of_turn_token_id: int | None = None) -> PreTrainedModel:
     """Build or load the model in fp32, size its embeddings to the tokenizer, set its special ids."""
+    logging.getLogger("transformers.modeling_utils").addFilter(_NO_PADDING_WARNING)  # a set: adding twice is a no-op
     vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)
     overrides = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     if name in NAMED_CONFIGS:
@@ -63,14 +65,16 @@ def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int 
             ) from None
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
-    set_special_tokens(model, tokenizer)
+    set_special_tokens(model, tokenizer, end_of_turn_token_id)
     return model
 
 
-def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       end_of_turn_token_id: int | None = None) -> None:
     """pad/eos/bos ids into the model and generation configs, as TRL's `setup_chat_format` does.
 
-    eos is the template's end-of-turn token, so generation stops at `<|im_end|>`.
+    Generation stops at the template's end of turn (the shard manifest's `end_of_turn_token_id`:
+    `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`) as well as at eos, which many templates never emit.
     """
     for config in (model.config, model.generation_config):
         if config is None:
@@ -78,6 +82,8 @@ def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id
         config.bos_token_id = tokenizer.bos_token_id
+    if model.generation_config is not None and end_of_turn_token_id not in (None, tokenizer.eos_token_id):
+        model.generation_config.eos_token_id = [end_of_turn_token_id, tokenizer.eos_token_id]
 
 
 def vocab_rows(model: PreTrainedModel) -> int:

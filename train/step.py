@@ -21,7 +21,7 @@ import torch.distributed
 
 from shards.batch import get_rows_batch
 from shards.format import SplitArrays
-from train.attention import document_ids, varlen_index
+from train.attention import TORCH_FLASH, cumulative_lengths, document_ids, implementation, varlen_index
 from train.head import LabelLossModel
 
 COMPILE_WIDTH_MULTIPLE = 64  # --compile pads widths to this multiple, so shapes repeat and it compiles few graphs
@@ -73,7 +73,8 @@ def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation
     """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
 
     `attention` varlen: inputs["varlen_index"] holds the regrouping of the batch's samples (None
-    when no row holds two); flex: inputs["flex_documents"] the sequence of every position.
+    when no row holds two); flex: inputs["flex_documents"] the sequence of every position;
+    flash on torch's kernel: inputs["flash_cu_seqlens"] and ["flash_max_length"].
     With `pin` the host tensors are pinned and copied without blocking.
     """
     batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
@@ -82,13 +83,17 @@ def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation
     if attention == "flex":
         tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
     index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *shape) if attention == "varlen" else None
+    extra = {}
+    if attention == "flash" and implementation(attention) == TORCH_FLASH:
+        bounds, longest = cumulative_lengths(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
+        tensors["flash_cu_seqlens"], extra["flash_max_length"] = torch.from_numpy(bounds), longest
     if pin:
         tensors = {k: v.pin_memory() for k, v in tensors.items()}
         index = index and index.pin_memory()
     inputs = {k: v.to(device, non_blocking=pin) for k, v in tensors.items()}
     if attention == "varlen":
         inputs["varlen_index"] = index and index.to(device, non_blocking=pin)
-    return inputs, batch
+    return {**inputs, **extra}, batch
 
 
 class Prefetcher:

@@ -1,0 +1,128 @@
+"""Text to token ids for prep: tiktoken where it gives the fast tokenizer's ids, the fast tokenizer otherwise.
+
+For byte-level BPE tokenizers that tiktoken can express (GPT-2's, and those that split
+with one regex before byte-level BPE, as Llama 3 and Qwen2 do), tiktoken's batch API
+encodes the same texts faster. Its ranks are built from the tokenizer's own vocabulary
+(offline; nothing is downloaded), and the first `CHECK_TEXTS` texts of every run are
+encoded both ways: any difference, or a tokenizer tiktoken cannot express, falls back to
+the fast tokenizer with one line on stderr. So the shards are byte-identical either way,
+and the manifest records which encoder ran (`encoder`).
+
+Special-token strings inside texts are plain text for both (special tokens are inserted
+as ids by the chat-template plan, never parsed from user text).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Literal, get_args
+
+from sftcli import UserError
+
+EncoderChoice = Literal["auto", "tiktoken", "tokenizers"]
+ENCODER_CHOICES: tuple[str, ...] = get_args(EncoderChoice)
+CHECK_TEXTS = 1000
+# ByteLevel(use_regex=True)'s split: GPT-2's pattern, as tiktoken's own "gpt2" encoding spells it.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class EncoderError(UserError):
+    """--encoder tiktoken was asked for and cannot be honoured; the message says why."""
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: byte-level BPE spells every byte as one printable char."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _pattern(spec: dict) -> str:
+    """The one regex that splits text before byte-level BPE, or ValueError when there is none."""
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("add_prefix_space") or any(step.get("add_prefix_space") for step in pre.get("pretokenizers", [])):
+        raise ValueError("it adds a prefix space, which tiktoken does not")
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return GPT2_PATTERN
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[0].get("behavior") == "Isolated"
+            and not steps[0].get("invert") and "Regex" in steps[0].get("pattern", {})
+            and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True)):
+        return steps[0]["pattern"]["Regex"]
+    raise ValueError("its pre-tokenizer is not one regex followed by byte-level BPE")
+
+
+def tiktoken_encoding(tokenizer):
+    """A tiktoken Encoding with the tokenizer's ids; ValueError saying why when it cannot be one."""
+    try:
+        import tiktoken
+    except ImportError:
+        raise ValueError("tiktoken is not installed (pip install tiktoken)") from None
+    backend = tokenizer.backend_tokenizer
+    spec = json.loads(backend.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE" or spec.get("normalizer") or model.get("byte_fallback") or model.get("dropout"):
+        raise ValueError("it is not a plain byte-level BPE")
+    if any(not token.special for token in tokenizer.added_tokens_decoder.values()):
+        raise ValueError("it has added non-special tokens, which the fast tokenizer matches inside text")
+    pattern = _pattern(spec)
+    decoder = _byte_decoder()
+    try:
+        ranks = {bytes(decoder[c] for c in token): rank for token, rank in backend.get_vocab(with_added_tokens=False).items()}
+    except KeyError:
+        raise ValueError("its vocabulary is not spelled in byte-level characters") from None
+    return tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+class TextEncoder:
+    """`encode(texts)` -> ids per text, special-token strings as plain text; `name` is what ran."""
+
+    def __init__(self, tokenizer, choice: str = "auto"):
+        if choice not in ENCODER_CHOICES:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, got {choice!r}")
+        self._backend = tokenizer.backend_tokenizer
+        self._tiktoken = None
+        self._checked = 0
+        self.choice = choice
+        self.name = "tokenizers"
+        if choice != "tokenizers":
+            try:
+                self._tiktoken = tiktoken_encoding(tokenizer)
+                self.name = "tiktoken"
+            except ValueError as e:
+                self._fall_back(f"tiktoken cannot express this tokenizer: {e}")
+
+    def _fall_back(self, why: str) -> None:
+        if self.choice == "tiktoken":
+            raise EncoderError(f"--encoder tiktoken: {why}; use --encoder auto or tokenizers")
+        print(f"prep: encoding with the fast tokenizer ({why})", file=sys.stderr)
+        self._tiktoken, self.name = None, "tokenizers"
+
+    def _tokenizers(self, texts: list[str]) -> list[list[int]]:
+        backend = self._backend
+        backend.encode_special_tokens = True
+        try:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = False
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if self._tiktoken is None:
+            return self._tokenizers(texts)
+        ids = self._tiktoken.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+        if self._checked < CHECK_TEXTS:  # the start of every run: both ways, or no tiktoken
+            n = min(len(texts), CHECK_TEXTS - self._checked)
+            self._checked += n
+            reference = self._tokenizers(texts[:n])
+            bad = next((i for i in range(n) if ids[i] != reference[i]), None)
+            if bad is not None:
+                self._fall_back(f"tiktoken's ids differ on text {texts[bad][:40]!r}")
+                return self._tokenizers(texts)
+        return ids
