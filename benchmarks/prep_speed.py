@@ -16,6 +16,7 @@ again on twice the records: it should grow with one batch of records, not with t
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -68,12 +69,25 @@ def render(tok, convs: list, shapes: dict) -> list[str]:
     return texts
 
 
-def floor(data: Path, batch_size: int) -> list[int]:
-    """Each sample's token count: read, render, tokenize (ids extracted), one batch of records at a time."""
+def floor(data: Path, batch_size: int, encoder: str = "tokenizers") -> list[int]:
+    """Each sample's token count: read, render, tokenize (ids extracted), one batch of records at a time.
+
+    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
+    tiktoken encoder does), each special token one id."""
     tok, shapes, lengths = tokenizer(), {}, []
+    if encoder == "tiktoken":
+        from prep.encoders import tiktoken_encoding
+
+        ordinary = tiktoken_encoding(tok).encode_ordinary_batch
+        specials = re.compile("(" + "|".join(map(re.escape, sorted(tok.all_special_tokens, key=len, reverse=True))) + ")")
     for convs in conversations(data, batch_size):
-        encoded = tok.backend_tokenizer.encode_batch_fast(render(tok, convs, shapes), add_special_tokens=False)
-        lengths.extend(len(e.ids) for e in encoded)
+        texts = render(tok, convs, shapes)
+        if encoder != "tiktoken":
+            lengths.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+            continue
+        pieces = [specials.split(text) for text in texts]
+        ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
+        lengths.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
     return lengths
 
 
@@ -141,11 +155,16 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
         return json.loads(done["stdout"])
 
     floor_command = python_module(here, "floor", data, batch_size)
+    tiktoken_command = floor_command + ["--encoder", "tiktoken"]
     tasks = {"prep": prep, "floor": lambda: run_process(floor_command)}
+    if importlib.util.find_spec("tiktoken"):
+        tasks["tiktoken_floor"] = lambda: run_process(tiktoken_command)
     trl_names = {"trl_num_proc_none": 0, f"trl_num_proc_{cores}": cores} if with_trl else {}
     tasks.update({name: (lambda n=n: trl(n)) for name, n in trl_names.items()})
     prep(warmup)  # warm-up (page cache, bytecode); the floor's gives its token counts for the checks
     floor_lengths = np.array(json.loads(run_process(floor_command + ["--lengths"])["stdout"]))
+    tiktoken_lengths = (np.array(json.loads(run_process(tiktoken_command + ["--lengths"])["stdout"]))
+                        if "tiktoken_floor" in tasks else None)
     done = rounds(tasks, repeats)
     stats, lengths = read_manifest(out).stats, sample_lengths(data)
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
@@ -154,10 +173,13 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
         "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
         "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
         "prep_over_floor": median(p / f for p, f in zip(seconds["prep"], seconds["floor"])),
+        "prep_over_tiktoken_floor": median(p / f for p, f in zip(seconds["prep"], seconds.get("tiktoken_floor", []))),
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
         "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats.records_read == stats.samples,
                    "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
+                   **({} if tiktoken_lengths is None else
+                      {"tiktoken_floor_same_sample_tokens": bool(np.array_equal(tiktoken_lengths, lengths))}),
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
@@ -177,7 +199,9 @@ def figures(p: dict) -> list[dict]:
     f = report.figure
     found = [f("prep", "prep_samples_per_second", p["samples"] / median(p["seconds"]["prep"]), "samples/s"),
              f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.1),
-               note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts")]
+               note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
+             f("prep", "prep_over_tiktoken_floor", p["prep_over_tiktoken_floor"],
+               note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
                     note="TRL's faster of dataset_num_proc None / = cores, timed inside its process"),
@@ -199,8 +223,9 @@ def main() -> None:
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("batch_size", type=int)
 @click.option("--lengths", is_flag=True, help="print each sample's token count (a check run, never timed)")
-def floor_command(data: Path, batch_size: int, lengths: bool) -> None:
-    counts = floor(data, batch_size)
+@click.option("--encoder", type=click.Choice(["tokenizers", "tiktoken"]), default="tokenizers", show_default=True)
+def floor_command(data: Path, batch_size: int, lengths: bool, encoder: str) -> None:
+    counts = floor(data, batch_size, encoder)
     print(json.dumps(counts if lengths else {"samples": len(counts), "tokens": sum(counts)}))
 
 

@@ -35,10 +35,11 @@ def prep_section(tmp_path_factory, records):
 
 def test_floor_prep_and_trl_see_the_same_rows_and_tokens(prep_section):
     result, lengths, _ = prep_section
-    assert result["checks"] == {"same_rows": True, "same_sample_tokens": True, "prep_tokens_are_truncated_samples": True,
-                                "trl_same_samples": True, "trl_same_tokens": True, "trl_same_supervised_tokens": True}
+    assert result["checks"] == {"same_rows": True, "same_sample_tokens": True, "tiktoken_floor_same_sample_tokens": True,
+                                "prep_tokens_are_truncated_samples": True, "trl_same_samples": True, "trl_same_tokens": True,
+                                "trl_same_supervised_tokens": True}
     assert result["samples"] == 80 == len(lengths) and result["sample_tokens"] == int(lengths.sum())
-    assert set(result["seconds"]) == {"prep", "floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}"}
+    assert set(result["seconds"]) == {"prep", "floor", "tiktoken_floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}"}
     assert result["prep_over_floor"] > 0 and result["trl_over_prep"] > 0 and result["prep_peak_anon_mib"] > 0
     names = {f["name"] for f in prep_speed.figures(result)}
     assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= names
@@ -58,6 +59,7 @@ def test_the_floor_renders_and_tokenizes_exactly_what_prep_encodes(tmp_path, rec
                      for conv in convs]
     _, _, offsets = ConversationEncoder(tok).encode(convs[:10])
     assert prep_speed.floor(data, batch_size=3) == np.diff(offsets).tolist()
+    assert prep_speed.floor(data, batch_size=3, encoder="tiktoken") == np.diff(offsets).tolist()
 
 
 def test_trl_template_renders_the_text_prep_supervises(records):
