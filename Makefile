@@ -2,9 +2,11 @@
 # Both create .venv (unless a virtual environment is active) and install what they need.
 
 PYTHON ?= python3
-# The CPU build by default: an unpinned `torch` can pull a multi-GB CUDA build.
-# On a GPU machine: make install TORCH=torch (or your CUDA wheel spec).
+# The CPU build by default, from PyTorch's CPU wheel index where it is reachable: on Linux the
+# default registry's `torch` is the multi-GB CUDA build. On a GPU machine: make install TORCH=torch
+# (or your CUDA wheel spec), which skips the CPU index. torch already in the environment is kept.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(filter command line environment,$(origin TORCH)),,https://download.pytorch.org/whl/cpu)
 ifdef VIRTUAL_ENV
 ENV_DIR := $(VIRTUAL_ENV)
 else
@@ -44,10 +46,21 @@ EVAL_ARGS ?=
 
 install: $(STAMP)
 
+# torch is installed only where there is none, and pinned while the project installs, so that
+# neither a stale stamp nor a dependency resolve ever replaces the torch an environment has.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(ENV_DIR)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "install: keeping torch $$($(PY) -c 'import torch; print(torch.__version__)') of $(ENV_DIR)"; \
+	elif [ -n "$(TORCH_INDEX)" ] && $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=15)" 2>/dev/null; then \
+	  echo "install: $(TORCH), the CPU build, from $(TORCH_INDEX)"; \
+	  $(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) "$(TORCH)"; \
+	else \
+	  echo "install: $(TORCH) from the default package index$(if $(TORCH_INDEX), ($(TORCH_INDEX) is unreachable; on Linux this can be a CUDA build))"; \
+	  $(PY) -m pip install -q "$(TORCH)"; \
+	fi
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/.sftpack-torch 2>/dev/null
+	$(PY) -m pip install -q -c $(ENV_DIR)/.sftpack-torch -e ".[dev]"
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -92,7 +105,6 @@ generate: $(STAMP)
 	$(PY) -m train.generate $(RUN)/best "$(PROMPT)"
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks --markdown benchmarks/results.json --readme README.md
 
