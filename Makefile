@@ -2,9 +2,11 @@
 # Both create .venv (unless a virtual environment is active) and install what they need.
 
 PYTHON ?= python3
-# The CPU build by default: an unpinned `torch` can pull a multi-GB CUDA build.
-# On a GPU machine: make install TORCH=torch (or your CUDA wheel spec).
+# The CPU build by default, from PyTorch's CPU wheel index where it is reachable: on Linux the
+# default registry's `torch` is the multi-GB CUDA build. On a GPU machine: make install TORCH=torch
+# (or your CUDA wheel spec), which skips the CPU index. torch already in the environment is kept.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(filter command line environment,$(origin TORCH)),,https://download.pytorch.org/whl/cpu)
 ifdef VIRTUAL_ENV
 ENV_DIR := $(VIRTUAL_ENV)
 else
@@ -65,15 +67,32 @@ DEMO_SCHEDULE = steps=$$($(PY) -m shards steps $(DEMO_DIR)/shards/$$mode --super
 	  --eval-interval $$(( (steps + $(DEMO_EVALS) - 1) / $(DEMO_EVALS) ))"
 DEMO_SEED_RUN := $(DEMO_DIR)/$(DEMO_SEED_MODE)-seed$(DEMO_SECOND_SEED)
 DEMO_RUNS = $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) $(if $(DEMO_SEED_MODE),$(DEMO_SEED_RUN))
+# HellaSwag-format items written for this repo (README, Data): the demo scores each run on them offline
+DEMO_EVAL_ARGS ?= --hellaswag-data train/assets/hellaswag_demo.jsonl
+# make eval: lm-eval tasks on run folders (their best/), model folders or hub ids
+EVAL_RUNS ?= $(RUN)
+TASKS ?= hellaswag
+EVAL_ARGS ?=
 
-.PHONY: install test demo demo-readme shards stats train generate bench bench-gpu clean
+.PHONY: install test demo demo-readme shards stats train eval generate bench bench-gpu clean
 
 install: $(STAMP)
 
+# torch is installed only where there is none, and pinned while the project installs, so that
+# neither a stale stamp nor a dependency resolve ever replaces the torch an environment has.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(ENV_DIR)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "install: keeping torch $$($(PY) -c 'import torch; print(torch.__version__)') of $(ENV_DIR)"; \
+	elif [ -n "$(TORCH_INDEX)" ] && $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=15)" 2>/dev/null; then \
+	  echo "install: $(TORCH), the CPU build, from $(TORCH_INDEX)"; \
+	  $(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) "$(TORCH)"; \
+	else \
+	  echo "install: $(TORCH) from the default package index$(if $(TORCH_INDEX), ($(TORCH_INDEX) is unreachable; on Linux this can be a CUDA build))"; \
+	  $(PY) -m pip install -q "$(TORCH)"; \
+	fi
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(ENV_DIR)/.sftpack-torch 2>/dev/null
+	$(PY) -m pip install -q -c $(ENV_DIR)/.sftpack-torch -e ".[dev]"
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -98,6 +117,7 @@ ifneq ($(DEMO_SEED_MODE),)
 	  $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_SEED_RUN) $$schedule $(DEMO_TRAIN_ARGS) \
 	    --seed $(DEMO_SECOND_SEED)
 endif
+	$(PY) -m train.eval $(DEMO_RUNS) --tasks hellaswag $(DEMO_EVAL_ARGS)
 	$(PY) -m train.report $(DEMO_RUNS) --out $(DEMO_DIR)/report --started $$(cat $(DEMO_DIR)/started) $(DEMO_REPORT_ARGS)
 
 # `make demo` with its report's table, findings and loss curves written into README.md
@@ -117,11 +137,14 @@ else
 	$(ENV_DIR)/bin/torchrun --nproc_per_node $(NPROC) -m train --shards $(SHARDS) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 endif
 
+# lm-eval on each run's best/ into RUN/eval.json (lm_eval comes with the dev extra; alone: pip install -e '.[eval]')
+eval: $(STAMP)
+	$(PY) -m train.eval $(EVAL_RUNS) --tasks $(TASKS) $(EVAL_ARGS)
+
 generate: $(STAMP)
 	$(PY) -m train.generate $(RUN)/best "$(PROMPT)"
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks --markdown benchmarks/results.json --readme README.md
 

@@ -1,28 +1,35 @@
-"""What every benchmark section shares: the input files, timing, one training step, the machine.
+"""What every benchmark shares: inputs, one timer, one memory probe, one training set-up, the machine.
 
-Nothing here runs at import time; `benchmarks.suite.run_all` calls it.
+Nothing runs at import time. The timer is `clock` plus `rounds` (tasks take turns, the order
+rotating each round, so a change in the machine's load hits every task alike). The memory probe
+is `proc_memory`, a reader of /proc/PID/status, polled by `run_process` while a child runs.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from prep.readers import SAMPLE_PATH
-
-VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "datasets", "trl", "accelerate", "psutil")
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "datasets", "trl", "accelerate", "tiktoken")
+_STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
 
 
 def sample_records(limit: int | None = None) -> list[dict]:
     """The embedded Alpaca sample's records (the first `limit` of them)."""
-    records = json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))
-    return records[:limit] if limit is not None else records
+    from prep.readers import SAMPLE_PATH
+
+    return json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))[:limit]
 
 
 def write_copies(path: Path, records: list[dict], copies: int) -> Path:
@@ -34,110 +41,172 @@ def write_copies(path: Path, records: list[dict], copies: int) -> Path:
     return path
 
 
-def remove(folder: Path) -> None:
-    """Delete a shard set or run folder before a timed run, so its deletion is not timed."""
+def build_shards(data: Path, out: Path, mode: str, max_length: int, **options) -> Path:
+    """A shard set made by prep (its defaults unless given), rebuilt every run."""
+    from prep.config import PrepConfig
+    from prep.pipeline import run
+
+    run(PrepConfig(data=str(data), out=str(out), mode=mode, max_length=max_length, **options), progress=False)
+    return out
+
+
+def remove(folder: Path) -> None:  # before a timed run: a deletion is never timed
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def median(values) -> float:
-    return float(statistics.median(values))
+    return float(statistics.median(list(values)))
 
 
 def clock(function, *args, **kwargs) -> tuple[float, object]:
-    """(seconds, result) of one call."""
+    """(seconds, result) of one call.
+
+    >>> clock(sorted, [2, 1])[1]
+    [1, 2]
+    """
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return time.perf_counter() - start, result
 
 
-def median_seconds(repeats: int, function, *args, warmup: int = 1, **kwargs) -> float:
-    """Median wall time of `repeats` calls after `warmup` untimed ones.
+def rounds(tasks: dict, count: int) -> dict[str, list]:
+    """Run every task `count` times, taking turns; round r starts with task r (mod the number of tasks).
 
-    >>> median_seconds(3, sorted, [3, 1, 2]) < 1.0
-    True
+    >>> calls = []
+    >>> rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2) and calls
+    ['a', 'b', 'b', 'a']
     """
-    for _ in range(warmup):
-        function(*args, **kwargs)
-    return median(clock(function, *args, **kwargs)[0] for _ in range(repeats))
+    names, done = list(tasks), {name: [] for name in tasks}
+    for r in range(count):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            done[name].append(tasks[name]())
+    return done
 
 
-def train_step(model, optimizer, inputs: dict, supervised_tokens: int, autocast=nullcontext, scaler=None,
-               grad_clip: float = 1.0) -> float:
-    """One optimizer step of one micro-batch on one process, with the loop's own `backward`
-    and `update`; returns the summed loss (`.item()` waits for the device, as the loop's
-    logging does)."""
-    import torch
+def proc_memory(pid: int | str = "self") -> dict:
+    """Peak and current resident memory of a process, in bytes, split into anonymous (heap: what
+    the program holds) and file-backed pages (memory-mapped files: page cache the kernel can drop).
+    Linux only (the benchmarks' platform); elsewhere every value is None."""
+    found = dict.fromkeys(_STATUS_KEYS.values())
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in _STATUS_KEYS:
+                found[_STATUS_KEYS[key]] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
 
-    from train.loop import backward, update
 
-    scaler = scaler if scaler is not None else torch.amp.GradScaler(enabled=False)
-    loss = backward(model, model, [(inputs, None)], 1 / max(supervised_tokens, 1), autocast, scaler)
-    update(model, optimizer, scaler, grad_clip, finite_loss=True)
-    return loss.item()
+def run_process(command: list[str], interval: float = 0.02) -> dict:
+    """Run `command` from the repository root: its wall seconds, its peak anonymous and resident
+    memory (polled), and its stdout. A failed command raises with its last lines of stderr."""
+    # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start, peak_anon, peak_rss = time.perf_counter(), 0, 0
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True)
+        while process.poll() is None:
+            memory = proc_memory(process.pid)
+            peak_anon = max(peak_anon, memory["rss_anon_bytes"] or 0)
+            peak_rss = max(peak_rss, memory["peak_rss_bytes"] or 0)
+            time.sleep(interval)
+        seconds = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{err.read().strip()[-2000:]}")
+        return {"seconds": seconds, "peak_anon_bytes": peak_anon, "peak_rss_bytes": peak_rss, "stdout": out.read()}
 
 
-def optimizer_for(model):
-    """AdamW with `python -m train`'s defaults (TrainConfig)."""
-    import torch
+def python_module(module: str, *args) -> list[str]:
+    return [sys.executable, "-m", module, *map(str, args)]
 
-    from train.config import TrainConfig
 
-    defaults = TrainConfig()
-    return torch.optim.AdamW(model.parameters(), lr=defaults.learning_rate, eps=defaults.adam_eps,
-                             weight_decay=defaults.weight_decay)
+class Setup:
+    """Open shards -> row order -> `batch()`; with `with_model`, tokenizer -> model -> optimizer ->
+    `step()`: `python -m train`'s own collation, backward and update, AdamW with its defaults."""
+
+    def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, device=None, attention: str = "sdpa",
+                 flatten: bool = False, compile: bool = False):  # noqa: A002 - the --compile option
+        import torch
+
+        from shards.format import ShardSet
+        from train.data import RowOrder
+        from train.step import COMPILE_WIDTH_MULTIPLE
+
+        self.device, self.seed, self.attention, self.compile = device or torch.device("cpu"), seed, attention, compile
+        self.shard_set = ShardSet.open(shards)
+        self.split = self.shard_set.split("train")
+        self.options = dict(pad_token_id=self.shard_set.manifest.pad_token_id, flatten=flatten, attention=attention,
+                            pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if compile else 1)
+        self.order = RowOrder(self.split.num_rows, batch_size, seed=seed, shuffle=True)
+
+    def with_model(self, model: str = "tiny", precision: str = "fp32", pad_vocab_to: int = 1,
+                   label_head: bool = True) -> "Setup":
+        """`label_head` False: today's reference path, full B x L x V logits and their cross-entropy."""
+        import torch
+        from transformers import AutoTokenizer
+
+        from train.attention import IMPLEMENTATIONS, register_attention
+        from train.config import TrainConfig
+        from train.head import LabelLossModel, token_losses
+        from train.model import load_model
+        from train.step import resolve_precision
+
+        class FullHeadLoss(LabelLossModel):
+            def forward(self, input_ids, position_ids, labels, **extra):
+                extra = {k: v for k, v in extra.items() if v is not None}
+                logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).logits
+                return token_losses(logits, labels).sum()
+
+        register_attention()
+        tokenizer = AutoTokenizer.from_pretrained(str(self.shard_set.tokenizer_dir))
+        self.model = load_model(model, tokenizer, pad_vocab_to=pad_vocab_to, seed=self.seed,
+                                attention=IMPLEMENTATIONS[self.attention]).to(self.device)
+        self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model, compile=self.compile).train()
+        defaults = TrainConfig()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=defaults.learning_rate, eps=defaults.adam_eps,
+                                           weight_decay=defaults.weight_decay, fused=self.device.type == "cuda")
+        dtype, use_scaler = resolve_precision(precision, self.device)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype is not None else nullcontext
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        return self
+
+    def batch(self, rows=None):
+        """(model inputs on the device, the collated Batch) of these rows, or of the next ones in order."""
+        from train.step import get_batch
+
+        rows = self.order.next_rows() if rows is None else rows
+        return get_batch(self.split, rows, isolation=True, device=self.device, **self.options)
+
+    def step(self, inputs: dict, supervised_tokens: int) -> float:
+        """One optimizer step; returns the mean loss per supervised token (`.item()` waits for the device)."""
+        import torch
+
+        from train.step import backward, update
+
+        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], 1 / max(supervised_tokens, 1),
+                        self.autocast, self.scaler)
+        update(self.model, self.optimizer, self.scaler, 1.0, torch.isfinite(loss))
+        return loss.item() / max(supervised_tokens, 1)
 
 
 def versions() -> dict:
     """Installed versions of the libraries the figures depend on (None: not installed)."""
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {name: importlib.util.find_spec(name) and importlib.metadata.version(name) for name in VERSIONED}
 
 
 def machine() -> dict:
-    """Where the figures were measured; the load average says how busy the machine was."""
-    info = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": _cpu_model() or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gib": _memory_gib(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
+    """Where the figures were measured."""
+    import torch
 
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    return info
+    info = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for path in ("/proc/cpuinfo", "/proc/meminfo")
+            if Path(path).is_file() for line in Path(path).read_text().splitlines()[:60] if ":" in line}
+    memory_kib = int(info.get("MemTotal", "0 kB").split()[0])
+    return {"platform": platform.platform(), "processor": info.get("model name", platform.processor()),
+            "cpus_usable": len(os.sched_getaffinity(0)), "memory_gib": round(memory_kib / 2**20, 1),
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]

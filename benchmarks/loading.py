@@ -1,117 +1,118 @@
-"""Section 3, loading: one collated batch from the memory-mapped shards against one training step,
-and the resident memory of a process that reads a whole epoch.
+"""Section loading: the time to collate one batch from the memory-mapped shards, and the memory
+of a process that reads a whole epoch of a shard set of about 1 GB against one of about 100 MB.
 
-The batch is what `train.loop.get_batch` returns (padded ids, labels from the loss masks,
-per-segment position ids, as tensors); the step is `benchmarks.common.train_step` on the `tiny`
-model, fp32 on CPU, like `python -m train --model tiny` there.
+The large sets repeat the rows of a prep-made set (`tile`), written with `shards.format`'s own
+writer, so the reader meets real files of that size. The figure is the growth of the reader's
+peak anonymous memory (what it allocates), not of its resident set: mapped shard pages are page
+cache the kernel drops at will. The probe is this module run as a process:
+
+    python -m benchmarks.loading SHARDS --batch-size 16    # one epoch; prints rows and batches
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
-from benchmarks.common import clock, median, optimizer_for, train_step
+import click
+import numpy as np
+
+from benchmarks import report
+from benchmarks.common import Setup, clock, median, python_module, remove, run_process
 
 
-def open_train_split(shards: Path):
-    from shards.format import ShardSet
-
-    shard_set = ShardSet.open(shards)
-    return shard_set, shard_set.split("train")
-
-
-def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 5, seed: int = 0) -> dict:
-    """Median seconds of `get_batch` over `count` successive shuffled batches, after `warmup` ones."""
-    import torch
-
-    from train.data import RowOrder
-    from train.loop import get_batch
-
-    shard_set, split = open_train_split(shards)
-    order = RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True)
-    pad, cpu = shard_set.manifest.pad_token_id, torch.device("cpu")
-    times, shapes = [], set()
-    for i in range(warmup + count):
-        seconds, (inputs, batch) = clock(get_batch, split, order.next_rows(), pad, True, cpu)
-        if i >= warmup:
-            times.append(seconds)
-            shapes.add(tuple(batch.input_ids.shape))
-    return {"seconds": median(times), "batches": count, "widths": sorted({w for _, w in shapes})}
+def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 5) -> float:
+    """Median seconds of `train.loop.get_batch` over successive shuffled batches, after a warm-up."""
+    setup = Setup(shards, batch_size)
+    times = [clock(setup.batch)[0] for _ in range(warmup + count)]
+    return median(times[warmup:])
 
 
-def step_seconds(shards: Path, batch_size: int, repeats: int, seed: int = 0, model_name: str = "tiny") -> dict:
-    """Median seconds of one training step on batches of these shards, after one warm-up step."""
-    import torch
-    from transformers import AutoTokenizer
+def repeat_rows(rows, copies: int):
+    """`rows` (shards.format.Rows) written out `copies` times one after the other."""
+    from shards.format import Rows
 
-    from train.data import RowOrder
-    from train.loop import get_batch
-    from train.model import load_model
+    def tiled_offsets(offsets: np.ndarray) -> np.ndarray:
+        offsets = offsets.astype(np.int64) - offsets[0]
+        steps = np.arange(copies, dtype=np.int64)[:, None] * offsets[-1]
+        return np.concatenate([(offsets[:-1] + steps).ravel(), [offsets[-1] * copies]])
 
-    shard_set, split = open_train_split(shards)
-    tok = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
-    model = load_model(model_name, tok, seed=seed)
-    model.train()
-    optimizer = optimizer_for(model)
-    order = RowOrder(split.num_rows, batch_size, seed=seed, shuffle=True)
-    pad, cpu = shard_set.manifest.pad_token_id, torch.device("cpu")
-    times, losses = [], []
-    for i in range(1 + repeats):
-        inputs, batch = get_batch(split, order.next_rows(), pad, True, cpu)
-        seconds, loss = clock(train_step, model, optimizer, inputs, batch.supervised_tokens)
-        losses.append(loss / max(batch.supervised_tokens, 1))
-        if i:
-            times.append(seconds)
-    return {"seconds": median(times), "repeats": repeats, "model": model_name, "loss_per_token": losses}
+    t0, t1 = rows.row_offsets[0], rows.row_offsets[-1]
+    s0, s1 = rows.segment_offsets[0], rows.segment_offsets[-1]
+    return Rows(np.tile(rows.tokens[t0:t1], copies), np.tile(rows.loss_mask[t0:t1], copies),
+                tiled_offsets(rows.row_offsets), np.tile(rows.segment_lengths[s0:s1], copies),
+                np.tile(rows.segment_sources[s0:s1], copies), tiled_offsets(rows.segment_offsets))
 
 
-def rss_of_epoch(shards: Path, batch_size: int) -> dict:
-    """Run `benchmarks.rss_probe` in a fresh process over one epoch of the shards; its memory figures."""
-    command = [sys.executable, "-m", "benchmarks.rss_probe", str(shards), "--batch-size", str(batch_size)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def tile(source: Path, out: Path, min_bytes: int) -> Path:
+    """A shard set whose train split repeats `source`'s train rows until its files hold `min_bytes`."""
+    from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter
+    from shards.manifest import write_manifest
+
+    shard_set = ShardSet.open(source)
+    manifest = shard_set.manifest
+    remove(out)
+    out.mkdir(parents=True)
+    writer = SplitWriter(out, "train", np.dtype(manifest.token_dtype), manifest.vocab_size)
+    train_bytes = sum(e.bytes for e in manifest.split_files("train"))
+    copies = -(-min_bytes // train_bytes)
+    parts = [Rows(p["input_ids"], p["loss_mask"], p["row_offsets"], p["segment_lengths"], p["segment_sources"],
+                  p["segment_offsets"]) for p in shard_set.split("train").parts()]
+    per_write = max(1, (1 << 24) // max(1, sum(len(p.tokens) for p in parts)))  # ~16 Mi tokens per write
+    for start in range(0, copies, per_write):
+        for part in parts:
+            writer.write(repeat_rows(part, min(per_write, copies - start)))
+    val = manifest.split_files("val")
+    for entry in val:
+        shutil.copyfile(source / entry.name, out / entry.name)
+    shutil.copytree(source / TOKENIZER_DIR, out / TOKENIZER_DIR)
+    write_manifest(out, dataclasses.replace(manifest, files=writer.finish() + val,
+                                            command=f"benchmarks.loading.tile({source})"))
+    return out
 
 
-def rss_growth(small: Path, large: Path, batch_size: int, repeats: int) -> dict:
-    """Peak resident memory iterating `large` over iterating `small`, alternating fresh processes."""
-    runs = {"small": [], "large": []}
+def epoch_memory(small: Path, large: Path, batch_size: int, repeats: int) -> dict:
+    """Peak memory of a process reading one epoch of `small`, and of `large`, in alternating fresh processes."""
+    runs: dict[str, list] = {"small": [], "large": []}
     for _ in range(repeats):
-        runs["small"].append(rss_of_epoch(small, batch_size))
-        runs["large"].append(rss_of_epoch(large, batch_size))
-
-    def med(which: str, key: str) -> float:
-        return median(r[key] for r in runs[which])
-
-    return {
-        "small": {"shards": str(small), "rows": runs["small"][0]["rows"], "shard_bytes": runs["small"][0]["shard_bytes"],
-                  "peak_rss_bytes": med("small", "peak_rss_bytes"), "rss_anon_bytes": med("small", "rss_anon_bytes"),
-                  "rss_file_bytes": med("small", "rss_file_bytes")},
-        "large": {"shards": str(large), "rows": runs["large"][0]["rows"], "shard_bytes": runs["large"][0]["shard_bytes"],
-                  "peak_rss_bytes": med("large", "peak_rss_bytes"), "rss_anon_bytes": med("large", "rss_anon_bytes"),
-                  "rss_file_bytes": med("large", "rss_file_bytes")},
-        "rss_growth": med("large", "peak_rss_bytes") / med("small", "peak_rss_bytes"),
-        # Anonymous memory only: what the process allocated, without the mapped shard pages.
-        "anon_rss_growth": (med("large", "rss_anon_bytes") / med("small", "rss_anon_bytes")
-                            if med("small", "rss_anon_bytes") else None),
-        "repeats": repeats,
-    }
-
-
-def measure(shards_by_length: dict[int, Path], rss_small: Path, rss_large: Path, batch_size: int = 16,
-            repeats: int = 3) -> dict:
-    """Batch time and step time per max_length, and the memory growth of a 10x larger epoch."""
-    result: dict = {"batch_size": batch_size, "by_max_length": {}}
-    for max_length, shards in shards_by_length.items():
-        batch = batch_seconds(shards, batch_size)
-        step = step_seconds(shards, batch_size, repeats)
-        result["by_max_length"][max_length] = {
-            "shards": str(shards), "batch_seconds": batch["seconds"], "batch_widths": batch["widths"],
-            "step_seconds": step["seconds"], "load_over_step": batch["seconds"] / step["seconds"],
-            "model": step["model"],
-        }
-    result["memory"] = rss_growth(rss_small, rss_large, batch_size, repeats)
+        for name, shards in (("small", small), ("large", large)):
+            done = run_process(python_module("benchmarks.loading", shards, "--batch-size", batch_size))
+            runs[name].append({**done, **json.loads(done["stdout"])})
+    result = {name: {"shard_bytes": rs[0]["shard_bytes"], "rows": rs[0]["rows"],
+                     "peak_anon_mib": median(r["peak_anon_bytes"] for r in rs) / 2**20,
+                     "peak_rss_mib": median(r["peak_rss_bytes"] for r in rs) / 2**20} for name, rs in runs.items()}
+    result["rss_anon_growth_mib"] = result["large"]["peak_anon_mib"] - result["small"]["peak_anon_mib"]
     return result
+
+
+def measure(by_length: dict[int, Path], small: Path, large: Path, batch_size: int, repeats: int) -> dict:
+    return {"batch_size": batch_size, "batch_seconds": {L: batch_seconds(s, batch_size) for L, s in by_length.items()},
+            "memory": epoch_memory(small, large, batch_size, repeats)}
+
+
+def figures(loading: dict) -> list[dict]:
+    f, memory = report.figure, loading["memory"]
+    found = [f("loading", f"batch_ms_{L}", s * 1000, "ms", note=f"one batch of {loading['batch_size']} rows, CPU")
+             for L, s in loading["batch_seconds"].items()]
+    for name in ("small", "large"):
+        found.append(f("loading", f"epoch_peak_anon_mib_{memory[name]['shard_bytes'] / 2**20:.0f}mib_shards",
+                       memory[name]["peak_anon_mib"], "MiB"))
+    found.append(f("loading", "rss_anon_growth_mib", memory["rss_anon_growth_mib"], "MiB", goal=("<", 64),
+                   note="peak heap reading a whole epoch of the large set minus of the small one"))
+    return found
+
+
+@click.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch-size", default=16, show_default=True, help="rows per batch")
+def main(shards: Path, batch_size: int) -> None:
+    """Read one epoch of SHARDS as the trainer does; print what was read (memory is polled from outside)."""
+    setup = Setup(shards, batch_size)
+    tokens = sum(setup.batch()[1].tokens for _ in range(setup.order.batches_per_epoch))
+    print(json.dumps({"rows": setup.split.num_rows, "tokens": tokens,
+                      "shard_bytes": sum(e.bytes for e in setup.shard_set.manifest.files)}))
+
+
+if __name__ == "__main__":
+    main()

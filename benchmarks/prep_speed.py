@@ -1,42 +1,45 @@
-"""Section 1, prep throughput: the whole `prep` against a bare tokenizer call, and against TRL.
+"""Section prep: `python -m prep` as a user runs it, against its floor and against TRL, each a process.
 
-Three ways to turn the same rows into token ids, timed in interleaved rounds so that the
-ratios compare runs under the same machine load:
-
-* prep: `prep.pipeline.run` in concat mode (read, template, loss masks, bfd packing, Arrow
-  shards with hashes), with `--val-ratio 0` so it packs every row, as TRL does;
-* the floor: one `encode_batch_fast` call of the Rust tokenizer over the chat-template-rendered
-  texts, ids extracted; no masks, no packing, no files. Rendering is not timed. Because one call
-  over all the texts is slower than the same calls over slices (it holds every `Encoding` at
-  once), the floor is also timed per 1,000 texts, prep's `--batch-size`: the stricter figure;
-* TRL (when installed): `SFTTrainer`'s dataset preparation (`_prepare_dataset`, the code path its
-  constructor runs) with the same tokenizer, template, assistant-only loss and bfd packing.
-
-The correctness side (`check_*`) is what `tests/test_benchmarks.py` asserts: all three see the
-same rows and the same tokens.
+* prep: the whole `python -m prep --mode concat --val-ratio 0` process, start to exit (read,
+  template, loss masks, bfd packing, Arrow shards with hashes, the stats table it prints); its
+  output folder is removed before the clock starts;
+* the floor, `python -m benchmarks.prep_speed floor DATA`: what no prep can skip. It reads the
+  file with prep's reader, renders the same chat-template texts (the template run once per
+  conversation shape) and calls the fast tokenizer's batch API per prep's --batch-size texts;
+  no masks, no packing, no files. Timed as a whole process, like prep;
+* TRL, `python -m benchmarks.prep_speed trl DATA`: `SFTTrainer`'s constructor (its public API
+  prepares the dataset there: template, tokenization, assistant-only masks, bfd packing), with
+  `dataset_num_proc` None and = the cores, timed inside its process around the constructor only
+  (TRL's imports and the reading of the records stay off its clock); the faster one counts.
+They take turns in rounds (`common.rounds`). prep's peak heap is polled in each timed run and
+again on twice the records: it should grow with one batch of records, not with the data.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
+import re
+import time
 import warnings
 from pathlib import Path
 
+import click
 import numpy as np
 
-from benchmarks.common import clock, median, remove, versions
+from benchmarks import report
+from benchmarks.common import median, python_module, remove, rounds, run_process
 
 # prep's ChatML (prep.template.CHATML_TEMPLATE) with TRL's {% generation %} markers around what
-# prep supervises: the assistant's content and its <|im_end|>. It renders the same text.
+# prep supervises: the assistant's content and its <|im_end|>. It renders the same text (tested).
 CHATML_GENERATION_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
     "{{'<|im_start|>assistant\n'}}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{'\n'}}"
-    "{% else %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% else %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+_SLOT = re.compile("\x00\\d+\x00")
 
 
 def tokenizer():
@@ -46,109 +49,54 @@ def tokenizer():
     return ensure_chat_format(load_tokenizer("gpt2"))
 
 
-def conversations(data: Path) -> list[tuple]:
-    """Every conversation of a data file, as prep reads it."""
+def conversations(data: Path, batch_size: int = 1000):
+    """The file's conversations in batches, read by prep's own reader."""
     from prep.records import read_conversations
 
-    return [c.messages for batch in read_conversations(str(data), batch_size=10_000) for c in batch]
+    for batch in read_conversations(str(data), batch_size=batch_size):
+        yield [c.messages for c in batch]
 
 
-def as_messages(conversation: tuple) -> list[dict]:
-    return [{"role": role, "content": content} for role, content in conversation]
+def render(tok, convs: list, shapes: dict) -> list[str]:
+    """Chat-template texts: the template renders each shape (roles) once, on placeholders."""
+    texts = []
+    for conv in convs:
+        roles = tuple(role for role, _ in conv)
+        if roles not in shapes:
+            slots = [{"role": role, "content": f"\x00{i}\x00"} for i, role in enumerate(roles)]
+            shapes[roles] = _SLOT.split(tok.apply_chat_template(slots, tokenize=False))
+        texts.append("".join(shapes[roles][i] + content for i, (_, content) in enumerate(conv)) + shapes[roles][-1])
+    return texts
 
 
-def render(tok, convs: list[tuple], chat_template: str | None = None) -> list[str]:
-    """The chat-template-rendered texts of the conversations (what the floor tokenizes)."""
-    return [tok.apply_chat_template(as_messages(c), tokenize=False, chat_template=chat_template) for c in convs]
+def floor(data: Path, batch_size: int, encoder: str = "tokenizers") -> list[int]:
+    """Each sample's token count: read, render, tokenize (ids extracted), one batch of records at a time.
+
+    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
+    tiktoken encoder does), each special token one id."""
+    tok, shapes, lengths = tokenizer(), {}, []
+    if encoder == "tiktoken":
+        from prep.encoders import tiktoken_encoding
+
+        ordinary = tiktoken_encoding(tok).encode_ordinary_batch
+        specials = re.compile("(" + "|".join(map(re.escape, sorted(tok.all_special_tokens, key=len, reverse=True))) + ")")
+    for convs in conversations(data, batch_size):
+        texts = render(tok, convs, shapes)
+        if encoder != "tiktoken":
+            lengths.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+            continue
+        pieces = [specials.split(text) for text in texts]
+        ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
+        lengths.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
+    return lengths
 
 
-def floor(tok, texts: list[str]) -> list[list[int]]:
-    """The floor: one batched call of the fast tokenizer, ids extracted."""
-    return [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
-
-def floor_batched(tok, texts: list[str], batch_size: int) -> list[list[int]]:
-    """The floor per slice of `batch_size` texts, as prep tokenizes them."""
-    backend = tok.backend_tokenizer
-    return [e.ids for i in range(0, len(texts), batch_size)
-            for e in backend.encode_batch_fast(texts[i:i + batch_size], add_special_tokens=False)]
-
-
-def sample_lengths(tok, convs: list[tuple]) -> np.ndarray:
-    """Each sample's token count as prep computes it (prep.template.ConversationEncoder)."""
+def sample_lengths(data: Path) -> np.ndarray:
+    """Each sample's token count as prep computes it (prep.template.ConversationEncoder), before truncation."""
     from prep.template import ConversationEncoder
 
-    _, _, offsets = ConversationEncoder(tok).encode(convs)
-    return np.diff(offsets)
-
-
-def run_prep(data: Path, out: Path, max_length: int) -> dict:
-    """The whole prep, concat mode, every row in the train split; returns the manifest."""
-    from prep.config import PrepConfig
-    from prep.pipeline import run
-
-    remove(out)
-    return run(PrepConfig(data=str(data), out=str(out), mode="concat", max_length=max_length, val_ratio=0.0),
-               progress=False)
-
-
-class TrlPreparer:
-    """SFTTrainer's dataset preparation, for the same rows, template, loss and packing as prep.
-
-    The trainer is built once around a tiny random GPT-2 (built on a few rows, which warms its
-    code up); `prepare` then runs the method the constructor runs on a dataset.
-    """
-
-    def __init__(self, tok, max_length: int, work: Path, warmup_rows: list[dict]):
-        import datasets
-        import transformers
-        import torch
-        from trl import SFTConfig, SFTTrainer
-
-        from train.model import load_model
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.set_verbosity_error()
-        logging.getLogger("trl").setLevel(logging.ERROR)
-        self.tokenizer = tok.__class__.from_pretrained(str(_saved(tok, work / "tokenizer")))
-        self.tokenizer.chat_template = CHATML_GENERATION_TEMPLATE
-        with warnings.catch_warnings():  # deprecations inside transformers' TrainingArguments
-            warnings.simplefilter("ignore", FutureWarning)
-            self.args = SFTConfig(
-                output_dir=str(work / "trl-out"), max_length=max_length, packing=True, packing_strategy="bfd",
-                assistant_only_loss=True, report_to="none", bf16=False, fp16=False,
-                use_cpu=not torch.cuda.is_available(),
-            )
-        self.trainer = SFTTrainer(model=load_model("tiny", self.tokenizer), args=self.args,
-                                  train_dataset=self._dataset(warmup_rows), processing_class=self.tokenizer)
-
-    @staticmethod
-    def _dataset(rows: list[dict]):
-        from datasets import Dataset
-
-        return Dataset.from_list(rows)
-
-    def prepare(self, rows: list[dict]):
-        """rows: [{"messages": [...]}, ...] -> TRL's packed dataset (input_ids, labels, seq_lengths)."""
-        return self.trainer._prepare_dataset(self._dataset(rows), self.tokenizer, self.args, self.args.packing,
-                                             None, "train")
-
-
-def _saved(tok, folder: Path) -> Path:
-    tok.save_pretrained(str(folder))
-    return folder
-
-
-def trl_counts(dataset) -> dict:
-    """Rows, samples, tokens and supervised tokens of TRL's packed dataset."""
-    table = dataset.with_format("arrow")[:]
-    labels = table.column("labels").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return {
-        "rows": table.num_rows,
-        "samples": len(table.column("seq_lengths").combine_chunks().values),
-        "tokens": len(table.column("input_ids").combine_chunks().values),
-        "supervised_tokens": int((labels != -100).sum()),
-    }
+    encoder = ConversationEncoder(tokenizer())
+    return np.concatenate([np.diff(encoder.encode(convs)[2]) for convs in conversations(data)])
 
 
 def trl_available() -> bool:
@@ -159,90 +107,139 @@ def trl_available() -> bool:
     return True
 
 
-def measure(data: Path, warmup_data: Path, work: Path, max_length: int = 256, repeats: int = 3,
-            with_trl: bool = True) -> tuple[dict, np.ndarray]:
-    """Median seconds of prep, the floor and TRL over `data`, in `repeats` interleaved rounds;
-    also each sample's token count as prep computes it (before truncation).
+def trl_prepare(rows: list[dict], max_length: int, num_proc: int | None, work: Path) -> tuple[float, dict]:
+    """(seconds of the SFTTrainer constructor, rows/samples/tokens/supervised tokens of its packed dataset)."""
+    import datasets
+    import torch
+    import transformers
+    from trl import SFTConfig, SFTTrainer
 
-    The warm-up runs each once over `warmup_data` (small): imports, tokenizer caches, page cache.
-    """
-    from prep.config import PrepConfig
+    from train.model import load_model
 
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
     tok = tokenizer()
-    convs = conversations(data)
-    texts = render(tok, convs)
-    lengths = sample_lengths(tok, convs)
-    rows = [{"messages": as_messages(c)} for c in convs]
-    warm_convs = conversations(warmup_data)
+    tok.chat_template = CHATML_GENERATION_TEMPLATE
+    with warnings.catch_warnings():  # deprecations inside transformers' TrainingArguments
+        warnings.simplefilter("ignore", FutureWarning)
+        args = SFTConfig(output_dir=str(work), max_length=max_length, packing=True, packing_strategy="bfd",
+                         assistant_only_loss=True, dataset_num_proc=num_proc, report_to="none", bf16=False,
+                         fp16=False, use_cpu=not torch.cuda.is_available())
+    model, dataset = load_model("tiny", tok), datasets.Dataset.from_list(rows)
+    start = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    seconds = time.perf_counter() - start
+    table = trainer.train_dataset.with_format("arrow")[:]
+    column = lambda name: table.column(name).combine_chunks().values  # noqa: E731
+    return seconds, {"rows": table.num_rows, "samples": len(column("seq_lengths")), "tokens": len(column("input_ids")),
+                     "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
 
-    run_prep(warmup_data, work / "shards" / "prep-warmup", max_length)
-    floor(tok, render(tok, warm_convs))
-    trl = None
-    if with_trl and trl_available():
-        trl = TrlPreparer(tok, max_length, work / "trl", [{"messages": as_messages(c)} for c in warm_convs])
-        trl.prepare([{"messages": as_messages(c)} for c in warm_convs])
 
-    out = work / "shards" / f"prep-concat-{max_length}"
-    times: dict[str, list[float]] = {"prep": [], "floor": [], "floor_batched": [], "trl": []}
-    batch_size = PrepConfig().batch_size
-    manifest = trl_dataset = None
-    for _ in range(repeats):
-        seconds, manifest = clock(run_prep, data, out, max_length)
-        times["prep"].append(seconds)
-        seconds, floor_ids = clock(floor, tok, texts)
-        times["floor"].append(seconds)
-        floor_lengths = np.fromiter(map(len, floor_ids), dtype=np.int64, count=len(floor_ids))
-        del floor_ids
-        times["floor_batched"].append(clock(floor_batched, tok, texts, batch_size)[0])
-        if trl is not None:
-            seconds, trl_dataset = clock(trl.prepare, rows)
-            times["trl"].append(seconds)
+def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
+            with_trl: bool) -> tuple[dict, np.ndarray]:
+    """Seconds and memory of prep, the floor and TRL over `data`; also the samples' token counts."""
+    from prep.config import PrepConfig
+    from shards.manifest import read_manifest
 
-    stats = manifest.stats
+    batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
+    here = "benchmarks.prep_speed"
+
+    def prep(source: Path = data, folder: Path = out) -> dict:
+        remove(folder)
+        return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
+                                         "--val-ratio", 0, "--out", folder))
+
+    def trl(num_proc: int) -> dict:
+        done = run_process(python_module(here, "trl", data, max_length, num_proc, work / "trl"))
+        return json.loads(done["stdout"])
+
+    floor_command = python_module(here, "floor", data, batch_size)
+    tiktoken_command = floor_command + ["--encoder", "tiktoken"]
+    tasks = {"prep": prep, "floor": lambda: run_process(floor_command)}
+    if importlib.util.find_spec("tiktoken"):
+        tasks["tiktoken_floor"] = lambda: run_process(tiktoken_command)
+    trl_names = {"trl_num_proc_none": 0, f"trl_num_proc_{cores}": cores} if with_trl else {}
+    tasks.update({name: (lambda n=n: trl(n)) for name, n in trl_names.items()})
+    prep(warmup)  # warm-up (page cache, bytecode); the floor's gives its token counts for the checks
+    floor_lengths = np.array(json.loads(run_process(floor_command + ["--lengths"])["stdout"]))
+    tiktoken_lengths = (np.array(json.loads(run_process(tiktoken_command + ["--lengths"])["stdout"]))
+                        if "tiktoken_floor" in tasks else None)
+    done = rounds(tasks, repeats)
+    stats, lengths = read_manifest(out).stats, sample_lengths(data)
+    seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
+    larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
     result = {
-        "data": str(data), "max_length": max_length, "repeats": repeats,
-        "samples": len(convs), "sample_tokens": int(lengths.sum()),
-        "prep_seconds": median(times["prep"]), "floor_seconds": median(times["floor"]),
-        "prep_rows": stats.rows, "prep_tokens": stats.tokens, "prep_supervised_tokens": stats.supervised_tokens,
-        "times": times,
-        # Each round's ratio compares runs a few seconds apart: the machine's load mostly cancels.
-        "prep_over_tokenizer_floor": median(p / f for p, f in zip(times["prep"], times["floor"])),
-        "floor_batch_size": batch_size, "floor_batched_seconds": median(times["floor_batched"]),
-        "prep_over_batched_floor": median(p / f for p, f in zip(times["prep"], times["floor_batched"])),
-        "checks": check_prep_and_floor(texts, floor_lengths, lengths, manifest, max_length, len(convs)),
+        "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
+        "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
+        "prep_over_floor": median(p / f for p, f in zip(seconds["prep"], seconds["floor"])),
+        "prep_over_tiktoken_floor": median(p / f for p, f in zip(seconds["prep"], seconds.get("tiktoken_floor", []))),
+        "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
+        "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
+        "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats.records_read == stats.samples,
+                   "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
+                   **({} if tiktoken_lengths is None else
+                      {"tiktoken_floor_same_sample_tokens": bool(np.array_equal(tiktoken_lengths, lengths))}),
+                   "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
-    result["prep_samples_per_second"] = len(convs) / result["prep_seconds"]
-    result["prep_tokens_per_second"] = int(lengths.sum()) / result["prep_seconds"]
-    result["floor_tokens_per_second"] = int(lengths.sum()) / result["floor_seconds"]
-    if trl is None:
-        result["trl"] = {"skipped": "trl is not installed (pip install -e '.[bench]')" if with_trl else "--no-trl"}
-    else:
-        counts = trl_counts(trl_dataset)
-        result["trl"] = {
-            "version": versions()["trl"], "seconds": median(times["trl"]), **{f"trl_{k}": v for k, v in counts.items()},
-            "trl_over_prep": median(t / p for t, p in zip(times["trl"], times["prep"])),
-            "checks": check_trl(counts, manifest, len(convs)),
-        }
+    result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
+    if trl_names:
+        best = [min(runs) for runs in zip(*(seconds[name] for name in trl_names))]
+        result["trl_over_prep"] = median(t / p for t, p in zip(best, seconds["prep"]))
+        result["trl_configs_over_prep"] = {name: median(t / p for t, p in zip(seconds[name], seconds["prep"]))
+                                           for name in trl_names}
+        counts = done[next(iter(trl_names))][-1]
+        result["trl_rows"] = counts["rows"]
+        result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
+                                **{f"trl_same_{k}": counts[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
     return result, lengths
 
 
-def check_prep_and_floor(texts, floor_lengths, lengths, manifest, max_length, samples) -> dict:
-    """The floor and prep saw the same rows and the same tokens (True everywhere, or a figure is void)."""
-    stats = manifest.stats
-    return {
-        "same_rows": len(texts) == samples == stats.records_read == stats.samples,
-        # The floor tokenizes whole texts, prep segment by segment: the same tokens either way.
-        "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
-        "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens,
-    }
+def figures(p: dict) -> list[dict]:
+    f = report.figure
+    found = [f("prep", "prep_samples_per_second", p["samples"] / median(p["seconds"]["prep"]), "samples/s"),
+             f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.1),
+               note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
+             f("prep", "prep_over_tiktoken_floor", p["prep_over_tiktoken_floor"],
+               note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
+    if "trl_over_prep" in p:
+        found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
+                    note="TRL's faster of dataset_num_proc None / = cores, timed inside its process"),
+                  *(f("prep", f"{name}_over_prep", ratio) for name, ratio in p["trl_configs_over_prep"].items()),
+                  f("prep", "trl_rows", p["trl_rows"], note="bfd rows of TRL (it packs per 1,000-row map batch)"),
+                  f("prep", "prep_rows", p["prep_rows"])]
+    return found + [f("prep", "prep_peak_anon_mib", p["prep_peak_anon_mib"], "MiB"),
+                    f("prep", "prep_anon_growth_mib", p["prep_anon_growth_mib"], "MiB", goal=("<", 64),
+                      note="peak heap on twice the records minus on the records"),
+                    report.checks("prep", p["checks"])]
 
 
-def check_trl(counts: dict, manifest: dict, samples: int) -> dict:
-    """TRL packed the same samples into rows holding the same tokens and the same supervised tokens as prep."""
-    stats = manifest.stats
-    return {
-        "same_samples": counts["samples"] == samples == stats.samples,
-        "same_tokens": counts["tokens"] == stats.tokens,
-        "same_supervised_tokens": counts["supervised_tokens"] == stats.supervised_tokens,
-    }
+@click.group()
+def main() -> None:
+    """prep's peers, each run as a process by `python -m benchmarks`."""
 
+
+@main.command("floor")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("batch_size", type=int)
+@click.option("--lengths", is_flag=True, help="print each sample's token count (a check run, never timed)")
+@click.option("--encoder", type=click.Choice(["tokenizers", "tiktoken"]), default="tokenizers", show_default=True)
+def floor_command(data: Path, batch_size: int, lengths: bool, encoder: str) -> None:
+    counts = floor(data, batch_size, encoder)
+    print(json.dumps(counts if lengths else {"samples": len(counts), "tokens": sum(counts)}))
+
+
+@main.command("trl")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("max_length", type=int)
+@click.argument("num_proc", type=int)  # 0: dataset_num_proc=None
+@click.argument("work", type=click.Path(file_okay=False, path_type=Path))
+def trl_command(data: Path, max_length: int, num_proc: int, work: Path) -> None:
+    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(data) for conv in convs]
+    trl_prepare(rows[:64], max_length, num_proc or None, work)  # warm-up: the same code on a few rows
+    seconds, counts = trl_prepare(rows, max_length, num_proc or None, work)
+    print(json.dumps({"seconds": seconds, **counts}))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ Readers use fields (`manifest.max_length`), never dict keys.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 from dataclasses import dataclass
@@ -170,6 +171,14 @@ class Manifest(_Json):
 
     def split_files(self, split: str) -> list[FileEntry]:
         return [f for f in self.files if f.split == split]
+
+    def fingerprint(self) -> str:
+        """sha256 of what the set holds (files with their sha256, tokenizer, statistics), leaving out
+        how it was made (`command`, `args`, `source`, `sources` name paths; `encoder` gives the same
+        ids either way): a copy on another node, or the same data prepared there, matches."""
+        provenance = ("command", "args", "source", "sources", "encoder")
+        content = {k: v for k, v in self.to_json().items() if k not in provenance}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def rebuild_hint(manifest: Manifest | dict | None) -> str:

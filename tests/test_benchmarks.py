@@ -2,16 +2,18 @@
 claims to compare (the same rows, the same texts, the same tokens), and the reports render."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import bench_packing, common, gpu, loading, prep_speed, report, suite, training
-from benchmarks.__main__ import main as bench_main
+from benchmarks import common, gpu, loading, packing, prep_speed, report, training
+from benchmarks.__main__ import SECTIONS, main as bench_main
 from shards.manifest import read_manifest
 
 
@@ -22,45 +24,42 @@ def records():
 
 @pytest.fixture(scope="module")
 def prep_section(tmp_path_factory, records):
-    """Section 1 on 80 rows (40 records twice), with TRL where it is installed."""
+    """The prep section on 80 rows (40 records twice), TRL included (trl is in the dev extra)."""
     work = tmp_path_factory.mktemp("prep")
     data = common.write_copies(work / "data.jsonl", records, 2)
+    doubled = common.write_copies(work / "doubled.jsonl", records, 4)
     warmup = common.write_copies(work / "warmup.jsonl", records[:4], 1)
-    result, lengths = prep_speed.measure(data, warmup, work, max_length=256, repeats=1,
-                                         with_trl=prep_speed.trl_available())
+    result, lengths = prep_speed.measure(data, doubled, warmup, work, max_length=256, repeats=1, with_trl=True)
     return result, lengths, work
 
 
-def test_floor_and_prep_see_the_same_rows_texts_and_tokens(prep_section):
+def test_floor_prep_and_trl_see_the_same_rows_and_tokens(prep_section):
     result, lengths, _ = prep_section
-    assert result["checks"] == {"same_rows": True, "same_sample_tokens": True, "prep_tokens_are_truncated_samples": True}
-    assert result["samples"] == 80 == len(lengths)
-    assert result["sample_tokens"] == int(lengths.sum())
-    assert result["prep_tokens"] == int(np.minimum(lengths, 256).sum())
-    assert result["prep_over_tokenizer_floor"] > 0
+    assert result["checks"] == {"same_rows": True, "same_sample_tokens": True, "tiktoken_floor_same_sample_tokens": True,
+                                "prep_tokens_are_truncated_samples": True, "trl_same_samples": True, "trl_same_tokens": True,
+                                "trl_same_supervised_tokens": True}
+    assert result["samples"] == 80 == len(lengths) and result["sample_tokens"] == int(lengths.sum())
+    assert set(result["seconds"]) == {"prep", "floor", "tiktoken_floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}"}
+    assert result["prep_over_floor"] > 0 and result["trl_over_prep"] > 0 and result["prep_peak_anon_mib"] > 0
+    names = {f["name"] for f in prep_speed.figures(result)}
+    assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= names
 
 
-def test_the_floor_tokenizes_exactly_the_texts_prep_encodes(tmp_path, records):
-    """Per sample, the floor's ids (whole rendered text) are prep's ids (segment by segment)."""
+def test_the_floor_renders_and_tokenizes_exactly_what_prep_encodes(tmp_path, records):
+    """Per sample, the floor's token count (whole rendered text) is prep's (segment by segment), and
+    its texts are the chat template's, to the byte."""
     from prep.template import ConversationEncoder
 
+    data = common.write_copies(tmp_path / "data.jsonl", records[:10], 1)
     tok = prep_speed.tokenizer()
-    convs = prep_speed.conversations(common.write_copies(tmp_path / "data.jsonl", records[:10], 1))
-    ids, _, offsets = ConversationEncoder(tok).encode(convs)
-    texts = prep_speed.render(tok, convs)
-    floor_ids = prep_speed.floor(tok, texts)
-    assert prep_speed.floor_batched(tok, texts, batch_size=3) == floor_ids
-    for k, row in enumerate(floor_ids):
-        assert row == ids[offsets[k]:offsets[k + 1]].tolist()
-
-
-def test_trl_prepares_the_same_rows_with_the_same_tokens(prep_section):
-    pytest.importorskip("trl")
-    result, _, _ = prep_section
-    trl = result["trl"]
-    assert trl["checks"] == {"same_samples": True, "same_tokens": True, "same_supervised_tokens": True}
-    assert trl["trl_samples"] == 80
-    assert trl["trl_supervised_tokens"] == result["prep_supervised_tokens"]
+    convs = [c for batch in prep_speed.conversations(data) for c in batch]
+    convs.append((("system", "Be brief."), ("user", "Hi"), ("assistant", "Yo"), ("user", "Bye"), ("assistant", "Ciao")))
+    texts = prep_speed.render(tok, convs, {})
+    assert texts == [tok.apply_chat_template([{"role": r, "content": c} for r, c in conv], tokenize=False)
+                     for conv in convs]
+    _, _, offsets = ConversationEncoder(tok).encode(convs[:10])
+    assert prep_speed.floor(data, batch_size=3) == np.diff(offsets).tolist()
+    assert prep_speed.floor(data, batch_size=3, encoder="tiktoken") == np.diff(offsets).tolist()
 
 
 def test_trl_template_renders_the_text_prep_supervises(records):
@@ -70,7 +69,7 @@ def test_trl_template_renders_the_text_prep_supervises(records):
     conversations.append([("system", "Be brief."), ("user", "Hi"), ("assistant", "Yo"), ("user", "Bye"),
                           ("assistant", "Ciao")])
     for conv in conversations:
-        messages = prep_speed.as_messages(conv)
+        messages = [{"role": r, "content": c} for r, c in conv]
         for upto, prompt in ((len(messages), False), (len(messages) - 1, True)):
             ours = tok.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
             theirs = tok.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt,
@@ -79,51 +78,70 @@ def test_trl_template_renders_the_text_prep_supervises(records):
 
 
 def test_packing_section_gets_the_real_lengths(prep_section):
-    """bench_packing on prep's lengths packs into exactly the rows prep wrote (val-ratio 0, nothing dropped)."""
+    """packing.run on prep's lengths packs into exactly the rows prep wrote (val-ratio 0, nothing dropped)."""
     result, lengths, work = prep_section
-    manifest = read_manifest(work / "shards" / "prep-concat-256")
-    assert manifest.stats.dropped == {}
-    packing = bench_packing.run(lengths, max_lengths=(256,), repeats=1, synthetic_count=1000, synthetic_repeats=1)
-    r = packing[256]
+    stats = read_manifest(work / "shards" / "prep-timed").stats
+    assert stats.dropped == {}
+    r = packing.run(lengths, max_lengths=(256,), repeats=1, synthetic_count=1000)[256]
     assert r["samples"] == 80 and r["padding_rows"] == 80
-    assert r["concat_bfd_rows"] == manifest.stats.rows == result["prep_rows"]
-    assert r["lower_bound_rows"] == manifest.stats.lower_bound_rows <= r["concat_bfd_rows"]
+    assert r["concat_bfd_rows"] == stats.rows == result["prep_rows"]
+    assert r["lower_bound_rows"] == stats.lower_bound_rows <= r["concat_bfd_rows"]
 
 
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory, records):
     work = tmp_path_factory.mktemp("shards")
     data = common.write_copies(work / "data.jsonl", records, 1)
-    return {mode: suite.build_shards(data, work / f"{mode}-64", mode, 64) for mode in training.MODES}
+    return {mode: common.build_shards(data, work / f"{mode}-256", mode, 256) for mode in training.MODES}
 
 
-def test_training_section_compares_the_same_samples(small_shards):
+def test_training_counts_whole_splits_and_times_real_widths(small_shards):
+    from shards.stats import shard_set_stats
+
     result = training.measure(small_shards, batch_size=2, steps=2)
     assert all(result["checks"].values()), result["checks"]
-    assert set(result["by_mode"]) == set(training.MODES)
-    assert result["concat_over_padding"] > 0 and result["packed_over_padding"] > 0
     for mode, r in result["by_mode"].items():
-        assert math.isfinite(r["final_loss"]), mode
-        assert 0 <= r["padding_fraction"] < 1
+        stats = shard_set_stats(small_shards[mode])
+        assert r["supervised_tokens_per_row"] == stats["supervised_tokens"] / stats["rows"]
+        assert r["supervised_tokens_per_second"] == pytest.approx(r["supervised_tokens_per_row"] * 2 / r["step_seconds"])
+        assert math.isfinite(r["final_loss"]) and len(r["timed_widths"]) == 2
+    padding, concat = result["by_mode"]["padding"], result["by_mode"]["concat"]
+    assert result["concat_over_padding"] == pytest.approx(
+        concat["supervised_tokens_per_second"] / padding["supervised_tokens_per_second"])
+    assert concat["supervised_tokens_per_row"] > padding["supervised_tokens_per_row"]
+
+
+def test_quantile_batches_span_the_epochs_widths(small_shards):
+    setup = common.Setup(small_shards["padding"], batch_size=2)
+    batches, widths = training.quantile_batches(setup, 4)
+    lengths = setup.split.row_lengths()
+    timed = [int(lengths[rows].max()) for rows in batches]
+    assert timed == sorted(timed) and len(widths) == setup.order.batches_per_epoch
+    assert widths.min() <= timed[0] and timed[-1] <= widths.max()
 
 
 def test_training_checks_catch_different_inputs(small_shards):
-    import dataclasses
-
     manifests = {mode: read_manifest(path) for mode, path in small_shards.items()}
     manifests["concat"] = dataclasses.replace(manifests["concat"], source_fingerprint="another file")
     assert training.check_same_samples(manifests)["same_source"] is False
 
 
-def test_loading_section_batches_steps_and_memory_probe(small_shards):
-    shards = small_shards["concat"]
-    batch = loading.batch_seconds(shards, batch_size=2, count=3, warmup=1)
-    assert batch["seconds"] > 0 and max(batch["widths"]) <= 64
-    step = loading.step_seconds(shards, batch_size=2, repeats=1)
-    assert step["seconds"] > 0 and all(math.isfinite(x) for x in step["loss_per_token"])
-    probe = loading.rss_of_epoch(shards, batch_size=2)
-    assert probe["batches"] == probe["rows"] // 2 and probe["peak_rss_bytes"] > 0
-    assert probe["shard_bytes"] > 0
+def test_tiled_shard_set_repeats_rows_and_the_probe_reads_an_epoch(small_shards, tmp_path):
+    from shards.format import ShardSet
+
+    source = small_shards["concat"]
+    base = ShardSet.open(source).split("train")
+    tiled = loading.tile(source, tmp_path / "tiled", min_bytes=200_000)
+    split = ShardSet.open(tiled, verify=True).split("train")
+    copies = split.num_rows // base.num_rows
+    assert copies >= 2 and split.num_rows == copies * base.num_rows
+    assert sum(e.bytes for e in ShardSet.open(tiled).manifest.split_files("train")) >= 200_000
+    for r in (0, base.num_rows - 1):
+        for k in ("input_ids", "loss_mask", "segment_lengths"):
+            assert np.array_equal(getattr(split.row(r + (copies - 1) * base.num_rows), k), getattr(base.row(r), k))
+    memory = loading.epoch_memory(source, tiled, batch_size=2, repeats=1)
+    assert memory["large"]["rows"] == split.num_rows and memory["small"]["peak_anon_mib"] > 0
+    assert loading.batch_seconds(source, batch_size=2, count=2, warmup=1) > 0
 
 
 def test_gpu_flops_formula():
@@ -136,22 +154,29 @@ def test_gpu_flops_formula():
     n = gpu.matmul_parameters(model)
     assert n == 123_653_376 + (50304 - 50257) * 768  # GPT-2 small without wpe, vocab padded to 64
     # nanoGPT's estimate_mfu: 6N + 12 L H Q T per token, T the sequence length.
-    assert gpu.flops_per_token(n, 12, 768, 1024) == 6 * n + 12 * 12 * 768 * 1024
-    # A full row of one sample costs what nanoGPT counts; the same tokens as 4 samples, less attention.
-    one = gpu.model_flops(n, 12, 768, [1024])
-    four = gpu.model_flops(n, 12, 768, [256] * 4)
-    assert one == 1024 * gpu.flops_per_token(n, 12, 768, 1024)
-    assert four == 1024 * gpu.flops_per_token(n, 12, 768, 256) < one
+    assert gpu.model_flops(n, 12, 768, 1024, 1024**2) == 1024 * (6 * n + 12 * 12 * 768 * 1024)
+
+
+def test_gpu_attended_squares_follow_each_kernel(small_shards):
+    """Dense sdpa computes each row's full square; varlen a square per regrouped sample; flex per sample."""
+    rows = np.arange(2)
+    by = {a: common.Setup(small_shards["concat"], 2, attention=a).batch(rows) for a in ("sdpa", "varlen", "flex")}
+    _, batch = by["flex"]
+    width, lengths = batch.input_ids.shape[1], batch.sequence_lengths
+    assert gpu.attended_squares(*by["sdpa"], "sdpa") == 2 * width**2
+    assert gpu.attended_squares(*by["flex"], "flex") == float((lengths.astype(float) ** 2).sum()) < 2 * width**2
+    index = by["varlen"][0]["varlen_index"]
+    assert gpu.attended_squares(*by["varlen"], "varlen") == len(index.single_rows) * width**2 + index.samples * index.longest**2
 
 
 def test_gpu_step_logic_runs_on_cpu(small_shards):
     """The GPU section's measuring code, on CPU with the tiny model (its figures mean nothing here)."""
     peak = gpu.measured_peak_flops(torch.device("cpu"), torch.float32, size=64, repeats=2)
-    r = gpu.run_config(small_shards["concat"], "bf16", torch.device("cpu"), steps=2, warmup=1, batch_size=2,
-                       model_name="tiny", peak=peak)
-    assert r["mfu"] > 0 and 0 < r["data_fraction"] < 1
-    assert r["data_seconds"] + r["compute_seconds"] == pytest.approx(r["step_seconds"], rel=0.5)
-    assert math.isfinite(r["final_loss"])
+    r = gpu.run_config(small_shards["concat"], torch.device("cpu"), steps=2, warmup=1, batch_size=2, model="tiny",
+                       attention="varlen", flatten=True, precision="fp32", peak=peak)
+    assert r["mfu"] > 0 and 0 < r["data_fraction"] < 1 and math.isfinite(r["final_loss"])
+    with pytest.raises(Exception, match="--attention flash"):
+        gpu.run_config(small_shards["concat"], torch.device("cpu"), 1, 0, 2, "tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
@@ -161,48 +186,46 @@ def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
     assert len(outcome.output.strip().splitlines()) == 1 and "no CUDA device" in outcome.output
 
 
-def _results(figures: list[dict]) -> dict:
-    return {"machine": common.machine(), "versions": common.versions(), "figures": figures,
-            "finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0, "load_average": {"start": [1], "end": [1]},
-            "settings": {"quick": False}, "sections": {}, "skipped": {"trl": "not installed"}}
-
-
 def test_markdown_table_shows_each_figure_its_goal_and_verdict(tmp_path):
-    figures = [report.figure("prep", "prep_over_tokenizer_floor", 1.2, goal=("<=", 1.3)),
+    figures = [report.figure("prep", "prep_over_floor", 1.05, goal=("<=", 1.1)),
                report.figure("training", "concat_over_padding", 1.1, goal=(">=", 1.4)),
                report.figure("loading", "batch_ms_256", 0.4, "ms")]
-    text = report.markdown(_results(figures))
-    assert "| prep | `prep_over_tokenizer_floor` | 1.2 | ≤ 1.3 | pass |" in text
+    results = {"machine": common.machine(), "versions": common.versions(), "figures": figures, "sections": {},
+               "finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0, "load_average": {"start": [1], "end": [1]},
+               "settings": {"quick": False}, "skipped": {"trl": "not installed"}}
+    text = report.markdown(results)
+    assert "| prep | `prep_over_floor` | 1.05 | ≤ 1.1 | pass |" in text
     assert "| training | `concat_over_padding` | 1.1 | ≥ 1.4 | MISS |" in text
     assert "| loading | `batch_ms_256` | 0.4 ms |  |  |" in text
     assert "Not measured: trl: not installed." in text
     path = tmp_path / "results.json"
-    path.write_text(json.dumps(_results(figures)))
+    path.write_text(json.dumps(results))
     outcome = CliRunner().invoke(bench_main, ["--markdown", str(path)])
     assert outcome.exit_code == 0 and outcome.output == text
 
 
-def test_settings_reject_bad_options():
-    with pytest.raises(ValueError) as raised:
-        suite.Settings(repeats=0, sections=("prep", "gpu")).validate()
-    assert "--repeats must be at least 1" in str(raised.value) and "unknown sections ['gpu']" in str(raised.value)
+def test_settings_reject_bad_options_in_one_line():
+    outcome = CliRunner().invoke(bench_main, ["--repeats", "0", "--sections", "prep,gpu"])
+    assert outcome.exit_code == 1 and len(outcome.output.strip().splitlines()) == 1
+    assert "--repeats: must be at least 1" in outcome.output and "--sections: unknown gpu" in outcome.output
 
 
 @pytest.mark.slow
-def test_quick_run_writes_results_with_every_section(tmp_path):
-    out = tmp_path / "results.json"
-    outcome = CliRunner().invoke(bench_main, ["--quick", "--no-trl", "--out", str(out), "--work", str(tmp_path / "w")])
+def test_quick_run_writes_results_and_the_table(tmp_path):
+    """The CLI end to end on small inputs; prep and kernels have their own (heavier) tests above."""
+    out, sections = tmp_path / "results.json", "packing,loading,training"
+    outcome = CliRunner().invoke(bench_main, ["--quick", "--sections", sections, "--out", str(out),
+                                              "--work", str(tmp_path / "w")])
     assert outcome.exit_code == 0, outcome.output
     results = json.loads(out.read_text())
-    assert set(results["sections"]) == set(suite.SECTIONS)
-    assert {"platform", "cpu_count", "python"} <= set(results["machine"])
-    assert {"torch", "transformers", "tokenizers", "pyarrow", "numpy"} <= set(results["versions"])
+    assert set(results["sections"]) == set(sections.split(",")) and set(sections.split(",")) < set(SECTIONS)
+    assert {"platform", "cpus_usable", "python"} <= set(results["machine"])
     names = {f["name"] for f in results["figures"]}
-    assert {"prep_over_tokenizer_floor", "concat_rows_over_bound_256", "concat_rows_over_bound_1024",
-            "load_over_step_256", "load_over_step_1024", "rss_growth", "concat_over_padding"} <= names
+    assert {"concat_rows_over_bound_256", "concat_rows_over_bound_1024", "batch_ms_256", "rss_anon_growth_mib",
+            "concat_over_padding", "packed_over_padding"} <= names
     checks = [f for f in results["figures"] if f["name"] == "same_rows_and_tokens"]
-    assert checks and all(f["passed"] for f in checks)
-    assert "prep_over_tokenizer_floor" in outcome.output
+    assert len(checks) == 1 and all(f["passed"] for f in checks)
+    assert "| training | `concat_over_padding` |" in outcome.output
 
 
 @pytest.mark.parametrize("module", [common, report, gpu])
@@ -211,3 +234,20 @@ def test_docstring_examples(module):
     import doctest
 
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_kernels_attention_op_compares_equal_outputs(small_shards):
+    from benchmarks import kernels
+
+    r = kernels.attention_op(small_shards["concat"], rows=2, repeats=1)
+    assert r["samples"] > 2 and r["max_abs_difference"] < 1e-4 and r["varlen_over_dense"] > 0
+
+
+@pytest.mark.parametrize("variant", ["dense", "lean_flatten", "state_only"])
+def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
+    from benchmarks import kernels
+
+    outcome = CliRunner().invoke(kernels.main, [variant, str(small_shards["concat"]), "tiny", "2"])
+    assert outcome.exit_code == 0, outcome.output
+    r = json.loads(outcome.output)
+    assert r["peak_rss_bytes"] > 0 and (r["seconds"] is None) == (variant == "state_only")

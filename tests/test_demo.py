@@ -1,4 +1,5 @@
 """A shortened `make demo` end to end: shards, three runs and a second seed, the report (slow, run by CI)."""
+import json
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
     result = subprocess.run(
         ["make", "-s", "demo", f"DEMO_DIR={demo}", f"DEMO_TRAIN_ARGS={args}", "DEMO_MAX_LENGTH=128",
          "DEMO_PREP_ARGS=--limit 200", "DEMO_REPORT_ARGS=--max-new-tokens 8",
+         "DEMO_EVAL_ARGS=--hellaswag-data train/assets/hellaswag_demo.jsonl --limit 8",
          f"PY={sys.executable}", "STAMP="],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,  # four runs; generous for a shared machine
     )
@@ -22,7 +24,7 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
     assert f"report: {report}" in result.stdout
     text = report.read_text()
     assert "](loss_curves.png)" in text and (demo / "report" / "loss_curves.png").stat().st_size > 10_000
-    for heading in ("## What the numbers show", "## Runs", "## Shard statistics", "## Generations"):
+    for heading in ("## What the numbers show", "## Runs", "## lm-eval scores", "## Shard statistics", "## Generations"):
         assert heading in text
     assert "Give three tips for staying healthy." in text and "Can you tell me the history of Earth" in text
     # the second seed of one layout gives the spread; the baseline and the wall time are stated
@@ -37,3 +39,4 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
         tokenizer = AutoTokenizer.from_pretrained(str(best))
         assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
         assert f"| {mode} | {mode} |" in text
+        assert json.loads((demo / mode / "eval.json").read_text())["results"][0]["n"] == 8

@@ -257,3 +257,27 @@ def test_layout_helpers_with_a_split_sample():
     assert layout.num_rows == 3
     assert layout.row_lengths().tolist() == [5, 2, 3]
     assert layout.samples_split() == 1
+
+
+def martello_toth_l2(lengths: list[int], capacity: int) -> int:
+    """Martello & Toth (1990) L2, written from its definition: for each threshold k <= C/2,
+    J1 = items > C - k, J2 = items in (C/2, C - k], J3 = items in [k, C/2];
+    L(k) = |J1| + |J2| + max(0, ceil((sum J3 - (|J2| C - sum J2)) / C)); L2 = max over k."""
+    best = 0
+    for k in range(capacity // 2 + 1):
+        j1 = [w for w in lengths if w > capacity - k]
+        j2 = [w for w in lengths if capacity / 2 < w <= capacity - k]
+        j3 = [w for w in lengths if k <= w <= capacity / 2]
+        room = len(j2) * capacity - sum(j2)
+        best = max(best, len(j1) + len(j2) + max(0, math.ceil((sum(j3) - room) / capacity)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_lower_bound_rows_is_martello_toth_l2(seed):
+    rng = np.random.default_rng(1000 + seed)
+    capacity = int(rng.choice([2, 3, 7, 10, 31, 64, 101, 256]))
+    lengths = rng.integers(1, capacity + 1, int(rng.integers(0, 60)))
+    if seed % 3 == 0:  # many items near C/2 and C - k, where the thresholds matter
+        lengths = np.clip(rng.normal(capacity / 2, capacity / 8, len(lengths)).round(), 1, capacity).astype(np.int64)
+    assert lower_bound_rows(lengths, capacity) == martello_toth_l2(lengths.tolist(), capacity)

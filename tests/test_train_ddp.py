@@ -40,3 +40,35 @@ def test_two_processes_match_one(tmp_path):
     ours, theirs = (load_file(run.out / "last" / "model.safetensors") for run in (two, config))
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
+
+
+def test_ranks_reading_different_shard_sets_refuse_to_start(tmp_path):
+    """Two processes as two nodes would run them (each its own --shards path): a copy is accepted, another set is not."""
+    import shutil
+    import socket
+
+    from shards.manifest import read_manifest
+
+    first = write_shard_set(tmp_path / "node0" / "concat-64", "concat", max_length=64, train_samples=24, val_samples=4)
+    other = write_shard_set(tmp_path / "node1" / "concat-64", "concat", max_length=64, train_samples=24, val_samples=4,
+                            seed=1)
+    copy = shutil.copytree(first, tmp_path / "elsewhere" / "concat-64")
+    assert read_manifest(copy).fingerprint() == read_manifest(first).fingerprint()
+    assert read_manifest(other).fingerprint() != read_manifest(first).fingerprint()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launched = []
+    for rank, shards in enumerate((first, other)):
+        config = tiny_config(shards, tmp_path / f"run{rank}", max_steps=2)
+        env = {**subprocess_env(), "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        launched.append(subprocess.Popen([sys.executable, "-m", "train", *cli_args(config)], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for rank, process in enumerate(launched):
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr[-3000:]
+        assert stderr.startswith("error: the processes read different shard sets (rank 0 on ") and "Traceback" not in stderr
+        assert f"rank 1 on {socket.gethostname()}: {other}" in stderr and "copy the one folder to each node" in stderr
+        assert not (tmp_path / f"run{rank}" / "config.json").exists()  # refused before it wrote anything

@@ -110,3 +110,25 @@ def check_shards(shard_set: ShardSet, vocab_size: int) -> int:
         raise ShardError(f"{shard_set.folder}: token id {largest} is outside the model's vocabulary of "
                          f"{vocab_size} rows (shards made with another tokenizer?); {hint}")
     return largest
+
+
+def check_same_shards(shard_set: ShardSet, rank: int, world_size: int) -> None:
+    """Refuse to train when the processes (on one node or several) read different shard sets.
+
+    Every rank gathers every rank's manifest fingerprint, so all of them stop with the same
+    error (none is left waiting in a collective). Paths may differ: a copy of the set matches.
+    """
+    if world_size == 1:
+        return
+    import socket
+
+    import torch.distributed
+
+    seen = [None] * world_size
+    mine = (shard_set.manifest.fingerprint(), str(shard_set.folder), socket.gethostname())
+    torch.distributed.all_gather_object(seen, mine)
+    if len({fingerprint for fingerprint, _, _ in seen}) > 1:
+        ranks = "; ".join(f"rank {r} on {host}: {folder} (fingerprint {fingerprint[:12]})"
+                          for r, (fingerprint, folder, host) in enumerate(seen))
+        raise ShardError(f"the processes read different shard sets ({ranks}); every node must read the same set: "
+                         f"put it on a shared file system or copy the one folder to each node (rsync -a)")

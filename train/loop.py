@@ -26,7 +26,7 @@ from train.attention import FLEX, TORCH_FLASH, AttentionError, attention_dropout
 from train.checkpoint import load_checkpoint, prepare_out, save_checkpoint
 from sftcli import ConfigError, UserError
 from train.config import TrainConfig
-from train.data import RowOrder, check_shards, rank_share, val_row_batches
+from train.data import RowOrder, check_same_shards, check_shards, rank_share, val_row_batches
 from train.head import LabelLossModel
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
@@ -89,6 +89,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     prepare_out(out, config, dist)
     # ---- shards, tokenizer, model: all checked before the first step
     shard_set = ShardSet.open(config.shards, verify=config.verify)
+    check_same_shards(shard_set, dist.rank, dist.world_size)
     manifest, hint = shard_set.manifest, rebuild_hint(shard_set.manifest)
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
     model = load_model(str(out / "last") if config.resume else config.model, tokenizer, config.pad_vocab_to,

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import click
 
+from sftcli import main_errors
 from shards.stats import format_table, shard_set_stats
 from train.compare import findings, not_yet_learned
+from train.eval import eval_section
 
 README_FIGURE = "docs/demo-loss-curves.png"  # beside the README, so the Markdown picture resolves
 SEED_PROMPTS = ("Give three tips for staying healthy.", "Can you tell me the history of Earth")
@@ -155,9 +157,10 @@ def runs_line(runs: list[dict]) -> str:
 
 
 def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None,
-                 started: float | None = None) -> Path:
+                 started: float | None = None, base_eval: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(f) for f in run_folders]
+    scores = eval_section([(r["name"], r["folder"]) for r in runs], base_eval)  # None: nothing was scored
     stats = [shard_set_stats(Path(r["summary"]["shards"])) for r in runs]
     for s, r in zip(stats, runs):
         s["path"] = r["name"]  # name the table's columns after the runs
@@ -168,11 +171,12 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
         "curves": "## Loss curves\n\n![validation (dots) and training loss against step and supervised tokens seen, "
                   "with the unigram baseline dashed](loss_curves.png)",
         "runs": "## Runs\n\n" + run_table(runs, stats),
+        "eval": scores,
         "shards": "## Shard statistics (`python -m shards stats`)\n\n" + format_table(stats, markdown=True),
         "generations": generation_section(runs, max_new_tokens),
     }
     wall = None if started is None else f"Wall time from the start of the command to this report: {time.time() - started:.0f} s."
-    text = "\n\n".join(["# sftpack report: " + " vs ".join(r["name"] for r in runs), *sections.values(),
+    text = "\n\n".join(["# sftpack report: " + " vs ".join(r["name"] for r in runs), *filter(None, sections.values()),
                          *([wall] if wall else [])])
     path = out / "report.md"
     path.write_text(text + "\n")
@@ -184,7 +188,7 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
             f"Written by `python -m train.report ... --readme {readme.name}`; regenerate with `make demo-readme`. "
             + runs_line(runs) + (" " + wall if wall else ""),
             f"![validation and training loss, unigram baseline dashed]({README_FIGURE})",
-            run_table(runs, stats), findings(runs)]))
+            run_table(runs, stats), *([scores.split("\n\n", 1)[1]] if scores else []), findings(runs)]))
     return path
 
 
@@ -198,9 +202,13 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
                    "between the demo-results markers of this file")
 @click.option("--started", type=float, help="when the command that made the runs began (`date +%s`): the report "
                                             "states the wall time from then")
-def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, started: float | None) -> None:
+@click.option("--base-eval", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="eval.json of the base model (python -m train.eval MODEL --out FILE): its row comes first")
+@main_errors()
+def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, started: float | None,
+         base_eval: Path | None) -> None:
     """Write a comparison report of the training runs RUNS (folders of `python -m train`)."""
-    path = write_report(list(runs), out, max_new_tokens, readme, started)
+    path = write_report(list(runs), out, max_new_tokens, readme, started, base_eval)
     click.echo(f"report: {path}")
 
 
