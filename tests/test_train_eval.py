@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import ROOT
 from tests.train_helpers import chatml_tokenizer, one_thread, subprocess_env  # noqa: F401
 from train import eval as train_eval
 from train.hellaswag import HellaSwagDataError, read_items
@@ -129,6 +130,21 @@ def test_bad_hellaswag_file_names_the_line_and_field(tmp_path):
         read_items(path)
     with pytest.raises(HellaSwagDataError, match="expected a .jsonl, .json, .parquet file"):
         read_items(tmp_path / "h.csv")
+
+
+def test_the_demo_file_does_not_reward_length():
+    # acc sums log-likelihoods (favours short endings), acc_norm divides by characters (favours long
+    # ones when the right answer is long): a demo file whose answers sit at one end of the length
+    # order scores by length, not by what a model learned.
+    items = read_items(ROOT / "train" / "assets" / "hellaswag_demo.jsonl")
+    longest = shortest = 0
+    for item in items:
+        correct = len(item["endings"][int(item["label"])])
+        others = [len(e) for i, e in enumerate(item["endings"]) if i != int(item["label"])]
+        longest += correct >= max(others)
+        shortest += correct <= min(others)
+    assert longest <= len(items) / 2, f"the correct ending is the longest in {longest} of {len(items)} items"
+    assert shortest <= len(items) / 2, f"the correct ending is the shortest in {shortest} of {len(items)} items"
 
 
 def test_cli_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
