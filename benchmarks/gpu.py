@@ -74,8 +74,7 @@ def attended_squares(inputs: dict, batch, attention: str) -> float:
         return float(rows * width**2)
     if attention == "varlen":
         index = inputs.get("varlen_index")
-        return float(rows * width**2 if index is None else len(index.single_rows) * width**2
-                     + index.samples * index.longest**2)
+        return float(rows * width**2 if index is None else index.squares)
     return float((batch.sequence_lengths.astype(np.float64) ** 2).sum())
 
 
