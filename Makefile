@@ -95,11 +95,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -c $(ENV_DIR)/.sftpack-torch -e ".[dev]"
 	@touch $(STAMP)
 
-# Two or more workers (pytest-xdist, in the dev extra): most tests run one torch thread or wait
-# on a child process, so one worker leaves a core idle. --dist loadscope keeps a module's tests
-# on one worker, so its module-scoped fixtures (shard sets, runs) are built once.
+# One worker per core (pytest-xdist, in the dev extra; auto: the physical cores): most tests run
+# one torch thread or wait on a child process, so a single worker leaves cores idle.
+# --dist loadscope keeps a module's tests on one worker, so its module-scoped fixtures (shard
+# sets, runs) are built once. TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadscope tests prep shards train sftcli
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests prep shards train sftcli
 
 # The seed's experiment, CPU-sized: same data, validation split, optimizer and schedule shape for
 # the three layouts (equal supervised tokens, so each layout its own number of steps),
