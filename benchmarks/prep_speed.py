@@ -1,18 +1,13 @@
-"""Section prep: `python -m prep` as a user runs it, against its floor and against TRL, each a process.
+"""Section prep: `python -m prep` as a user runs it, a whole process (its output folder removed before
+the clock starts), against its floor and against TRL, taking turns in rounds (README, Benchmarks 1).
 
-* prep: the whole `python -m prep --mode concat --val-ratio 0` process, start to exit (read,
-  template, loss masks, bfd packing, Arrow shards with hashes, the stats table it prints); its
-  output folder is removed before the clock starts;
-* the floor, `python -m benchmarks.prep_speed floor DATA`: what no prep can skip. It reads the
-  file with prep's reader, renders the same chat-template texts (the template run once per
-  conversation shape) and calls the fast tokenizer's batch API per prep's --batch-size texts;
-  no masks, no packing, no files. Timed as a whole process, like prep;
-* TRL, `python -m benchmarks.prep_speed trl DATA`: `SFTTrainer`'s constructor (its public API
-  prepares the dataset there: template, tokenization, assistant-only masks, bfd packing), with
-  `dataset_num_proc` None and = the cores, timed inside its process around the constructor only
-  (TRL's imports and the reading of the records stay off its clock); the faster one counts.
-They take turns in rounds (`common.rounds`). prep's peak heap is polled in each timed run and
-again on twice the records: it should grow with one batch of records, not with the data.
+* the floor (`floor`, a process): prep's reader, the same chat-template texts (the template run once
+  per conversation shape), the fast tokenizer's (or tiktoken's) batch API per prep's --batch-size
+  texts; no masks, no packing, no files;
+* TRL (`trl_run`, a process): `SFTTrainer`'s constructor, its public API that prepares the dataset
+  (template, tokenization, assistant-only masks, bfd packing), with `dataset_num_proc` None and = the
+  cores, timed around the constructor only; the faster one counts.
+prep's peak heap is polled in each timed run and again on twice the records.
 """
 from __future__ import annotations
 
@@ -25,11 +20,10 @@ import time
 import warnings
 from pathlib import Path
 
-import click
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import median, python_module, remove, rounds, run_process
+from benchmarks.common import in_process, median, python_module, remove, rounds, run_process
 
 # prep's ChatML (prep.template.CHATML_TEMPLATE) with TRL's {% generation %} markers around what
 # prep supervises: the assistant's content and its <|im_end|>. It renders the same text (tested).
@@ -69,26 +63,25 @@ def render(tok, convs: list, shapes: dict) -> list[str]:
     return texts
 
 
-def floor(data: Path, batch_size: int, encoder: str = "tokenizers") -> list[int]:
-    """Each sample's token count: read, render, tokenize (ids extracted), one batch of records at a time.
-
-    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
-    tiktoken encoder does), each special token one id."""
-    tok, shapes, lengths = tokenizer(), {}, []
+def floor(data: Path, batch_size: int, encoder: str = "tokenizers", lengths: bool = True) -> list[int] | dict:
+    """Each sample's token count (or, `lengths` False, their sum): read, render, tokenize (ids
+    extracted), one batch of records at a time. `encoder` tiktoken: the texts between special
+    tokens through tiktoken's batch API (as prep's tiktoken encoder does), each special one id."""
+    tok, shapes, counts = tokenizer(), {}, []
     if encoder == "tiktoken":
         from prep.encoders import tiktoken_encoding
 
         ordinary = tiktoken_encoding(tok).encode_ordinary_batch
         specials = re.compile("(" + "|".join(map(re.escape, sorted(tok.all_special_tokens, key=len, reverse=True))) + ")")
-    for convs in conversations(data, batch_size):
+    for convs in conversations(Path(data), batch_size):
         texts = render(tok, convs, shapes)
         if encoder != "tiktoken":
-            lengths.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+            counts.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
             continue
         pieces = [specials.split(text) for text in texts]
         ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
-        lengths.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
-    return lengths
+        counts.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
+    return counts if lengths else {"samples": len(counts), "tokens": sum(counts)}
 
 
 def sample_lengths(data: Path) -> np.ndarray:
@@ -97,14 +90,6 @@ def sample_lengths(data: Path) -> np.ndarray:
 
     encoder = ConversationEncoder(tokenizer())
     return np.concatenate([np.diff(encoder.encode(convs)[2]) for convs in conversations(data)])
-
-
-def trl_available() -> bool:
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def trl_prepare(rows: list[dict], max_length: int, num_proc: int | None, work: Path) -> tuple[float, dict]:
@@ -136,6 +121,15 @@ def trl_prepare(rows: list[dict], max_length: int, num_proc: int | None, work: P
                      "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
 
 
+def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
+    """Run by `measure` in its own process: TRL's preparation of `data`, after a warm-up on a few rows."""
+    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(Path(data))
+            for conv in convs]
+    trl_prepare(rows[:64], max_length, num_proc, Path(work))  # warm-up: the same code on a few rows
+    seconds, counts = trl_prepare(rows, max_length, num_proc, Path(work))
+    return {"seconds": seconds, **counts}
+
+
 def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
             with_trl: bool) -> tuple[dict, np.ndarray]:
     """Seconds and memory of prep, the floor and TRL over `data`; also the samples' token counts."""
@@ -143,28 +137,20 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     from shards.manifest import read_manifest
 
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
-    here = "benchmarks.prep_speed"
 
     def prep(source: Path = data, folder: Path = out) -> dict:
         remove(folder)
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
                                          "--val-ratio", 0, "--out", folder))
 
-    def trl(num_proc: int) -> dict:
-        done = run_process(python_module(here, "trl", data, max_length, num_proc, work / "trl"))
-        return json.loads(done["stdout"])
-
-    floor_command = python_module(here, "floor", data, batch_size)
-    tiktoken_command = floor_command + ["--encoder", "tiktoken"]
-    tasks = {"prep": prep, "floor": lambda: run_process(floor_command)}
-    if importlib.util.find_spec("tiktoken"):
-        tasks["tiktoken_floor"] = lambda: run_process(tiktoken_command)
-    trl_names = {"trl_num_proc_none": 0, f"trl_num_proc_{cores}": cores} if with_trl else {}
-    tasks.update({name: (lambda n=n: trl(n)) for name, n in trl_names.items()})
-    prep(warmup)  # warm-up (page cache, bytecode); the floor's gives its token counts for the checks
-    floor_lengths = np.array(json.loads(run_process(floor_command + ["--lengths"])["stdout"]))
-    tiktoken_lengths = (np.array(json.loads(run_process(tiktoken_command + ["--lengths"])["stdout"]))
-                        if "tiktoken_floor" in tasks else None)
+    floors = {"floor": "tokenizers", **({"tiktoken_floor": "tiktoken"} if importlib.util.find_spec("tiktoken") else {})}
+    trl_names = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
+    tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e,
+                                                           lengths=False) for name, e in floors.items()},
+             **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
+                                             work=work / "trl")["result"] for name, n in trl_names.items()}}
+    prep(warmup)  # warm-up (page cache, bytecode)
+    counted = {name: np.array(floor(data, batch_size, e)) for name, e in floors.items()}  # checks, never timed
     done = rounds(tasks, repeats)
     stats, lengths = read_manifest(out).stats, sample_lengths(data)
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
@@ -176,10 +162,9 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
         "prep_over_tiktoken_floor": median(p / f for p, f in zip(seconds["prep"], seconds.get("tiktoken_floor", []))),
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
-        "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats.records_read == stats.samples,
-                   "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
-                   **({} if tiktoken_lengths is None else
-                      {"tiktoken_floor_same_sample_tokens": bool(np.array_equal(tiktoken_lengths, lengths))}),
+        "checks": {"same_rows": len(lengths) == len(counted["floor"]) == stats.records_read == stats.samples,
+                   "same_sample_tokens": bool(np.array_equal(counted.pop("floor"), lengths)),
+                   **{f"{name}_same_sample_tokens": bool(np.array_equal(c, lengths)) for name, c in counted.items()},
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
@@ -212,34 +197,3 @@ def figures(p: dict) -> list[dict]:
                     f("prep", "prep_anon_growth_mib", p["prep_anon_growth_mib"], "MiB", goal=("<", 64),
                       note="peak heap on twice the records minus on the records"),
                     report.checks("prep", p["checks"])]
-
-
-@click.group()
-def main() -> None:
-    """prep's peers, each run as a process by `python -m benchmarks`."""
-
-
-@main.command("floor")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("batch_size", type=int)
-@click.option("--lengths", is_flag=True, help="print each sample's token count (a check run, never timed)")
-@click.option("--encoder", type=click.Choice(["tokenizers", "tiktoken"]), default="tokenizers", show_default=True)
-def floor_command(data: Path, batch_size: int, lengths: bool, encoder: str) -> None:
-    counts = floor(data, batch_size, encoder)
-    print(json.dumps(counts if lengths else {"samples": len(counts), "tokens": sum(counts)}))
-
-
-@main.command("trl")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("max_length", type=int)
-@click.argument("num_proc", type=int)  # 0: dataset_num_proc=None
-@click.argument("work", type=click.Path(file_okay=False, path_type=Path))
-def trl_command(data: Path, max_length: int, num_proc: int, work: Path) -> None:
-    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(data) for conv in convs]
-    trl_prepare(rows[:64], max_length, num_proc or None, work)  # warm-up: the same code on a few rows
-    seconds, counts = trl_prepare(rows, max_length, num_proc or None, work)
-    print(json.dumps({"seconds": seconds, **counts}))
-
-
-if __name__ == "__main__":
-    main()
