@@ -85,8 +85,6 @@ def run_all(s: Settings, log=print) -> dict:
         with_trl = s.trl and bool(common.versions()["trl"])
         if not with_trl:
             results["skipped"]["trl"] = "--no-trl" if not s.trl else "trl is not installed (pip install -e '.[dev]')"
-        log(f"prep: {len(records) * s.copies:,} rows; prep, its floor{', TRL' if with_trl else ''} as processes, "
-            f"{s.repeats} rounds ...")
         doubled = common.write_copies(data / f"sample-x{2 * s.copies}.jsonl", records, 2 * s.copies)
         result, counts = prep_speed.measure(repeated, doubled, sample, work, length, s.repeats, with_trl)
         lengths.append(counts)
@@ -94,12 +92,10 @@ def run_all(s: Settings, log=print) -> dict:
 
     def packing_section():
         counts = lengths[0] if lengths else prep_speed.sample_lengths(repeated)
-        log(f"packing: {len(counts):,} real lengths and {s.synthetic_count:,} drawn from them ...")
         result = packing.run(counts, repeats=5, synthetic_count=s.synthetic_count)
         return result, packing.figures(result)
 
     def loading_section():
-        log(f"loading: batch time; memory of an epoch of {s.rss_large_mb} MB vs {s.rss_small_mb} MB ...")
         small, large = (loading.tile(shards("concat", length), work / "shards" / f"tiled-{mb}mb", mb * 10**6)
                         for mb in (s.rss_small_mb, s.rss_large_mb))
         result = {"batch_size": s.batch_size, "memory": loading.epoch_memory(small, large, s.batch_size, s.repeats),
@@ -108,15 +104,12 @@ def run_all(s: Settings, log=print) -> dict:
         return result, loading.figures(result)
 
     def training_section():
-        log(f"training: padding / packed / concat at {length}: {s.model}, {s.repeats} steps each; tiny, "
-            f"{s.train_steps} ...")
         by_mode = {mode: shards(mode, length) for mode in training.MODES}
         result = {"model": training.measure(by_mode, s.model_batch_size, s.repeats, model=s.model),
                   "toy": training.measure(by_mode, s.batch_size, s.train_steps, model=training.TOY)}
         return result, training.figures(**result)
 
     def kernels_section():
-        log(f"kernels: attention op, varlen vs dense mask; {s.model} step variants, a process each ...")
         result = {"max_length": 1024, "attention": kernels.attention_op(shards("concat", 1024), 2, s.repeats),
                   "step": kernels.step_variants({m: shards(m, 1024) for m in ("padding", "concat")}, s.model,
                                                 s.kernel_rows)}
@@ -126,6 +119,7 @@ def run_all(s: Settings, log=print) -> dict:
            "kernels": kernels_section}
     results["section_seconds"] = {}
     for name in (name for name in SECTIONS if name in s.section_list):
+        log(f"{name} ...")
         seconds, (results["sections"][name], found) = common.clock(run[name])
         results["figures"] += found
         results["section_seconds"][name] = seconds

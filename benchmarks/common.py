@@ -1,10 +1,11 @@
-"""What every section shares: inputs, one timer (`clock` + `rounds`), one memory probe (`proc_memory`,
-read in a process or polled from outside by `run_process`), one training set-up (`Setup`), the results.
+"""What every section shares: inputs, one timer (`clock` + `rounds`), one memory probe (`proc_memory`, read
+in a process or polled from outside by `run_process`), one training set-up (`Setup`), the results record.
 
     python -m benchmarks.common MODULE:FUNCTION '{"keyword": ...}'   # `in_process`'s child: prints its JSON
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -12,7 +13,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +26,7 @@ VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "dataset
 _STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
 
 
-def sample_records(limit: int | None = None) -> list[dict]:
+def sample_records(limit: int | None = None) -> list[dict]:  # the embedded Alpaca sample's
     from prep.readers import SAMPLE_PATH
 
     return json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))[:limit]
@@ -48,10 +48,6 @@ def build_shards(data: Path, out: Path, mode: str, max_length: int) -> Path:
 
     run(PrepConfig(data=str(data), out=str(out), mode=mode, max_length=max_length), progress=False)
     return out
-
-
-def remove(folder: Path) -> None:  # before a timed run: a deletion is never timed
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def median(values) -> float:
@@ -201,8 +197,6 @@ class Setup:
 
 def new_results(settings) -> dict:
     """The head of a results JSON: when, where, with what, under which settings."""
-    import dataclasses
-
     return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "versions": versions(), "load_average": {"start": load_average()},
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import Setup, clock, in_process, median, remove
+from benchmarks.common import Setup, clock, in_process, median
 
 
 def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 5) -> float:
@@ -28,7 +28,7 @@ def tile(source: Path, out: Path, min_bytes: int) -> Path:
 
     shard_set = ShardSet.open(source)
     manifest = shard_set.manifest
-    remove(out)
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     writer = SplitWriter(out, "train", np.dtype(manifest.token_dtype), manifest.vocab_size)
     parts = [Rows(*(p[k] for k in ("input_ids", "loss_mask", "row_offsets", "segment_lengths", "segment_sources",
@@ -48,7 +48,8 @@ def read_epoch(shards: str, batch_size: int) -> dict:
     """Run by `epoch_memory` in its own process: read one epoch of `shards` as the trainer does."""
     setup = Setup(Path(shards), batch_size)
     tokens = sum(setup.batch()[1].tokens for _ in range(setup.order.batches_per_epoch))
-    return {"rows": setup.split.num_rows, "tokens": tokens, "shard_bytes": sum(e.bytes for e in setup.shard_set.manifest.files)}
+    return {"rows": setup.split.num_rows, "tokens": tokens,
+            "shard_bytes": sum(e.bytes for e in setup.shard_set.manifest.files)}
 
 
 def epoch_memory(small: Path, large: Path, batch_size: int, repeats: int) -> dict:

@@ -1,29 +1,20 @@
-"""Section prep: `python -m prep` as a user runs it, a whole process (its output folder removed before
-the clock starts), against its floor and against TRL, taking turns in rounds (README, Benchmarks 1).
-
-* the floor (`floor`, a process): prep's reader, the same chat-template texts (the template run once
-  per conversation shape), the fast tokenizer's (or tiktoken's) batch API per prep's --batch-size
-  texts; no masks, no packing, no files;
-* TRL (`trl_run`, a process): `SFTTrainer`'s constructor, its public API that prepares the dataset
-  (template, tokenization, assistant-only masks, bfd packing), with `dataset_num_proc` None and = the
-  cores, timed around the constructor only; the faster one counts.
-prep's peak heap is polled in each timed run and again on twice the records.
+"""Section prep: `python -m prep` as a user runs it (a whole process), its floor (`floor`: prep's reader and
+chat-template texts, the fast tokenizer's or tiktoken's batch API per prep's --batch-size texts; no masks,
+packing or files) and TRL (`trl_run`: `SFTTrainer`'s constructor, which prepares the dataset, with
+`dataset_num_proc` None and = the cores), each a process, taking turns in rounds (README, Benchmarks 1).
 """
 from __future__ import annotations
 
 import importlib.util
-import json
-import logging
 import os
 import re
-import time
-import warnings
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import in_process, median, python_module, remove, rounds, run_process
+from benchmarks.common import clock, in_process, median, python_module, rounds, run_process
 
 # prep's ChatML (prep.template.CHATML_TEMPLATE) with TRL's {% generation %} markers around what
 # prep supervises: the assistant's content and its <|im_end|>. It renders the same text (tested).
@@ -92,42 +83,31 @@ def sample_lengths(data: Path) -> np.ndarray:
     return np.concatenate([np.diff(encoder.encode(convs)[2]) for convs in conversations(data)])
 
 
-def trl_prepare(rows: list[dict], max_length: int, num_proc: int | None, work: Path) -> tuple[float, dict]:
-    """(seconds of the SFTTrainer constructor, rows/samples/tokens/supervised tokens of its packed dataset)."""
+def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
+    """Run by `measure` in its own process: seconds of the SFTTrainer constructor, after a warm-up on a
+    few rows, and the rows, samples, tokens and supervised tokens of the packed dataset it made."""
     import datasets
     import torch
-    import transformers
     from trl import SFTConfig, SFTTrainer
 
     from train.model import load_model
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()  # drawing them is no part of the work (this process's output is dropped)
     tok = tokenizer()
     tok.chat_template = CHATML_GENERATION_TEMPLATE
-    with warnings.catch_warnings():  # deprecations inside transformers' TrainingArguments
-        warnings.simplefilter("ignore", FutureWarning)
-        args = SFTConfig(output_dir=str(work), max_length=max_length, packing=True, packing_strategy="bfd",
-                         assistant_only_loss=True, dataset_num_proc=num_proc, report_to="none", bf16=False,
-                         fp16=False, use_cpu=not torch.cuda.is_available())
-    model, dataset = load_model("tiny", tok), datasets.Dataset.from_list(rows)
-    start = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
-    seconds = time.perf_counter() - start
-    table = trainer.train_dataset.with_format("arrow")[:]
-    column = lambda name: table.column(name).combine_chunks().values  # noqa: E731
-    return seconds, {"rows": table.num_rows, "samples": len(column("seq_lengths")), "tokens": len(column("input_ids")),
-                     "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
-
-
-def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
-    """Run by `measure` in its own process: TRL's preparation of `data`, after a warm-up on a few rows."""
+    args = SFTConfig(output_dir=work, max_length=max_length, packing=True, packing_strategy="bfd",
+                     assistant_only_loss=True, dataset_num_proc=num_proc, report_to="none", bf16=False, fp16=False,
+                     use_cpu=not torch.cuda.is_available())
     rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(Path(data))
             for conv in convs]
-    trl_prepare(rows[:64], max_length, num_proc, Path(work))  # warm-up: the same code on a few rows
-    seconds, counts = trl_prepare(rows, max_length, num_proc, Path(work))
-    return {"seconds": seconds, **counts}
+    for part in (rows[:64], rows):  # the warm-up: the same code on a few rows
+        model, dataset = load_model("tiny", tok), datasets.Dataset.from_list(part)
+        seconds, trainer = clock(SFTTrainer, model=model, args=args, train_dataset=dataset, processing_class=tok)
+    table = trainer.train_dataset.with_format("arrow")[:]
+    column = lambda name: table.column(name).combine_chunks().values  # noqa: E731
+    return {"seconds": seconds, "rows": table.num_rows, "samples": len(column("seq_lengths")),
+            "tokens": len(column("input_ids")),
+            "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
 
 
 def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
@@ -139,7 +119,7 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
 
     def prep(source: Path = data, folder: Path = out) -> dict:
-        remove(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # before the clock: prep does not clear it for a user
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
                                          "--val-ratio", 0, "--out", folder))
 
@@ -155,11 +135,12 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     stats, lengths = read_manifest(out).stats, sample_lengths(data)
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
+    times = {**seconds, "trl": [min(t) for t in zip(*(seconds[name] for name in trl_names))]}  # TRL's faster
+    ratio = lambda a, b: median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731 - of the per-round ratios
     result = {
         "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
         "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
-        "prep_over_floor": median(p / f for p, f in zip(seconds["prep"], seconds["floor"])),
-        "prep_over_tiktoken_floor": median(p / f for p, f in zip(seconds["prep"], seconds.get("tiktoken_floor", []))),
+        **{f"prep_over_{name}": ratio("prep", name) for name in floors},
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
         "checks": {"same_rows": len(lengths) == len(counted["floor"]) == stats.records_read == stats.samples,
@@ -169,12 +150,9 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
     if trl_names:
-        best = [min(runs) for runs in zip(*(seconds[name] for name in trl_names))]
-        result["trl_over_prep"] = median(t / p for t, p in zip(best, seconds["prep"]))
-        result["trl_configs_over_prep"] = {name: median(t / p for t, p in zip(seconds[name], seconds["prep"]))
-                                           for name in trl_names}
         counts = done[next(iter(trl_names))][-1]
-        result["trl_rows"] = counts["rows"]
+        result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=counts["rows"],
+                      trl_configs_over_prep={name: ratio(name, "prep") for name in trl_names})
         result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
                                 **{f"trl_same_{k}": counts[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
     return result, lengths
@@ -185,7 +163,7 @@ def figures(p: dict) -> list[dict]:
     found = [f("prep", "prep_samples_per_second", p["samples"] / median(p["seconds"]["prep"]), "samples/s"),
              f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.1),
                note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
-             f("prep", "prep_over_tiktoken_floor", p["prep_over_tiktoken_floor"],
+             f("prep", "prep_over_tiktoken_floor", p.get("prep_over_tiktoken_floor"),
                note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),

@@ -1,11 +1,7 @@
-"""Section training: supervised tokens per second of each layout over its whole train split,
+"""Section training: supervised tokens per second of each layout over its whole train split, for the model a
+user trains (`gpt2-124m`) and the CPU toy the demo trains (`tiny`), side by side (README, Benchmarks 4):
 
-    supervised tokens/s = supervised tokens per row (the whole split, from `shards.stats`) x rows/s,
-
-for the model a user trains (`gpt2-124m`) and for the CPU toy the demo trains (`tiny`). Rows per
-second come from steps at evenly spaced quantiles of the widths of the epoch's batches (the
-trainer's seeded order); the layouts take turns step by step (`common.rounds`), each step
-collating its batch from the memory-mapped shards as `train.loop` does.
+    supervised tokens/s = supervised tokens per row (the whole split, from `shards.stats`) x rows/s
 """
 from __future__ import annotations
 
