@@ -26,7 +26,8 @@ VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "dataset
 _STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
 
 
-def sample_records(limit: int | None = None) -> list[dict]:  # the embedded Alpaca sample's
+def sample_records(limit: int | None = None) -> list[dict]:
+    """The embedded Alpaca sample's records (the first `limit`)."""
     from prep.readers import SAMPLE_PATH
 
     return json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))[:limit]

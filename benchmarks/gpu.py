@@ -21,9 +21,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from benchmarks import common, report
 from sftcli import click_options, opt
+from train.attention import AttentionError, resolve_attention
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,16 +73,12 @@ def attended_squares(inputs: dict, batch, attention: str) -> float:
 
 def measured_peak_flops(device, dtype, size: int = 8192, repeats: int = 20) -> float:
     """FLOP/s of a size x size matmul in `dtype`, the best of `repeats` after warm-up: what MFU divides by."""
-    import torch
-
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     timed = [common.clock(lambda: (a @ b, synchronize(device)))[0] for _ in range(3 + repeats)]
     return 2.0 * size**3 / min(timed[3:])
 
 
 def synchronize(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -89,10 +87,6 @@ def run_config(shards: Path, device, steps: int, warmup: int, batch_size: int = 
                attention: str = "sdpa", compile: bool = False, flatten: bool = False,  # noqa: A002
                precision: str = "fp16", peak: float | None = None) -> dict:
     """`steps` timed steps (after `warmup`) on these shards; medians of the per-step figures."""
-    import torch
-
-    from train.attention import resolve_attention
-
     resolve_attention(attention, device, training=True, isolation=True, flatten=flatten)  # refuses with its line
     setup = common.Setup(shards, batch_size, device=device, attention=attention, flatten=flatten, compile=compile)
     setup.with_model(model, precision, pad_vocab_to=64)
@@ -136,13 +130,9 @@ def figures(runs: dict, peak: float) -> list[dict]:
 @click_options(GpuSettings)
 def main(**options) -> None:
     """Measure gpt2-124m training throughput and MFU on a CUDA device (see benchmarks/gpu.py)."""
-    import torch
-
     if not torch.cuda.is_available():
         click.echo("benchmarks.gpu: no CUDA device here (torch.cuda.is_available() is False); nothing measured")
         return
-    from train.attention import AttentionError
-
     s, device = GpuSettings(**options), torch.device("cuda")
     results = common.new_results(s)
     data = common.write_copies(s.work / f"sample-x{s.copies}.jsonl", common.sample_records(), s.copies)

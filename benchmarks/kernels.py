@@ -7,8 +7,12 @@ import ctypes
 import gc
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from benchmarks import report
 from benchmarks.common import Setup, clock, in_process, median, proc_memory, rounds
+from train.attention import document_ids, varlen_attention_forward
 
 # variant: (layout, attention, label-only head, flatten); padding under causal sdpa is the reference
 VARIANTS = {"padding_sdpa": ("padding", "sdpa", False, False), "dense": ("concat", "sdpa", False, False),
@@ -18,11 +22,6 @@ HEADS, HEAD_DIM = 12, 64  # GPT-2 124M
 
 def attention_op(shards: Path, rows: int, repeats: int, seed: int = 0) -> dict:
     """Seconds of forward + backward of dense-mask SDPA and of varlen over the first `rows` rows' samples."""
-    import torch
-    import torch.nn.functional as F
-
-    from train.attention import document_ids, varlen_attention_forward
-
     inputs, batch = Setup(shards, rows, attention="varlen").batch(torch.arange(rows).numpy())
     width, index = batch.input_ids.shape[1], inputs["varlen_index"]
     documents = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths, rows, width))
@@ -72,8 +71,6 @@ def _settle() -> dict:
 def variant_step(variant: str, shards: str, model: str, rows: int, steps: int) -> dict:
     """Run by `step_variants` in its own process: the model and its optimizer state, a warm-up step,
     then `steps` timed steps; `extra_mib` is their peak resident memory above the state alone."""
-    import torch
-
     _, attention, label_head, flatten = VARIANTS[variant]
     setup = Setup(Path(shards), rows, attention=attention, flatten=flatten).with_model(model, label_head=label_head)
     for p in setup.model.parameters():  # AdamW allocates its state on the first step: make it exist now

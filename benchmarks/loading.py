@@ -12,6 +12,8 @@ import numpy as np
 
 from benchmarks import report
 from benchmarks.common import Setup, clock, in_process, median
+from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter
+from shards.manifest import write_manifest
 
 
 def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 5) -> float:
@@ -23,9 +25,6 @@ def batch_seconds(shards: Path, batch_size: int, count: int = 50, warmup: int = 
 def tile(source: Path, out: Path, min_bytes: int) -> Path:
     """A shard set whose train split repeats `source`'s train rows until its files hold `min_bytes`,
     written by the shard format's own writer one record batch at a time, as prep writes."""
-    from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter
-    from shards.manifest import write_manifest
-
     shard_set = ShardSet.open(source)
     manifest = shard_set.manifest
     shutil.rmtree(out, ignore_errors=True)

@@ -11,6 +11,8 @@ import numpy as np
 
 from benchmarks import report
 from benchmarks.common import Setup, clock, rounds
+from shards.stats import shard_set_stats
+from train.data import epoch_permutation
 
 MODES = ("padding", "packed", "concat")
 TOY = "tiny"  # its figures carry this suffix
@@ -18,8 +20,6 @@ TOY = "tiny"  # its figures carry this suffix
 
 def quantile_batches(setup: Setup, count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """`count` of the first epoch's batches at evenly spaced quantiles of width; every batch's width."""
-    from train.data import epoch_permutation
-
     order, lengths = setup.order, setup.split.row_lengths()
     batches = epoch_permutation(order.num_rows, order.seed, 0, True)[: order.batches_per_epoch * order.batch_size]
     batches = batches.reshape(order.batches_per_epoch, order.batch_size)
@@ -31,8 +31,6 @@ def quantile_batches(setup: Setup, count: int) -> tuple[list[np.ndarray], np.nda
 def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 6, seed: int = 0,
             model: str = TOY) -> dict:
     """Each layout's supervised tokens per row and step seconds, and their ratios to padding's."""
-    from shards.stats import shard_set_stats
-
     setups = {mode: Setup(shards, batch_size, seed).with_model(model) for mode, shards in shards_by_mode.items()}
     plans, widths, timed = {}, {}, {}
     for mode, setup in setups.items():
