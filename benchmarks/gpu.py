@@ -9,9 +9,9 @@ tokens/s, MFU against the measured fp16 matmul peak, peak memory, and the data s
     flops = 6 * N * real_tokens + 12 * n_layer * d_model * sum over attended squares of length^2
 
 N: the matmul parameters (all but the position embeddings). The squares: sdpa (dense mask, or causal
-over a padded row) computes every row's full width^2; varlen width^2 for a row of one sample and
-longest^2 for each regrouped sample; flash and flex each sample's own length^2. Padding tokens add
-no 6N term: the device computes them, nobody uses them.
+over a padded row) computes every row's full width^2; varlen width^2 for a row of one sample and, in
+each of its passes, the pass's longest^2 per sample; flash and flex each sample's own length^2.
+Padding tokens add no 6N term: the device computes them, nobody uses them.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def attended_squares(inputs: dict, batch, attention: str) -> float:
     if attention == "sdpa" or (attention == "varlen" and index is None):
         return float(rows * width**2)
     if attention == "varlen":
-        return float(len(index.single_rows) * width**2 + index.samples * index.longest**2)
+        return float(index.squares)
     return float((batch.sequence_lengths.astype(np.float64) ** 2).sum())
 
 

@@ -167,7 +167,7 @@ def test_gpu_attended_squares_follow_each_kernel(small_shards):
     assert gpu.attended_squares(*by["sdpa"], "sdpa") == 2 * width**2
     assert gpu.attended_squares(*by["flex"], "flex") == float((lengths.astype(float) ** 2).sum()) < 2 * width**2
     index = by["varlen"][0]["varlen_index"]
-    assert gpu.attended_squares(*by["varlen"], "varlen") == len(index.single_rows) * width**2 + index.samples * index.longest**2
+    assert gpu.attended_squares(*by["varlen"], "varlen") == sum(g.shape[0] * g.shape[1] ** 2 for g in (index.single_rows, *index.groups))
 
 
 def test_gpu_step_logic_runs_on_cpu(small_shards):

@@ -90,6 +90,7 @@ def test_varlen_with_the_label_head_equals_sdpa_with_full_logits(make_model, mod
         assert index is None  # every row one sample: no regrouping at all
     else:
         assert max(per_row) >= 3 and index.samples == sum(n for n in per_row if n > 1)
+        assert len(index.groups) > 1  # samples of different lengths: several passes
         assert (batch.input_ids == PAD).any()  # a padded row
     if mode == "concat":
         assert 1 in per_row and 2 in per_row and len(index.single_rows) >= 1  # rows of one, two and many
@@ -116,7 +117,7 @@ def test_the_label_head_works_in_chunks(monkeypatch):
     model = gpt2("sdpa")
     batch = batch_of(pack(samples_with_edge_cases(), "concat", 72))
     expected = loss_and_grads(model, full_head_loss(model, batch))
-    monkeypatch.setattr(head, "CHUNK_POSITIONS", 7)
+    monkeypatch.setitem(head.CHUNK_POSITIONS, "cpu", 7)
     assert batch.supervised_tokens > 3 * 7
     assert_same(loss_and_grads(model, LabelLossModel(model)(**inputs_of(batch, varlen=False))), expected)
 
@@ -190,11 +191,29 @@ def test_paths_that_cannot_train_on_cpu_say_so_in_one_line(shards, tmp_path, att
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_length_groups_is_the_least_cost_cut():
+    import itertools
+
+    from train.attention import GROUPS, length_groups
+
+    def cost(lengths, cuts):
+        return sum(len(part) * int(part[-1]) ** 2 for part in np.split(lengths, cuts))
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        lengths = np.sort(rng.integers(1, 300, size=int(rng.integers(1, 9))))
+        every = [list(c) for k in range(GROUPS) for c in itertools.combinations(range(1, len(lengths)), k)]
+        cuts = length_groups(lengths)
+        assert len(cuts) < GROUPS and cuts == sorted(cuts)
+        assert cost(lengths, cuts) == min(cost(lengths, c) for c in every)
+
+
 def test_varlen_index_regroups_only_rows_of_several_samples():
     # rows [3 | 2 | pad] and [4 | pad pad], width 6: row 1 keeps its own causal pass over the row
     index = varlen_index(np.array([0, 3, 6]), np.array([3, 2, 4]), rows=2, width=6)
-    assert index.single_rows.tolist() == [1] and (index.samples, index.longest) == (2, 3)
-    assert index.grouped_source.tolist() == [[0, 1, 2], [3, 4, 4]]
-    # row 0's tokens read the regrouped slots (after the 6 of the single row), its padding the zero row (12)
-    assert index.output_source.tolist() == [6, 7, 8, 9, 10, 12, 0, 1, 2, 3, 4, 5]
+    assert index.single_rows.tolist() == [[6, 7, 8, 9, 10, 11]] and index.samples == 2
+    assert [g.tolist() for g in index.groups] == [[[3, 4]], [[0, 1, 2]]]  # shortest first, one pass each
+    assert index.squares == 6**2 + 2**2 + 3**2
+    # row 0's tokens read the regrouped slots (after the 6 of the single row), its padding the zero slot (11)
+    assert index.token_slot.tolist() == [8, 9, 10, 6, 7, 11, 0, 1, 2, 3, 4, 5]
     assert varlen_index(np.array([0, 5]), np.array([3, 4]), rows=2, width=5) is None

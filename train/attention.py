@@ -2,8 +2,8 @@
 
     --attention sdpa     transformers' SDPA; rows of several samples get a dense rows x 1 x L x L mask
     --attention eager    transformers' matmul + softmax (a reference)
-    --attention varlen   per layer, the batch's samples regrouped into a right-padded [samples, longest]
-                         batch and run through causal SDPA (no mask: right padding is never seen by a
+    --attention varlen   per layer, the batch's samples regrouped into right-padded [samples, longest]
+                         batches (up to three, by length) and run through causal SDPA (no mask: right padding is never seen by a
                          causal query), then scattered back; portable, CPU and CUDA
     --attention flash    transformers' flash_attention_2 driven by the position ids (CUDA + flash-attn),
                          else torch's own varlen kernel (torch.nn.attention.varlen, CUDA) fed with
@@ -13,16 +13,17 @@
     --attention auto     flash where it runs, else varlen (printed once at start)
 
 `varlen` reaches the model through transformers' AttentionInterface: the index tensors
-(built once per batch, with numpy, by `varlen_index`) travel as the `varlen_index`
+(built once per batch, with numpy, by `varlen_index`; samples sorted by length and cut into
+at most GROUPS passes, so a short sample is not padded to the batch's longest) travel as the `varlen_index`
 keyword of the model call, which GPT-2 and Llama-type models forward to every layer's
 attention function.
 
-    >>> import numpy as np
-    >>> index = varlen_index(np.array([0, 3, 8]), np.array([3, 2, 4]), rows=2, width=5)
-    >>> index.single_rows.tolist(), index.samples, index.longest
-    ([1], 2, 3)
-    >>> index.grouped_source.tolist()  # slots of samples (0..2) and (3..4); a short sample's extra slot repeats its last token
-    [[0, 1, 2], [3, 4, 4]]
+    >>> import numpy as np  # rows [3 | 2 | pad] and [4 | pad pad] of width 6
+    >>> index = varlen_index(np.array([0, 3, 6]), np.array([3, 2, 4]), rows=2, width=6)
+    >>> index.single_rows.tolist()  # row 1 holds one sample: its own causal pass
+    [[6, 7, 8, 9, 10, 11]]
+    >>> [g.tolist() for g in index.groups]  # row 0's samples, by length, one pass each
+    [[[3, 4]], [[0, 1, 2]]]
 """
 from __future__ import annotations
 
@@ -175,40 +176,71 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
     return out.transpose(1, 2).contiguous(), None
 
 
+GROUPS = 3  # at most this many regrouped batches per layer: samples sorted by length, cut where it saves most
+
+
 @dataclass(frozen=True)
 class VarlenIndex:
-    """Where a batch's attention sequences go in the regrouped batch, and back.
+    """Where a batch's attention sequences go in the regrouped batches, and back.
 
-    single_rows: rows holding one sequence; they skip regrouping (causal SDPA over the row).
-    grouped_source: (samples, longest) flat token index (row * width + column) feeding each
-        slot of the regrouped batch of the other rows' sequences; slots past a sequence's
-        end repeat its last token (a causal query never sees later slots).
-    output_source: for each flat token position of the batch, its row in
-        cat(single-row outputs, regrouped outputs, one zero row); padding after a row's
-        last sequence reads the zero row (its labels are ignored).
+    single_rows: (rows, width) flat token index (row * width + column) of the rows holding one
+        sequence; they keep their own causal pass over the row (no regrouping).
+    groups: for each regrouped batch, (samples, longest) flat token index feeding its slots: the
+        other rows' sequences, sorted by length and cut into up to GROUPS batches so that short
+        samples are not padded to the longest one; slots past a sequence's end read the zero
+        token (index rows * width), which a causal query never sees.
+    token_slot: for each flat token position of the batch, its slot in the concatenation of
+        single_rows and groups, or the zero slot (one past the last) for padding outside them.
     Sizes live in the tensors' shapes only, so torch.compile treats them as dynamic sizes.
     """
 
     single_rows: np.ndarray | torch.Tensor
-    grouped_source: np.ndarray | torch.Tensor
-    output_source: np.ndarray | torch.Tensor
+    groups: tuple
+    token_slot: np.ndarray | torch.Tensor
 
     @property
     def samples(self) -> int:
-        return int(self.grouped_source.shape[0])
+        """Sequences regrouped (not counting the single rows)."""
+        return sum(int(g.shape[0]) for g in self.groups)
 
     @property
-    def longest(self) -> int:
-        return int(self.grouped_source.shape[1])
+    def squares(self) -> int:
+        """Query x key slots the causal kernels are given: sum of count x length^2 over the passes."""
+        return sum(int(g.shape[0]) * int(g.shape[1]) ** 2 for g in (self.single_rows, *self.groups))
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "VarlenIndex":
-        return VarlenIndex(*(torch.as_tensor(a).to(device, non_blocking=non_blocking) for a in self._arrays()))
+        return self._map(lambda a: torch.as_tensor(a).to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "VarlenIndex":
-        return VarlenIndex(*(torch.as_tensor(a).pin_memory() for a in self._arrays()))
+        return self._map(lambda a: torch.as_tensor(a).pin_memory())
 
-    def _arrays(self) -> tuple:
-        return self.single_rows, self.grouped_source, self.output_source
+    def _map(self, f) -> "VarlenIndex":
+        return VarlenIndex(f(self.single_rows), tuple(map(f, self.groups)), f(self.token_slot))
+
+
+def length_groups(lengths: np.ndarray, most: int = GROUPS) -> list[int]:
+    """Cut points of ascending `lengths` into at most `most` groups, least total count x longest^2.
+
+    The cost of a group is what causal attention over it computes when every sample is padded
+    to the group's longest. Exact, by dynamic programming over the cut positions (numpy, n^2).
+
+    >>> length_groups(np.array([60, 62, 64, 200, 210]))  # [60 62 64] [200] [210]
+    [3, 4]
+    >>> length_groups(np.array([5, 5, 5]))
+    []
+    """
+    n = len(lengths)
+    square = lengths.astype(np.float64) ** 2
+    counts = np.arange(n + 1)[None, :] - np.arange(n + 1)[:, None]  # [i, j]: samples i..j-1
+    span = np.where(counts > 0, counts * np.concatenate([[0.0], square])[None, :], np.inf)
+    best, cuts = span[0].copy(), [[] for _ in range(n + 1)]  # best[j]: least cost of the first j, one group
+    for _ in range(most - 1):
+        total = best[:, None] + span  # [i, j]: first i samples as before, then one group i..j-1
+        choice = total.argmin(axis=0)
+        better = total[choice, np.arange(n + 1)] < best
+        cuts = [cuts[choice[j]] + [int(choice[j])] if better[j] else cuts[j] for j in range(n + 1)]
+        best = np.where(better, total[choice, np.arange(n + 1)], best)
+    return cuts[n]
 
 
 def varlen_index(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int) -> VarlenIndex | None:
@@ -221,22 +253,30 @@ def varlen_index(starts: np.ndarray, lengths: np.ndarray, rows: int, width: int)
     per_row = np.bincount(row, minlength=rows)
     if per_row.max(initial=0) <= 1:
         return None
-    single_rows = np.flatnonzero(per_row == 1)
+    zero = rows * width
+    single = np.flatnonzero(per_row == 1)
+    single_rows = single[:, None] * width + np.arange(width)
+    token_slot = np.full(rows * width, -1, dtype=np.int64)
+    token_slot[single_rows.ravel()] = np.arange(single_rows.size)
     grouped = per_row[row] > 1
-    g_starts, g_lengths = starts[grouped], lengths[grouped]
-    samples, longest = len(g_starts), int(g_lengths.max())
-    grouped_source = g_starts[:, None] + np.minimum(np.arange(longest), g_lengths[:, None] - 1)
-    single_slots = len(single_rows) * width
-    output_source = np.full(rows * width, single_slots + samples * longest, dtype=np.int64)  # the zero row
-    output_source[(single_rows[:, None] * width + np.arange(width)).ravel()] = np.arange(single_slots)
-    within = np.arange(int(g_lengths.sum())) - np.repeat(np.cumsum(g_lengths) - g_lengths, g_lengths)
-    output_source[np.repeat(g_starts, g_lengths) + within] = (
-        single_slots + np.repeat(np.arange(samples) * longest, g_lengths) + within)
-    return VarlenIndex(single_rows, grouped_source, output_source)
+    order = np.argsort(lengths[grouped], kind="stable")
+    g_starts, g_lengths = starts[grouped][order], lengths[grouped][order]
+    groups, slot = [], single_rows.size
+    for part in np.split(np.arange(len(g_starts)), length_groups(g_lengths)):
+        p_starts, p_lengths = g_starts[part], g_lengths[part]
+        longest = int(p_lengths[-1])
+        column = np.arange(longest)
+        groups.append(np.where(column < p_lengths[:, None], p_starts[:, None] + column, zero))
+        within = np.arange(int(p_lengths.sum())) - np.repeat(np.cumsum(p_lengths) - p_lengths, p_lengths)
+        token_slot[np.repeat(p_starts, p_lengths) + within] = slot + np.repeat(np.arange(len(part)) * longest,
+                                                                              p_lengths) + within
+        slot += len(part) * longest
+    token_slot[token_slot < 0] = slot  # the zero slot
+    return VarlenIndex(single_rows, tuple(groups), token_slot)
 
 
 def _causal(query, key, value, dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal SDPA, [n, heads, length, dim] in and [n * length, heads, dim] out.
+    """Causal SDPA, [n, heads, length, dim] in and [n, length, heads, dim] out.
 
     Both flags are plain Python bools: a size comparison passed as is would be a SymBool under
     torch.compile, which SDPA refuses (a graph break). A length-1 causal row is just itself.
@@ -244,7 +284,44 @@ def _causal(query, key, value, dropout: float, scaling: float | None) -> torch.T
     gqa = bool(key.shape[1] != query.shape[1])
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
                                          enable_gqa=gqa)
-    return out.transpose(1, 2).reshape(-1, query.shape[1], query.shape[3])
+    return out.transpose(1, 2)
+
+
+class _Regroup(torch.autograd.Function):
+    """Tokens (n, heads, dim) -> each pass's slots (count, length, heads, dim), and the way back.
+
+    Written by hand so that both directions are gathers: every real token has exactly one slot,
+    so the gradient of a gather is the inverse gather, and autograd's scatter-add (with its
+    zero-filled buffer and the many writes to the zero slot) is not needed.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, token_slot, *sources):
+        ctx.save_for_backward(token_slot)
+        padded = torch.cat([tokens, tokens.new_zeros(1, *tokens.shape[1:])])
+        return tuple(padded.index_select(0, s.flatten()).view(*s.shape, *tokens.shape[1:]) for s in sources)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (token_slot,) = ctx.saved_tensors
+        flat = torch.cat([g.flatten(0, 1) for g in grads] + [grads[0].new_zeros(1, *grads[0].shape[2:])])
+        return (flat.index_select(0, token_slot), None) + (None,) * len(grads)
+
+
+class _Ungroup(torch.autograd.Function):
+    """Each pass's output slots -> the batch's tokens (the zero slot for padding), and the way back."""
+
+    @staticmethod
+    def forward(ctx, token_slot, sources, *outputs):
+        ctx.sources = sources
+        flat = torch.cat([o.flatten(0, 1) for o in outputs] + [outputs[0].new_zeros(1, *outputs[0].shape[2:])])
+        return flat.index_select(0, token_slot)
+
+    @staticmethod
+    def backward(ctx, grad):
+        padded = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])  # slots past a sequence get no gradient
+        return (None, None) + tuple(padded.index_select(0, s.flatten()).view(*s.shape, *grad.shape[1:])
+                                    for s in ctx.sources)
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -259,14 +336,10 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                                       scaling=scaling, **kwargs)
     rows, heads, width, dim = query.shape
     index = varlen_index
-    parts = []
-    if index.single_rows.numel():
-        parts.append(_causal(*(x.index_select(0, index.single_rows) for x in (query, key, value)),
-                             dropout, scaling))
-    source = index.grouped_source
-    grouped = [x.transpose(1, 2).reshape(rows * width, x.shape[1], dim).index_select(0, source.flatten())
-               .view(source.shape[0], source.shape[1], x.shape[1], dim).transpose(1, 2) for x in (query, key, value)]
-    parts.append(_causal(*grouped, dropout, scaling))
-    parts.append(query.new_zeros(1, heads, dim))
-    out = torch.cat(parts).index_select(0, index.output_source).view(rows, width, heads, dim)
-    return out, None
+    sources = ((index.single_rows,) if index.single_rows.shape[0] else ()) + tuple(index.groups)
+    # each of q, k, v: (rows * width, its heads, dim) -> per pass (count, length, heads, dim)
+    passes = zip(*(_Regroup.apply(x.transpose(1, 2).reshape(rows * width, x.shape[1], dim), index.token_slot,
+                                  *sources) for x in (query, key, value)))
+    outputs = [_causal(*(x.transpose(1, 2) for x in qkv), dropout, scaling) for qkv in passes]
+    out = _Ungroup.apply(index.token_slot, sources, *outputs)
+    return out.view(rows, width, heads, dim), None
