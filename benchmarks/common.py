@@ -98,18 +98,21 @@ def proc_memory(pid: int | str = "self") -> dict:
 def run_process(command: list[str], interval: float = 0.02) -> dict:
     """Run `command` from the repository root: its wall seconds, its peak anonymous and resident
     memory (polled), and its stdout. A failed command raises with its last lines of stderr."""
-    # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start, peak_anon, peak_rss = time.perf_counter(), 0, 0
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True)
+
+    def watch(out, err) -> tuple[int, int, int]:  # exit code, peak anonymous and resident bytes
+        process, peak_anon, peak_rss = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), 0, 0
         while process.poll() is None:
             memory = proc_memory(process.pid)
             peak_anon = max(peak_anon, memory["rss_anon_bytes"] or 0)
             peak_rss = max(peak_rss, memory["peak_rss_bytes"] or 0)
             time.sleep(interval)
-        seconds = time.perf_counter() - start
+        return process.returncode, peak_anon, peak_rss
+
+    # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        seconds, (code, peak_anon, peak_rss) = clock(watch, out, err)
         out.seek(0), err.seek(0)
-        if process.returncode != 0:
+        if code != 0:
             raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{err.read().strip()[-2000:]}")
         return {"seconds": seconds, "peak_anon_bytes": peak_anon, "peak_rss_bytes": peak_rss, "stdout": out.read()}
 
