@@ -1,17 +1,18 @@
-"""What every benchmark shares: inputs, one timer, one memory probe, one training set-up, the machine.
+"""What every section shares: inputs, one timer (`clock` + `rounds`), one memory probe (`proc_memory`, read
+in a process or polled from outside by `run_process`), one training set-up (`Setup`), the results record.
 
-Nothing runs at import time. The timer is `clock` plus `rounds` (tasks take turns, the order
-rotating each round, so a change in the machine's load hits every task alike). The memory probe
-is `proc_memory`, a reader of /proc/PID/status, polled by `run_process` while a child runs.
+    python -m benchmarks.common MODULE:FUNCTION '{"keyword": ...}'   # `in_process`'s child: prints its JSON
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ _STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss
 
 
 def sample_records(limit: int | None = None) -> list[dict]:
-    """The embedded Alpaca sample's records (the first `limit` of them)."""
+    """The embedded Alpaca sample's records (the first `limit`)."""
     from prep.readers import SAMPLE_PATH
 
     return json.loads(SAMPLE_PATH.read_text(encoding="utf-8"))[:limit]
@@ -41,17 +42,13 @@ def write_copies(path: Path, records: list[dict], copies: int) -> Path:
     return path
 
 
-def build_shards(data: Path, out: Path, mode: str, max_length: int, **options) -> Path:
-    """A shard set made by prep (its defaults unless given), rebuilt every run."""
+def build_shards(data: Path, out: Path, mode: str, max_length: int) -> Path:
+    """A shard set made by prep with its defaults, rebuilt every run."""
     from prep.config import PrepConfig
     from prep.pipeline import run
 
-    run(PrepConfig(data=str(data), out=str(out), mode=mode, max_length=max_length, **options), progress=False)
+    run(PrepConfig(data=str(data), out=str(out), mode=mode, max_length=max_length), progress=False)
     return out
-
-
-def remove(folder: Path) -> None:  # before a timed run: a deletion is never timed
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def median(values) -> float:
@@ -70,7 +67,8 @@ def clock(function, *args, **kwargs) -> tuple[float, object]:
 
 
 def rounds(tasks: dict, count: int) -> dict[str, list]:
-    """Run every task `count` times, taking turns; round r starts with task r (mod the number of tasks).
+    """Run every task `count` times, taking turns, round r starting with task r (mod their number), so
+    a change in the machine's load hits every task alike.
 
     >>> calls = []
     >>> rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2) and calls
@@ -84,16 +82,15 @@ def rounds(tasks: dict, count: int) -> dict[str, list]:
 
 
 def proc_memory(pid: int | str = "self") -> dict:
-    """Peak and current resident memory of a process, in bytes, split into anonymous (heap: what
-    the program holds) and file-backed pages (memory-mapped files: page cache the kernel can drop).
-    Linux only (the benchmarks' platform); elsewhere every value is None."""
+    """Peak and current resident bytes of a process, split into anonymous (heap: what the program
+    holds) and file-backed pages (mapped files: page cache the kernel can drop). Linux only."""
     found = dict.fromkeys(_STATUS_KEYS.values())
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             if key in _STATUS_KEYS:
                 found[_STATUS_KEYS[key]] = int(value.split()[0]) * 1024
-    except OSError:
+    except OSError:  # the process has just exited
         pass
     return found
 
@@ -101,24 +98,34 @@ def proc_memory(pid: int | str = "self") -> dict:
 def run_process(command: list[str], interval: float = 0.02) -> dict:
     """Run `command` from the repository root: its wall seconds, its peak anonymous and resident
     memory (polled), and its stdout. A failed command raises with its last lines of stderr."""
-    # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start, peak_anon, peak_rss = time.perf_counter(), 0, 0
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True)
+
+    def watch(out, err) -> tuple[int, int, int]:  # exit code, peak anonymous and resident bytes
+        process, peak_anon, peak_rss = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), 0, 0
         while process.poll() is None:
             memory = proc_memory(process.pid)
             peak_anon = max(peak_anon, memory["rss_anon_bytes"] or 0)
             peak_rss = max(peak_rss, memory["peak_rss_bytes"] or 0)
             time.sleep(interval)
-        seconds = time.perf_counter() - start
+        return process.returncode, peak_anon, peak_rss
+
+    # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        seconds, (code, peak_anon, peak_rss) = clock(watch, out, err)
         out.seek(0), err.seek(0)
-        if process.returncode != 0:
+        if code != 0:
             raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{err.read().strip()[-2000:]}")
         return {"seconds": seconds, "peak_anon_bytes": peak_anon, "peak_rss_bytes": peak_rss, "stdout": out.read()}
 
 
 def python_module(module: str, *args) -> list[str]:
     return [sys.executable, "-m", module, *map(str, args)]
+
+
+def in_process(function, **kwargs) -> dict:
+    """`function(**kwargs)` in a fresh interpreter: `run_process`'s figures, and what it returned as `result`."""
+    done = run_process(python_module(__name__, f"{function.__module__}:{function.__name__}",
+                                     json.dumps(kwargs, default=str)))
+    return {**done, "result": json.loads(done["stdout"])}
 
 
 class Setup:
@@ -178,16 +185,36 @@ class Setup:
         rows = self.order.next_rows() if rows is None else rows
         return get_batch(self.split, rows, isolation=True, device=self.device, **self.options)
 
-    def step(self, inputs: dict, supervised_tokens: int) -> float:
-        """One optimizer step; returns the mean loss per supervised token (`.item()` waits for the device)."""
+    def step(self, drawn) -> float:
+        """One optimizer step on a `batch()`; returns the mean loss per supervised token (`.item()`
+        waits for the device)."""
         import torch
 
         from train.step import backward, update
 
-        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], 1 / max(supervised_tokens, 1),
-                        self.autocast, self.scaler)
+        inputs, batch = drawn
+        scale = 1 / max(batch.supervised_tokens, 1)
+        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], scale, self.autocast, self.scaler)
         update(self.model, self.optimizer, self.scaler, 1.0, torch.isfinite(loss))
-        return loss.item() / max(supervised_tokens, 1)
+        return loss.item() * scale
+
+
+def new_results(settings) -> dict:
+    """The head of a results JSON: when, where, with what, under which settings."""
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "versions": versions(), "load_average": {"start": load_average()},
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+            "sections": {}, "figures": [], "skipped": {}, "clock": time.perf_counter()}
+
+
+def write_results(results: dict, out: Path) -> dict:
+    """Close `new_results`' record (end time, seconds, load) and write it to `out`."""
+    results.update(finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   seconds=time.perf_counter() - results.pop("clock"))
+    results["load_average"]["end"] = load_average()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)) + "\n")
+    return results
 
 
 def versions() -> dict:
@@ -196,7 +223,6 @@ def versions() -> dict:
 
 
 def machine() -> dict:
-    """Where the figures were measured."""
     import torch
 
     info = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for path in ("/proc/cpuinfo", "/proc/meminfo")
@@ -210,3 +236,8 @@ def machine() -> dict:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+if __name__ == "__main__":  # in_process's child
+    module, name = sys.argv[1].split(":")
+    print(json.dumps(getattr(importlib.import_module(module), name)(**json.loads(sys.argv[2]))))

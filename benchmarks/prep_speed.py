@@ -1,35 +1,20 @@
-"""Section prep: `python -m prep` as a user runs it, against its floor and against TRL, each a process.
-
-* prep: the whole `python -m prep --mode concat --val-ratio 0` process, start to exit (read,
-  template, loss masks, bfd packing, Arrow shards with hashes, the stats table it prints); its
-  output folder is removed before the clock starts;
-* the floor, `python -m benchmarks.prep_speed floor DATA`: what no prep can skip. It reads the
-  file with prep's reader, renders the same chat-template texts (the template run once per
-  conversation shape) and calls the fast tokenizer's batch API per prep's --batch-size texts;
-  no masks, no packing, no files. Timed as a whole process, like prep;
-* TRL, `python -m benchmarks.prep_speed trl DATA`: `SFTTrainer`'s constructor (its public API
-  prepares the dataset there: template, tokenization, assistant-only masks, bfd packing), with
-  `dataset_num_proc` None and = the cores, timed inside its process around the constructor only
-  (TRL's imports and the reading of the records stay off its clock); the faster one counts.
-They take turns in rounds (`common.rounds`). prep's peak heap is polled in each timed run and
-again on twice the records: it should grow with one batch of records, not with the data.
+"""Section prep: `python -m prep` as a user runs it (a whole process), its floor (`floor`: prep's reader and
+chat-template texts, the fast tokenizer's or tiktoken's batch API per prep's --batch-size texts; no masks,
+packing or files) and TRL (`trl_run`: `SFTTrainer`'s constructor, which prepares the dataset, with
+`dataset_num_proc` None and = the cores), each a process, taking turns in rounds (README, Benchmarks 1).
 """
 from __future__ import annotations
 
 import importlib.util
-import json
-import logging
 import os
 import re
-import time
-import warnings
+import shutil
 from pathlib import Path
 
-import click
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import median, python_module, remove, rounds, run_process
+from benchmarks.common import clock, in_process, median, python_module, rounds, run_process
 
 # prep's ChatML (prep.template.CHATML_TEMPLATE) with TRL's {% generation %} markers around what
 # prep supervises: the assistant's content and its <|im_end|>. It renders the same text (tested).
@@ -69,26 +54,25 @@ def render(tok, convs: list, shapes: dict) -> list[str]:
     return texts
 
 
-def floor(data: Path, batch_size: int, encoder: str = "tokenizers") -> list[int]:
-    """Each sample's token count: read, render, tokenize (ids extracted), one batch of records at a time.
-
-    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
-    tiktoken encoder does), each special token one id."""
-    tok, shapes, lengths = tokenizer(), {}, []
+def floor(data: Path, batch_size: int, encoder: str = "tokenizers", lengths: bool = True) -> list[int] | dict:
+    """Each sample's token count (or, `lengths` False, their sum): read, render, tokenize (ids
+    extracted), one batch of records at a time. `encoder` tiktoken: the texts between special
+    tokens through tiktoken's batch API (as prep's tiktoken encoder does), each special one id."""
+    tok, shapes, counts = tokenizer(), {}, []
     if encoder == "tiktoken":
         from prep.encoders import tiktoken_encoding
 
         ordinary = tiktoken_encoding(tok).encode_ordinary_batch
         specials = re.compile("(" + "|".join(map(re.escape, sorted(tok.all_special_tokens, key=len, reverse=True))) + ")")
-    for convs in conversations(data, batch_size):
+    for convs in conversations(Path(data), batch_size):
         texts = render(tok, convs, shapes)
         if encoder != "tiktoken":
-            lengths.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+            counts.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
             continue
         pieces = [specials.split(text) for text in texts]
         ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
-        lengths.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
-    return lengths
+        counts.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
+    return counts if lengths else {"samples": len(counts), "tokens": sum(counts)}
 
 
 def sample_lengths(data: Path) -> np.ndarray:
@@ -99,41 +83,31 @@ def sample_lengths(data: Path) -> np.ndarray:
     return np.concatenate([np.diff(encoder.encode(convs)[2]) for convs in conversations(data)])
 
 
-def trl_available() -> bool:
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def trl_prepare(rows: list[dict], max_length: int, num_proc: int | None, work: Path) -> tuple[float, dict]:
-    """(seconds of the SFTTrainer constructor, rows/samples/tokens/supervised tokens of its packed dataset)."""
+def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
+    """Run by `measure` in its own process: seconds of the SFTTrainer constructor, after a warm-up on a
+    few rows, and the rows, samples, tokens and supervised tokens of the packed dataset it made."""
     import datasets
     import torch
-    import transformers
     from trl import SFTConfig, SFTTrainer
 
     from train.model import load_model
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()  # drawing them is no part of the work (this process's output is dropped)
     tok = tokenizer()
     tok.chat_template = CHATML_GENERATION_TEMPLATE
-    with warnings.catch_warnings():  # deprecations inside transformers' TrainingArguments
-        warnings.simplefilter("ignore", FutureWarning)
-        args = SFTConfig(output_dir=str(work), max_length=max_length, packing=True, packing_strategy="bfd",
-                         assistant_only_loss=True, dataset_num_proc=num_proc, report_to="none", bf16=False,
-                         fp16=False, use_cpu=not torch.cuda.is_available())
-    model, dataset = load_model("tiny", tok), datasets.Dataset.from_list(rows)
-    start = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
-    seconds = time.perf_counter() - start
+    args = SFTConfig(output_dir=work, max_length=max_length, packing=True, packing_strategy="bfd",
+                     assistant_only_loss=True, dataset_num_proc=num_proc, report_to="none", bf16=False, fp16=False,
+                     use_cpu=not torch.cuda.is_available())
+    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(Path(data))
+            for conv in convs]
+    for part in (rows[:64], rows):  # the warm-up: the same code on a few rows
+        model, dataset = load_model("tiny", tok), datasets.Dataset.from_list(part)
+        seconds, trainer = clock(SFTTrainer, model=model, args=args, train_dataset=dataset, processing_class=tok)
     table = trainer.train_dataset.with_format("arrow")[:]
     column = lambda name: table.column(name).combine_chunks().values  # noqa: E731
-    return seconds, {"rows": table.num_rows, "samples": len(column("seq_lengths")), "tokens": len(column("input_ids")),
-                     "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
+    return {"seconds": seconds, "rows": table.num_rows, "samples": len(column("seq_lengths")),
+            "tokens": len(column("input_ids")),
+            "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
 
 
 def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
@@ -143,53 +117,42 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
     from shards.manifest import read_manifest
 
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
-    here = "benchmarks.prep_speed"
 
     def prep(source: Path = data, folder: Path = out) -> dict:
-        remove(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # before the clock: prep does not clear it for a user
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
                                          "--val-ratio", 0, "--out", folder))
 
-    def trl(num_proc: int) -> dict:
-        done = run_process(python_module(here, "trl", data, max_length, num_proc, work / "trl"))
-        return json.loads(done["stdout"])
-
-    floor_command = python_module(here, "floor", data, batch_size)
-    tiktoken_command = floor_command + ["--encoder", "tiktoken"]
-    tasks = {"prep": prep, "floor": lambda: run_process(floor_command)}
-    if importlib.util.find_spec("tiktoken"):
-        tasks["tiktoken_floor"] = lambda: run_process(tiktoken_command)
-    trl_names = {"trl_num_proc_none": 0, f"trl_num_proc_{cores}": cores} if with_trl else {}
-    tasks.update({name: (lambda n=n: trl(n)) for name, n in trl_names.items()})
-    prep(warmup)  # warm-up (page cache, bytecode); the floor's gives its token counts for the checks
-    floor_lengths = np.array(json.loads(run_process(floor_command + ["--lengths"])["stdout"]))
-    tiktoken_lengths = (np.array(json.loads(run_process(tiktoken_command + ["--lengths"])["stdout"]))
-                        if "tiktoken_floor" in tasks else None)
+    floors = {"floor": "tokenizers", **({"tiktoken_floor": "tiktoken"} if importlib.util.find_spec("tiktoken") else {})}
+    trl_names = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
+    tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e,
+                                                           lengths=False) for name, e in floors.items()},
+             **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
+                                             work=work / "trl")["result"] for name, n in trl_names.items()}}
+    prep(warmup)  # warm-up (page cache, bytecode)
+    counted = {name: np.array(floor(data, batch_size, e)) for name, e in floors.items()}  # checks, never timed
     done = rounds(tasks, repeats)
     stats, lengths = read_manifest(out).stats, sample_lengths(data)
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
+    times = {**seconds, "trl": [min(t) for t in zip(*(seconds[name] for name in trl_names))]}  # TRL's faster
+    ratio = lambda a, b: median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731 - of the per-round ratios
     result = {
         "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
         "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
-        "prep_over_floor": median(p / f for p, f in zip(seconds["prep"], seconds["floor"])),
-        "prep_over_tiktoken_floor": median(p / f for p, f in zip(seconds["prep"], seconds.get("tiktoken_floor", []))),
+        **{f"prep_over_{name}": ratio("prep", name) for name in floors},
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
-        "checks": {"same_rows": len(lengths) == len(floor_lengths) == stats.records_read == stats.samples,
-                   "same_sample_tokens": bool(np.array_equal(floor_lengths, lengths)),
-                   **({} if tiktoken_lengths is None else
-                      {"tiktoken_floor_same_sample_tokens": bool(np.array_equal(tiktoken_lengths, lengths))}),
+        "checks": {"same_rows": len(lengths) == len(counted["floor"]) == stats.records_read == stats.samples,
+                   "same_sample_tokens": bool(np.array_equal(counted.pop("floor"), lengths)),
+                   **{f"{name}_same_sample_tokens": bool(np.array_equal(c, lengths)) for name, c in counted.items()},
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
     if trl_names:
-        best = [min(runs) for runs in zip(*(seconds[name] for name in trl_names))]
-        result["trl_over_prep"] = median(t / p for t, p in zip(best, seconds["prep"]))
-        result["trl_configs_over_prep"] = {name: median(t / p for t, p in zip(seconds[name], seconds["prep"]))
-                                           for name in trl_names}
         counts = done[next(iter(trl_names))][-1]
-        result["trl_rows"] = counts["rows"]
+        result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=counts["rows"],
+                      trl_configs_over_prep={name: ratio(name, "prep") for name in trl_names})
         result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
                                 **{f"trl_same_{k}": counts[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
     return result, lengths
@@ -200,7 +163,7 @@ def figures(p: dict) -> list[dict]:
     found = [f("prep", "prep_samples_per_second", p["samples"] / median(p["seconds"]["prep"]), "samples/s"),
              f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.1),
                note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
-             f("prep", "prep_over_tiktoken_floor", p["prep_over_tiktoken_floor"],
+             f("prep", "prep_over_tiktoken_floor", p.get("prep_over_tiktoken_floor"),
                note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
@@ -212,34 +175,3 @@ def figures(p: dict) -> list[dict]:
                     f("prep", "prep_anon_growth_mib", p["prep_anon_growth_mib"], "MiB", goal=("<", 64),
                       note="peak heap on twice the records minus on the records"),
                     report.checks("prep", p["checks"])]
-
-
-@click.group()
-def main() -> None:
-    """prep's peers, each run as a process by `python -m benchmarks`."""
-
-
-@main.command("floor")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("batch_size", type=int)
-@click.option("--lengths", is_flag=True, help="print each sample's token count (a check run, never timed)")
-@click.option("--encoder", type=click.Choice(["tokenizers", "tiktoken"]), default="tokenizers", show_default=True)
-def floor_command(data: Path, batch_size: int, lengths: bool, encoder: str) -> None:
-    counts = floor(data, batch_size, encoder)
-    print(json.dumps(counts if lengths else {"samples": len(counts), "tokens": sum(counts)}))
-
-
-@main.command("trl")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("max_length", type=int)
-@click.argument("num_proc", type=int)  # 0: dataset_num_proc=None
-@click.argument("work", type=click.Path(file_okay=False, path_type=Path))
-def trl_command(data: Path, max_length: int, num_proc: int, work: Path) -> None:
-    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for convs in conversations(data) for conv in convs]
-    trl_prepare(rows[:64], max_length, num_proc or None, work)  # warm-up: the same code on a few rows
-    seconds, counts = trl_prepare(rows, max_length, num_proc or None, work)
-    print(json.dumps({"seconds": seconds, **counts}))
-
-
-if __name__ == "__main__":
-    main()

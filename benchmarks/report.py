@@ -1,14 +1,9 @@
-"""Figures with their goals, and the Markdown the terminal and the README show them in.
-
-`results.json` holds `figures`: a list of {section, name, value, unit, goal, passed, note?},
-where `goal` is {"op": "<=" | "<" | ">=" | ">", "value": number} or null, and `passed` is null
-when there is no goal (or nothing was measured).
+"""Figures with their goals, and the Markdown the terminal and the README show them in. A figure is
+{section, name, value, unit, goal: {op, value} or null, passed: null without a goal or a value, note?}.
 
     >>> f = figure("prep", "prep_over_floor", 1.05, goal=("<=", 1.1))
-    >>> f["passed"], format_goal(f["goal"])
-    (True, '≤ 1.1')
-    >>> figure("x", "y", None, goal=(">=", 2.5))["passed"] is None
-    True
+    >>> f["passed"], format_goal(f["goal"]), figure("x", "y", None, goal=(">=", 2.5))["passed"]
+    (True, '≤ 1.1', None)
 """
 from __future__ import annotations
 
@@ -25,7 +20,6 @@ PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat seed": "concat_seed_
 
 def figure(section: str, name: str, value, unit: str = "", goal: tuple[str, float] | None = None,
            note: str = "") -> dict:
-    """One reported number; `passed` says whether it meets its goal."""
     passed = None if goal is None or value is None else bool(OPS[goal[0]](value, goal[1]))
     entry = {"section": section, "name": name, "value": value, "unit": unit,
              "goal": {"op": goal[0], "value": goal[1]} if goal else None, "passed": passed}
@@ -48,10 +42,10 @@ def format_goal(goal: dict | None) -> str:
 
 
 def format_value(value, unit: str = "") -> str:
-    """Readable numbers: thousands separators for large ones, 4 significant digits for small.
+    """Thousands separators for large numbers, 4 significant digits for small ones.
 
-    >>> format_value(51948), format_value(1234567.8, "tokens/s"), format_value(0.0027209), format_value(1.5, "s")
-    ('51,948', '1,234,568 tokens/s', '0.002721', '1.5 s')
+    >>> format_value(51948), format_value(1234567.8, "tokens/s"), format_value(0.0027209), format_value(True)
+    ('51,948', '1,234,568 tokens/s', '0.002721', 'yes')
     """
     if value is None:
         return "—"
@@ -65,7 +59,6 @@ def format_value(value, unit: str = "") -> str:
 
 
 def figures_table(figures: list[dict]) -> str:
-    """The figures as a Markdown table (the terminal shows the same table the README does)."""
     verdict = {True: "pass", False: "MISS", None: ""}
     return markdown_table(["section", "figure", "value", "goal", ""],
                           [[f["section"], f"`{f['name']}`", format_value(f["value"], f["unit"]), format_goal(f["goal"]),
@@ -73,7 +66,6 @@ def figures_table(figures: list[dict]) -> str:
 
 
 def packing_table(packing: dict) -> str:
-    """Rows per layout at each max_length (from benchmarks.packing.run)."""
     body = [[length, *(format_value(r[key]) for key in PACKING_COLUMNS.values())] for length, r in packing.items()]
     return markdown_table(["max_length", *PACKING_COLUMNS], body)
 
@@ -87,12 +79,11 @@ def markdown(results: dict) -> str:
     lines = [f"Measured {results['finished'][:16].replace('T', ' ')} UTC in {results['seconds']:.0f} s{quick}; "
              f"load average {results['load_average']['start']} → {results['load_average']['end']}.",
              f"Machine: {m['platform']}; {m.get('cuda') or m['processor']}, {m['cpus_usable']} CPUs; "
-             f"{m['memory_gib']} GiB; Python {m['python']}; {libs}.", "", figures_table(results["figures"])]
-    lines += [""] + [f"- `{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
+             f"{m['memory_gib']} GiB; Python {m['python']}; {libs}.", "", figures_table(results["figures"]), ""]
+    lines += [f"- `{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
     packing = results["sections"].get("packing")
     if packing:
-        lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "",
-                  packing_table(packing)]
+        lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "", packing_table(packing)]
     if results["skipped"]:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {r}" for k, r in results["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"

@@ -83,10 +83,23 @@ def test_auto_takes_varlen_on_cpu_and_says_so(shards, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compile_trains_and_resumes_exactly(shards, tmp_path):
-    config = tiny_config(shards, tmp_path / "reference", attention="sdpa", compile=True, max_steps=4,
+def test_compile_trains_and_resumes_exactly_without_recompiling(shards, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    compiled = {True: [], False: []}  # frames torch.compile had compiled at each train / val forward
+    real = head.head_loss
+
+    def counting(hidden, targets, weight):
+        compiled[hidden.requires_grad].append(counters["frames"]["total"])
+        return real(hidden, targets, weight)
+
+    monkeypatch.setattr(head, "head_loss", counting)
+    config = tiny_config(shards, tmp_path / "reference", attention="varlen", compile=True, max_steps=4,
                          eval_interval=2)
     reference, resumed, expected, got = run_stopped_and_resumed(config, tmp_path)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    assert reference["compile"] and expected[-1] < expected[0]
+    assert reference["compile"] and reference["attention"] == "varlen" and expected[-1] < expected[0]
     assert resumed["final_val_loss"] == pytest.approx(reference["final_val_loss"], abs=1e-6)
+    # batches of other sample lengths reach the same compiled graphs: the varlen index is no graph input
+    train = compiled[True]
+    assert train[1] == train[0] and train[3] == train[2]

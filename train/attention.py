@@ -14,9 +14,11 @@
 
 `varlen` reaches the model through transformers' AttentionInterface: the index tensors
 (built once per batch, with numpy, by `varlen_index`; samples sorted by length and cut into
-at most GROUPS passes, so a short sample is not padded to the batch's longest) travel as the `varlen_index`
-keyword of the model call, which GPT-2 and Llama-type models forward to every layer's
-attention function.
+at most GROUPS passes, so a short sample is not padded to the batch's longest) are set for
+the model call by `varlen_batch(index)`, and every layer's attention function reads them
+there. They are not inputs of the model call: under --compile their sizes change with every
+batch and would make torch.compile recompile; the attention function runs outside the
+compiled graph (torch.compiler.disable), so the compiled parts see only the rows' shapes.
 
     >>> import numpy as np  # rows [3 | 2 | pad] and [4 | pad pad] of width 6
     >>> index = varlen_index(np.array([0, 3, 6]), np.array([3, 2, 4]), rows=2, width=6)
@@ -27,7 +29,9 @@ attention function.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -324,13 +328,29 @@ class _Ungroup(torch.autograd.Function):
                                     for s in ctx.sources)
 
 
+_BATCH_INDEX: contextvars.ContextVar[VarlenIndex | None] = contextvars.ContextVar("varlen_index", default=None)
+
+
+@contextmanager
+def varlen_batch(index: VarlenIndex | None):
+    """The batch's regrouping, for every varlen attention call of the model call inside."""
+    token = _BATCH_INDEX.set(index)
+    try:
+        yield
+    finally:
+        _BATCH_INDEX.reset(token)
+
+
+@torch.compiler.disable
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, varlen_index: VarlenIndex | None = None, **kwargs):
     """transformers' attention-function signature: [rows, heads, length, dim] in, ([rows, length, heads, dim], None) out.
 
-    Without an index (or with a mask or a cache: generation) every row is one causal sequence,
-    exactly transformers' SDPA path.
+    `varlen_index`: the batch's regrouping, by default the one `varlen_batch` set. Without one
+    (or with a mask or a cache: generation) every row is one causal sequence, exactly
+    transformers' SDPA path.
     """
+    varlen_index = varlen_index if varlen_index is not None else _BATCH_INDEX.get()
     if varlen_index is None or attention_mask is not None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

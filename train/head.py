@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shards.format import IGNORE_INDEX
+from train.attention import flex_block_mask, varlen_batch
 from train.model import ModelError
 
 # Labelled positions per head chunk, by device. On a CPU the chunk's fp32 logits (128 x 50k: 26 MB for
@@ -131,16 +132,16 @@ class LabelLossModel(torch.nn.Module):
                              "without logit soft-capping")
         backbone = model.base_model
         # Not a submodule: its parameters are the model's, registered once through `self.model`.
-        # dynamic: the varlen index's sizes change every batch; padded widths repeat anyway.
+        # dynamic: one graph for every padded width (the varlen index is no input of it).
         object.__setattr__(self, "backbone", torch.compile(backbone, dynamic=True) if compile else backbone)
 
-    def forward(self, input_ids, position_ids, labels, flex_documents=None, **attention_inputs) -> torch.Tensor:
-        """`attention_inputs`: what `train.step.get_batch` built for the attention path (varlen_index, ...)."""
+    def forward(self, input_ids, position_ids, labels, flex_documents=None, varlen_index=None,
+                **attention_inputs) -> torch.Tensor:
+        """`attention_inputs`: what `train.step.get_batch` built for the attention path (flash_cu_seqlens, ...)."""
         extra = {k: v for k, v in attention_inputs.items() if v is not None}
         if flex_documents is not None:
-            from train.attention import flex_block_mask
-
             extra["flex_block_mask"] = flex_block_mask(flex_documents)
-        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                               **extra).last_hidden_state
+        with varlen_batch(varlen_index):  # not a model input: see train/attention.py
+            hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                   **extra).last_hidden_state
         return head_loss(*labelled(hidden, labels), self.model.get_output_embeddings().weight)
