@@ -30,8 +30,9 @@ def _per_step(run: dict) -> float:
     return run["summary"]["supervised_tokens"] / max(run["summary"]["steps"], 1)
 
 
-def _val_at_step(run: dict, step: int) -> float | None:
-    return next((v["val_loss"] for v in run["val"] if v["step"] == step), None)
+def _at_step(run: dict, step: int, key: str = "val_loss"):
+    """`key` of the run's evaluation at `step` (None: not evaluated there)."""
+    return next((v[key] for v in run["val"] if v["step"] == step), None)
 
 
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
@@ -52,7 +53,7 @@ def seed_spread(runs: list[dict]) -> tuple[float | None, str]:
     ranges = []
     for group in pairs:
         step = min(r["val"][-1]["step"] for r in group if r["val"]) if all(r["val"] for r in group) else None
-        losses = [_val_at_step(r, step) for r in group] if step is not None else []
+        losses = [_at_step(r, step) for r in group] if step is not None else []
         if losses and None not in losses:
             ranges.append((max(losses) - min(losses), group, step, losses))
     if not ranges:
@@ -88,18 +89,14 @@ def at_equal_steps(runs: list[dict], spread: float | None) -> str:
     if any(not r["val"] for r in runs):
         return "Not compared at equal steps: a run has no validation loss."
     step = min(r["val"][-1]["step"] for r in runs)
-    losses = {r["name"]: _val_at_step(r, step) for r in runs}
+    losses = {r["name"]: _at_step(r, step) for r in runs}
     if None in losses.values():
         return f"Not compared at equal steps: the runs were not all evaluated at step {step}."
     warmup, decay, _ = schedules.pop()
     return (f"At equal steps (step {step} of the same schedule: warm-up {warmup}, linear decay to 0 at {decay}), "
             "validation loss " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(losses.items(), key=lambda kv: kv[1]))
             + ": " + called(losses, spread) + ". At that step the runs had seen different supervised tokens ("
-            + ", ".join(f"{r['name']} {_tokens_at_step(r, step):,}" for r in runs) + ").")
-
-
-def _tokens_at_step(run: dict, step: int) -> int:
-    return next(v["supervised_tokens"] for v in run["val"] if v["step"] == step)
+            + ", ".join(f"{r['name']} {_at_step(r, step, 'supervised_tokens'):,}" for r in runs) + ").")
 
 
 def at_equal_tokens(runs: list[dict], spread: float | None) -> str:
