@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "datasets", "trl", "accelerate", "tiktoken")
-_STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
+_STATUS_KEYS = {"VmHWM": "peak_rss_bytes", "VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes"}
 
 
 def sample_records(limit: int | None = None) -> list[dict]:
@@ -82,8 +82,8 @@ def rounds(tasks: dict, count: int) -> dict[str, list]:
 
 
 def proc_memory(pid: int | str = "self") -> dict:
-    """Peak and current resident bytes of a process, split into anonymous (heap: what the program
-    holds) and file-backed pages (mapped files: page cache the kernel can drop). Linux only."""
+    """Peak and current resident bytes of a process, and its anonymous resident bytes (heap: what the program
+    holds, without mapped files, which are page cache the kernel can drop). Linux only."""
     found = dict.fromkeys(_STATUS_KEYS.values())
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -96,25 +96,23 @@ def proc_memory(pid: int | str = "self") -> dict:
 
 
 def run_process(command: list[str], interval: float = 0.02) -> dict:
-    """Run `command` from the repository root: its wall seconds, its peak anonymous and resident
-    memory (polled), and its stdout. A failed command raises with its last lines of stderr."""
+    """Run `command` from the repository root: its wall seconds, its peak anonymous memory (polled), and its
+    stdout. A failed command raises with its last lines of stderr."""
 
-    def watch(out, err) -> tuple[int, int, int]:  # exit code, peak anonymous and resident bytes
-        process, peak_anon, peak_rss = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), 0, 0
+    def watch(out, err) -> tuple[int, int]:  # exit code, peak anonymous bytes
+        process, peak_anon = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), 0
         while process.poll() is None:
-            memory = proc_memory(process.pid)
-            peak_anon = max(peak_anon, memory["rss_anon_bytes"] or 0)
-            peak_rss = max(peak_rss, memory["peak_rss_bytes"] or 0)
+            peak_anon = max(peak_anon, proc_memory(process.pid)["rss_anon_bytes"] or 0)
             time.sleep(interval)
-        return process.returncode, peak_anon, peak_rss
+        return process.returncode, peak_anon
 
     # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        seconds, (code, peak_anon, peak_rss) = clock(watch, out, err)
+        seconds, (code, peak_anon) = clock(watch, out, err)
         out.seek(0), err.seek(0)
         if code != 0:
             raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{err.read().strip()[-2000:]}")
-        return {"seconds": seconds, "peak_anon_bytes": peak_anon, "peak_rss_bytes": peak_rss, "stdout": out.read()}
+        return {"seconds": seconds, "peak_anon_bytes": peak_anon, "stdout": out.read()}
 
 
 def python_module(module: str, *args) -> list[str]:
@@ -199,12 +197,12 @@ class Setup:
         return loss.item() * scale
 
 
-def new_results(settings) -> dict:
-    """The head of a results JSON: when, where, with what, under which settings."""
+def new_results(*configs) -> dict:
+    """The head of a results JSON: when, where, with what, under which settings (each dataclass's fields)."""
+    settings = {k: str(v) if isinstance(v, Path) else v for c in configs for k, v in dataclasses.asdict(c).items()}
     return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "versions": versions(), "load_average": {"start": load_average()},
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
-            "sections": {}, "figures": [], "skipped": {}, "clock": time.perf_counter()}
+            "settings": settings, "sections": {}, "figures": [], "skipped": {}, "clock": time.perf_counter()}
 
 
 def write_results(results: dict, out: Path) -> dict:
@@ -225,11 +223,11 @@ def versions() -> dict:
 def machine() -> dict:
     import torch
 
-    info = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for path in ("/proc/cpuinfo", "/proc/meminfo")
-            if Path(path).is_file() for line in Path(path).read_text().splitlines()[:60] if ":" in line}
-    memory_kib = int(info.get("MemTotal", "0 kB").split()[0])
-    return {"platform": platform.platform(), "processor": info.get("model name", platform.processor()),
-            "cpus_usable": len(os.sched_getaffinity(0)), "memory_gib": round(memory_kib / 2**20, 1),
+    cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+           if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return {"platform": platform.platform(), "processor": cpu[0] if cpu else platform.processor(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

@@ -28,6 +28,9 @@ from sftcli import click_options, opt
 from train.attention import AttentionError, resolve_attention
 
 HERE = Path(__file__).resolve().parent
+# The matrix: layout x --attention x --compile x --flatten, gpt2-124m at 16 x 1024 in fp16 (issue 14).
+MODES, ATTENTIONS, SWITCHES = ("padding", "packed", "concat"), ("sdpa", "varlen", "flash", "flex"), (False, True)
+MODEL, BATCH_SIZE, MAX_LENGTH = "gpt2-124m", 16, 1024
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,6 @@ class GpuSettings:
     copies: int = opt(10, "times the embedded sample is repeated for the shards")
     steps: int = opt(20, "timed steps per configuration")
     warmup: int = opt(5, "untimed steps before them (compiling included)")
-    modes: str = opt("padding,packed,concat", "comma-separated layouts")
-    attentions: str = opt("sdpa,varlen,flash,flex", "comma-separated --attention paths")
-    compile: str = opt("off,on", "--compile settings to measure")
-    flatten: str = opt("off,on", "--flatten settings to measure")
-    max_length: int = opt(1024, "prep --max-length of the shards")
-    batch_size: int = opt(16, "rows per step")
 
 
 def matmul_parameters(model) -> int:
@@ -93,7 +90,7 @@ def run_config(shards: Path, device, steps: int, warmup: int, batch_size: int = 
     config, n_params, records = setup.model.config, matmul_parameters(setup.model), []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
+    for _ in range(warmup + steps):
         synchronize(device)
         data_seconds, (inputs, batch) = common.clock(lambda: (setup.batch(), synchronize(device))[0])
         compute_seconds, loss = common.clock(setup.step, (inputs, batch))  # .item() syncs
@@ -104,8 +101,7 @@ def run_config(shards: Path, device, steps: int, warmup: int, batch_size: int = 
     records = records[warmup:]
     per_second = lambda key: common.median(r[key] / r["seconds"] for r in records)  # noqa: E731
     seconds = common.median(r["seconds"] for r in records)
-    return {"shards": str(shards), "attention": attention, "compile": compile, "flatten": flatten, "model": model,
-            "batch_size": batch_size, "steps": steps, "step_seconds": seconds, "final_loss": records[-1]["loss"],
+    return {"step_seconds": seconds, "final_loss": records[-1]["loss"],
             "data_fraction": common.median(r["data"] for r in records) / seconds,
             "tokens_per_second": per_second("tokens"), "supervised_tokens_per_second": per_second("supervised"),
             "mfu": per_second("flops") / peak if peak else None,
@@ -113,12 +109,11 @@ def run_config(shards: Path, device, steps: int, warmup: int, batch_size: int = 
 
 
 def figures(runs: dict, peak: float) -> list[dict]:
-    f = report.figure
+    f, units = report.figure, {"supervised_tokens_per_second": "tokens/s", "mfu": "", "peak_memory_gib": "GiB",
+                               "data_fraction": ""}
     found = [f("gpu", "matmul_peak_tflops_fp16", peak / 1e12, "TFLOP/s")]
     for key, r in runs.items():
-        found += [f("gpu", f"{key}_supervised_tokens_per_second", r["supervised_tokens_per_second"], "tokens/s"),
-                  f("gpu", f"{key}_mfu", r["mfu"]), f("gpu", f"{key}_peak_memory_gib", r["peak_memory_gib"], "GiB"),
-                  f("gpu", f"{key}_data_fraction", r["data_fraction"])]
+        found += [f("gpu", f"{key}_{name}", r[name], unit) for name, unit in units.items()]
         kernel = key.removeprefix("concat_")
         if kernel != key and f"padding_{kernel}" in runs:  # the same kernel and options
             found.append(f("gpu", f"concat_over_padding_{kernel}", r["supervised_tokens_per_second"]
@@ -136,23 +131,21 @@ def main(**options) -> None:
     s, device = GpuSettings(**options), torch.device("cuda")
     results = common.new_results(s)
     data = common.write_copies(s.work / f"sample-x{s.copies}.jsonl", common.sample_records(), s.copies)
-    pick = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     peak, runs = measured_peak_flops(device, torch.float16), {}
-    for mode in pick(s.modes):
-        shards = common.build_shards(data, s.work / f"{mode}-{s.max_length}", mode, s.max_length)
-        for attention, compiled, flat in itertools.product(pick(s.attentions), pick(s.compile), pick(s.flatten)):
-            key = f"{mode}_{attention}" + "_compile" * (compiled == "on") + "_flatten" * (flat == "on")
+    for mode in MODES:
+        shards = common.build_shards(data, s.work / f"{mode}-{MAX_LENGTH}", mode, MAX_LENGTH)
+        for attention, compiled, flat in itertools.product(ATTENTIONS, SWITCHES, SWITCHES):
+            key = f"{mode}_{attention}" + "_compile" * compiled + "_flatten" * flat
             click.echo(f"{key} ...", err=True)
             try:
-                runs[key] = run_config(shards, device, s.steps, s.warmup, s.batch_size, attention=attention,
-                                       compile=compiled == "on", flatten=flat == "on", peak=peak)
+                runs[key] = run_config(shards, device, s.steps, s.warmup, BATCH_SIZE, MODEL, attention, compiled, flat,
+                                       peak=peak)
             except AttentionError as e:
                 results["skipped"][key] = str(e)
             torch.cuda.empty_cache()
     results["sections"]["gpu"], results["figures"] = {"peak_flops_fp16": peak, "runs": runs}, figures(runs, peak)
     common.write_results(results, s.out)
     click.echo(report.figures_table(results["figures"]) + f"\n\n{s.out} ({results['seconds']:.0f} s)")
-
 
 if __name__ == "__main__":
     main()

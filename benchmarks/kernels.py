@@ -35,7 +35,8 @@ def attention_op(shards: Path, rows: int, repeats: int, seed: int = 0) -> dict:
     def timed(kernel):
         def run():
             leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-            return clock(lambda: _backward(kernel(*leaves), grad))  # (seconds, output)
+            seconds, out = clock(kernel, *leaves)
+            return seconds + clock(lambda: (out * grad).sum().backward())[0], out.detach()
         return run
 
     tasks = {name: timed(kernel) for name, kernel in kernels.items()}
@@ -47,18 +48,15 @@ def attention_op(shards: Path, rows: int, repeats: int, seed: int = 0) -> dict:
             "varlen_over_dense": median(a[0] / b[0] for a, b in zip(done["varlen"], done["dense"]))}
 
 
-def _backward(out, grad):
-    (out * grad).sum().backward()
-    return out.detach()
-
-
-def step_variants(shards: dict[str, Path], model: str, rows: int, steps: int = 3) -> dict:
-    """Each variant's median step seconds and the step's memory, each variant in a fresh process."""
+def measure(shards: dict[str, Path], model: str, repeats: int, rows: int = 1, steps: int = 3) -> dict:
+    """The attention op on 2 concat rows; each step variant's median step seconds and the step's memory,
+    each variant in a fresh process."""
     runs = {name: in_process(variant_step, variant=name, shards=shards[layout], model=model, rows=rows,
                              steps=steps)["result"] for name, (layout, *_) in VARIANTS.items()}
-    return {"model": model, "rows": rows, "steps": steps, "variants": runs,
-            "lean_over_dense": runs["lean"]["seconds"] / runs["dense"]["seconds"],
-            "label_head_extra_memory_ratio": runs["lean"]["extra_mib"] / runs["dense"]["extra_mib"]}
+    return {"max_length": 1024, "attention": attention_op(shards["concat"], 2, repeats),
+            "step": {"model": model, "rows": rows, "steps": steps, "variants": runs,
+                     "lean_over_dense": runs["lean"]["seconds"] / runs["dense"]["seconds"],
+                     "label_head_extra_memory_ratio": runs["lean"]["extra_mib"] / runs["dense"]["extra_mib"]}}
 
 
 def _settle() -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import Setup, clock, in_process, median
+from benchmarks.common import Setup, clock, in_process, median, rounds
 from shards.format import TOKENIZER_DIR, Rows, ShardSet, SplitWriter
 from shards.manifest import write_manifest
 
@@ -53,14 +53,19 @@ def read_epoch(shards: str, batch_size: int) -> dict:
 
 def epoch_memory(small: Path, large: Path, batch_size: int, repeats: int) -> dict:
     """Peak memory of a process reading one epoch of `small`, and of `large`, in alternating fresh processes."""
-    runs: dict[str, list] = {"small": [], "large": []}
-    for _ in range(repeats):
-        for name, shards in (("small", small), ("large", large)):
-            runs[name].append(in_process(read_epoch, shards=shards, batch_size=batch_size))
-    result = {name: {**rs[0]["result"], "peak_anon_mib": median(r["peak_anon_bytes"] for r in rs) / 2**20,
-                     "peak_rss_mib": median(r["peak_rss_bytes"] for r in rs) / 2**20} for name, rs in runs.items()}
-    result["rss_anon_growth_mib"] = result["large"]["peak_anon_mib"] - result["small"]["peak_anon_mib"]
-    return result
+    runs = rounds({name: lambda s=shards: in_process(read_epoch, shards=s, batch_size=batch_size)
+                   for name, shards in (("small", small), ("large", large))}, repeats)
+    result = {name: {**rs[0]["result"], "peak_anon_mib": median(r["peak_anon_bytes"] for r in rs) / 2**20}
+              for name, rs in runs.items()}
+    return {**result, "rss_anon_growth_mib": result["large"]["peak_anon_mib"] - result["small"]["peak_anon_mib"]}
+
+
+def measure(concat: dict[int, Path], work: Path, batch_size: int, shard_mb: tuple[int, int], repeats: int) -> dict:
+    """One batch's collation time from each concat set (by max-length); the epoch memory of the 256 set
+    tiled to `shard_mb` MB."""
+    small, large = (tile(concat[256], work / f"tiled-{mb}mb", mb * 10**6) for mb in shard_mb)
+    return {"batch_size": batch_size, "memory": epoch_memory(small, large, batch_size, repeats),
+            "batch_seconds": {length: batch_seconds(path, batch_size) for length, path in concat.items()}}
 
 
 def figures(loading: dict) -> list[dict]:

@@ -54,10 +54,10 @@ def render(tok, convs: list, shapes: dict) -> list[str]:
     return texts
 
 
-def floor(data: Path, batch_size: int, encoder: str = "tokenizers", lengths: bool = True) -> list[int] | dict:
-    """Each sample's token count (or, `lengths` False, their sum): read, render, tokenize (ids
-    extracted), one batch of records at a time. `encoder` tiktoken: the texts between special
-    tokens through tiktoken's batch API (as prep's tiktoken encoder does), each special one id."""
+def floor(data: Path, batch_size: int = 1000, encoder: str = "tokenizers") -> list[int]:
+    """Each sample's token count (as prep's, tested): read, render, tokenize (ids extracted), a batch at a time.
+    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
+    tiktoken encoder does), each special one id."""
     tok, shapes, counts = tokenizer(), {}, []
     if encoder == "tiktoken":
         from prep.encoders import tiktoken_encoding
@@ -72,15 +72,7 @@ def floor(data: Path, batch_size: int, encoder: str = "tokenizers", lengths: boo
         pieces = [specials.split(text) for text in texts]
         ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
         counts.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
-    return counts if lengths else {"samples": len(counts), "tokens": sum(counts)}
-
-
-def sample_lengths(data: Path) -> np.ndarray:
-    """Each sample's token count as prep computes it (prep.template.ConversationEncoder), before truncation."""
-    from prep.template import ConversationEncoder
-
-    encoder = ConversationEncoder(tokenizer())
-    return np.concatenate([np.diff(encoder.encode(convs)[2]) for convs in conversations(data)])
+    return counts
 
 
 def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
@@ -111,8 +103,9 @@ def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict
 
 
 def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
-            with_trl: bool) -> tuple[dict, np.ndarray]:
-    """Seconds and memory of prep, the floor and TRL over `data`; also the samples' token counts."""
+            with_trl: bool) -> dict:
+    """Seconds and memory of prep, the floors and TRL over `data`; checks that they saw the same samples (the
+    floor's counts are prep's sample lengths, as tested: prep's tokens must be them truncated)."""
     from prep.config import PrepConfig
     from shards.manifest import read_manifest
 
@@ -124,38 +117,36 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
                                          "--val-ratio", 0, "--out", folder))
 
     floors = {"floor": "tokenizers", **({"tiktoken_floor": "tiktoken"} if importlib.util.find_spec("tiktoken") else {})}
-    trl_names = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
-    tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e,
-                                                           lengths=False) for name, e in floors.items()},
+    trls = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
+    tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e)
+                              for name, e in floors.items()},
              **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
-                                             work=work / "trl")["result"] for name, n in trl_names.items()}}
+                                             work=work / "trl")["result"] for name, n in trls.items()}}
     prep(warmup)  # warm-up (page cache, bytecode)
-    counted = {name: np.array(floor(data, batch_size, e)) for name, e in floors.items()}  # checks, never timed
     done = rounds(tasks, repeats)
-    stats, lengths = read_manifest(out).stats, sample_lengths(data)
-    seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
-    times = {**seconds, "trl": [min(t) for t in zip(*(seconds[name] for name in trl_names))]}  # TRL's faster
+    stats, counts = read_manifest(out).stats, {name: done[name][-1]["result"] for name in floors}
+    lengths = np.array(counts.pop("floor"))
+    seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
+    times = {**seconds, "trl": [min(t) for t in zip(*(seconds[name] for name in trls))]}  # TRL's faster
     ratio = lambda a, b: median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731 - of the per-round ratios
     result = {
-        "samples": len(lengths), "sample_tokens": int(lengths.sum()), "max_length": max_length, "repeats": repeats,
-        "floor_batch_size": batch_size, "seconds": seconds, "prep_rows": stats.rows,
-        **{f"prep_over_{name}": ratio("prep", name) for name in floors},
+        "samples": len(lengths), "max_length": max_length, "floor_batch_size": batch_size, "seconds": seconds,
+        "prep_rows": stats.rows, **{f"prep_over_{name}": ratio("prep", name) for name in floors},
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
-        "checks": {"same_rows": len(lengths) == len(counted["floor"]) == stats.records_read == stats.samples,
-                   "same_sample_tokens": bool(np.array_equal(counted.pop("floor"), lengths)),
-                   **{f"{name}_same_sample_tokens": bool(np.array_equal(c, lengths)) for name, c in counted.items()},
+        "checks": {"same_rows": len(lengths) == stats.records_read == stats.samples,
+                   **{f"{name}_same_sample_tokens": c == lengths.tolist() for name, c in counts.items()},
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
-    if trl_names:
-        counts = done[next(iter(trl_names))][-1]
-        result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=counts["rows"],
-                      trl_configs_over_prep={name: ratio(name, "prep") for name in trl_names})
-        result["checks"].update(trl_same_samples=counts["samples"] == len(lengths),
-                                **{f"trl_same_{k}": counts[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
-    return result, lengths
+    if trls:
+        trl = done[next(iter(trls))][-1]
+        result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=trl["rows"],
+                      trl_configs_over_prep={name: ratio(name, "prep") for name in trls})
+        result["checks"].update(trl_same_samples=trl["samples"] == len(lengths),
+                                **{f"trl_same_{k}": trl[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
+    return result
 
 
 def figures(p: dict) -> list[dict]:

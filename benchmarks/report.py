@@ -11,16 +11,17 @@ import operator
 
 from sftcli import markdown_table
 
-OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
-SYMBOLS = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
+OPS = {"<=": (operator.le, "≤"), "<": (operator.lt, "<"), ">=": (operator.ge, "≥"), ">": (operator.gt, ">")}
 PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat seed": "concat_seed_rows", "packed": "packed_rows",
                    "padding": "padding_rows", "lower bound": "lower_bound_rows",
                    "bfd over bound": "concat_rows_over_bound", "seed over bound": "concat_seed_rows_over_bound"}
 
 
-def figure(section: str, name: str, value, unit: str = "", goal: tuple[str, float] | None = None,
-           note: str = "") -> dict:
-    passed = None if goal is None or value is None else bool(OPS[goal[0]](value, goal[1]))
+def figure(section: str, name: str, value, unit: str = "", goal: tuple[str, float] | None = None, note: str = "",
+           passed: bool | None = None) -> dict:
+    """`passed`: the verdict of a figure without a goal (a check); a goal decides it otherwise."""
+    if goal is not None and value is not None:
+        passed = bool(OPS[goal[0]][0](value, goal[1]))
     entry = {"section": section, "name": name, "value": value, "unit": unit,
              "goal": {"op": goal[0], "value": goal[1]} if goal else None, "passed": passed}
     return {**entry, "note": note} if note else entry
@@ -33,12 +34,12 @@ def checks(section: str, results: dict) -> dict:
     'failed: same_tokens'
     """
     failed = [name for name, ok in results.items() if not ok]
-    entry = figure(section, "same_rows_and_tokens", not failed, note="failed: " + ", ".join(failed) if failed else "")
-    return {**entry, "passed": not failed}
+    return figure(section, "same_rows_and_tokens", not failed, note="failed: " + ", ".join(failed) if failed else "",
+                  passed=not failed)
 
 
 def format_goal(goal: dict | None) -> str:
-    return "" if goal is None else f"{SYMBOLS[goal['op']]} {goal['value']:g}"
+    return "" if goal is None else f"{OPS[goal['op']][1]} {goal['value']:g}"
 
 
 def format_value(value, unit: str = "") -> str:
@@ -65,11 +66,6 @@ def figures_table(figures: list[dict]) -> str:
                             verdict[f["passed"]]] for f in figures])
 
 
-def packing_table(packing: dict) -> str:
-    body = [[length, *(format_value(r[key]) for key in PACKING_COLUMNS.values())] for length, r in packing.items()]
-    return markdown_table(["max_length", *PACKING_COLUMNS], body)
-
-
 def markdown(results: dict) -> str:
     """The results as the Markdown the README shows (`python -m benchmarks --markdown results.json`)."""
     m, v = results["machine"], results["versions"]
@@ -83,7 +79,9 @@ def markdown(results: dict) -> str:
     lines += [f"- `{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
     packing = results["sections"].get("packing")
     if packing:
-        lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "", packing_table(packing)]
+        body = [[length, *(format_value(r[key]) for key in PACKING_COLUMNS.values())] for length, r in packing.items()]
+        lines += ["", f"Rows for the {next(iter(packing.values()))['samples']:,} samples:", "",
+                  markdown_table(["max_length", *PACKING_COLUMNS], body)]
     if results["skipped"]:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {r}" for k, r in results["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"

@@ -32,30 +32,27 @@ def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 
             model: str = TOY) -> dict:
     """Each layout's supervised tokens per row and step seconds, and their ratios to padding's."""
     setups = {mode: Setup(shards, batch_size, seed).with_model(model) for mode, shards in shards_by_mode.items()}
-    plans, widths, timed = {}, {}, {}
+    plans = {mode: quantile_batches(setup, steps) for mode, setup in setups.items()}
     for mode, setup in setups.items():
-        batches, widths[mode] = quantile_batches(setup, steps)
-        plans[mode], timed[mode] = iter(batches), [int(setup.split.row_lengths()[rows].max()) for rows in batches]
-        setup.step(setup.batch(batches[0]))  # warm-up
-    done = rounds({mode: lambda s=setup, p=plans[mode]: clock(lambda: s.step(s.batch(next(p))))
+        setup.step(setup.batch(plans[mode][0][0]))  # warm-up
+    done = rounds({mode: lambda s=setup, b=iter(plans[mode][0]): clock(lambda: s.step(s.batch(next(b))))
                    for mode, setup in setups.items()}, steps)
     first = next(iter(setups.values())).model  # why layouts differ more on one model than on another:
     head_share = first.get_output_embeddings().weight.numel() / sum(p.numel() for p in first.parameters())
-    result: dict = {"model": model, "batch_size": batch_size, "steps": steps, "head_share": head_share, "by_mode": {}}
+    by_mode = {}
     for mode, setup in setups.items():
-        stats = shard_set_stats(shards_by_mode[mode], batch_size)
+        stats, (batches, widths) = shard_set_stats(shards_by_mode[mode], batch_size), plans[mode]
         per_row, step_seconds = stats["supervised_tokens"] / stats["rows"], float(np.mean([s for s, _ in done[mode]]))
-        result["by_mode"][mode] = {
+        by_mode[mode] = {
             "rows": stats["rows"], "supervised_tokens_per_row": per_row, "step_seconds": step_seconds,
-            "mean_epoch_width": float(widths[mode].mean()),
-            "timed_widths": timed[mode],
+            "mean_epoch_width": float(widths.mean()),
+            "timed_widths": [int(setup.split.row_lengths()[rows].max()) for rows in batches],
             "supervised_tokens_per_second": per_row * batch_size / step_seconds, "final_loss": done[mode][-1][1]}
-    by_mode = result["by_mode"]
-    for mode in sorted(set(by_mode) - {"padding"}) if "padding" in by_mode else ():
-        result[f"{mode}_over_padding"] = (by_mode[mode]["supervised_tokens_per_second"]
-                                          / by_mode["padding"]["supervised_tokens_per_second"])
-    result["checks"] = check_same_samples({mode: s.shard_set.manifest for mode, s in setups.items()})
-    return result
+    over_padding = {f"{mode}_over_padding": by_mode[mode]["supervised_tokens_per_second"]
+                    / by_mode["padding"]["supervised_tokens_per_second"] for mode in by_mode.keys() - {"padding"}
+                    if "padding" in by_mode}
+    return {"model": model, "batch_size": batch_size, "steps": steps, "head_share": head_share, "by_mode": by_mode,
+            **over_padding, "checks": check_same_samples({mode: s.shard_set.manifest for mode, s in setups.items()})}
 
 
 def check_same_samples(manifests: dict) -> dict:
@@ -72,10 +69,10 @@ def check_same_samples(manifests: dict) -> dict:
     return checks
 
 
-def figures(model: dict, toy: dict) -> list[dict]:
+def figures(result: dict) -> list[dict]:
     """The user's model's figures, then the toy's (suffixed `_tiny`); the rows' figures once."""
     f, found = report.figure, []
-    for t, suffix in ((model, ""), (toy, f"_{TOY}")):
+    for t, suffix in ((result["model"], ""), (result["toy"], f"_{TOY}")):
         for mode, r in t["by_mode"].items():
             if not suffix:
                 found.append(f("training", f"{mode}_supervised_tokens_per_row", r["supervised_tokens_per_row"], "tokens"))
@@ -89,4 +86,4 @@ def figures(model: dict, toy: dict) -> list[dict]:
         found += [f("training", f"concat_over_padding{suffix}", t.get("concat_over_padding"),
                     goal=None if suffix else (">=", 1.4), note=why),
                   f("training", f"packed_over_padding{suffix}", t.get("packed_over_padding"))]
-    return found + [report.checks("training", {**model["checks"], **toy["checks"]})]
+    return found + [report.checks("training", {**result["model"]["checks"], **result["toy"]["checks"]})]
