@@ -77,7 +77,8 @@ def run_all(s: Settings, log=print) -> dict:
 
     scale, work = s.scale, Path(s.work)
     results, records = common.new_results(s, scale), common.sample_records(scale.records)
-    data = functools.cache(lambda copies: common.write_copies(work / "data" / f"sample-x{copies}.jsonl", records, copies))
+    data = functools.cache(lambda copies: common.write_copies(work / "data" / f"sample-x{copies}.jsonl", records,
+                                                              copies))
     shards = functools.cache(lambda mode, max_length: common.build_shards(  # each set made once per run
         data(1), work / "shards" / f"{mode}-{max_length}", mode, max_length))
     with_trl = bool(common.versions()["trl"])
@@ -87,7 +88,8 @@ def run_all(s: Settings, log=print) -> dict:
     run = {  # each section: (its module, the call that measures it)
         "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
                                                         MAX_LENGTH, scale.repeats, with_trl)),
-        "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)), synthetic_count=scale.synthetic_count)),
+        "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)),  # prep's sample lengths
+                                                 synthetic_count=scale.synthetic_count)),
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},
                                                      work / "shards", scale.batch_size, scale.shard_mb, scale.repeats)),
         "training": (training, lambda: {
