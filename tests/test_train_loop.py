@@ -235,3 +235,16 @@ def test_cli_help_documents_every_option():
         assert flag(field.name) in text
         assert field.metadata["help"].split()[0] in text
 
+
+
+def test_eval_batch_size_and_adam_betas(shards, tmp_path):
+    """--eval-batch-size changes how validation is batched, not its loss; --adam-beta1/2 reach AdamW."""
+    runs = {size: loop.train(tiny_config(shards, tmp_path / f"eval{size}", max_steps=2, eval_interval=2,
+                                         eval_batch_size=size, adam_beta1=0.8, adam_beta2=0.95))
+            for size in (1, 5)}
+    assert runs[1]["final_val_loss"] == pytest.approx(runs[5]["final_val_loss"], rel=1e-6)
+    state = torch.load(tmp_path / "eval1" / "last" / "optimizer.pt", weights_only=True)["optimizer"]
+    assert {tuple(group["betas"]) for group in state["param_groups"]} == {(0.8, 0.95)}
+    problems = TrainConfig(shards=shards, eval_batch_size=0, adam_beta2=1.0)
+    with pytest.raises(Exception, match="--eval-batch-size: must be at least 1.*--adam-beta2: must be in"):
+        problems.validate()

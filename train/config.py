@@ -37,9 +37,12 @@ class TrainConfig:
     max_steps: int = opt(10000, "optimizer steps of the whole run; the learning rate decays to 0 at this step")
     learning_rate: float = opt(1e-4, "peak AdamW learning rate")
     warmup_steps: int = opt(1000, "steps of linear warm-up from 0 to --learning-rate")
+    adam_beta1: float = opt(0.9, "AdamW beta1 (torch's and the Trainer's default)")
+    adam_beta2: float = opt(0.999, "AdamW beta2 (torch's and the Trainer's default; nanoGPT uses 0.95)")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
     weight_decay: float = opt(0.01, "AdamW weight decay (torch's default, which the seed used implicitly)")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    eval_batch_size: int | None = opt(None, "rows per validation batch, summed over all processes [--batch-size]")
     eval_interval: int = opt(300, "evaluate on the whole val split and save best/ and last/ every this many steps")
     log_interval: int = opt(10, "write train metrics every this many steps")
     precision: Literal["auto", "fp16", "bf16", "fp32"] = opt(
@@ -77,11 +80,15 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval", "pad_vocab_to"):
             value = getattr(self, name)
             need(value >= 1, name, f"must be at least 1, got {value}")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size",
+             f"must be at least 1, got {self.eval_batch_size}")
         for name in ("warmup_steps", "max_nan_steps"):
             value = getattr(self, name)
             need(value >= 0, name, f"must be at least 0, got {value}")
         need(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
         need(self.adam_eps > 0, "adam_eps", f"must be positive, got {self.adam_eps}")
+        for name in ("adam_beta1", "adam_beta2"):
+            need(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
         need(self.weight_decay >= 0, "weight_decay", f"must be at least 0, got {self.weight_decay}")
         need(self.grad_clip >= 0, "grad_clip", f"must be at least 0, got {self.grad_clip}")
         need(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")

@@ -20,18 +20,18 @@ from shards.format import IGNORE_INDEX
 from train.attention import flex_block_mask, varlen_batch
 from train.model import ModelError
 
-# Labelled positions per head chunk, by device. On a CPU the chunk's fp32 logits (128 x 50k: 26 MB for
-# GPT-2) stay near the cache through their several passes (logsumexp, softmax, two matmuls), which
-# measured ~1.4x faster than 1024-position chunks for both the tiny and the 124M shape; a GPU wants
-# fewer, larger launches (1024 x 50k: ~200 MB).
-CHUNK_POSITIONS = {"cpu": 128, "cuda": 1024}
+# Labelled positions per head chunk, by device. On a CPU each chunk streams the whole head weight
+# three times (logits, both gradients: 154 MB each for GPT-2 124M), so chunks too small are bound by
+# memory; too large, the fp32 logits (256 x 50k: 51 MB) leave the cache. 256 measured fastest for the
+# 124M shape (~1.2x over 128) and as fast as any for `tiny`; a GPU wants fewer, larger launches.
+CHUNK_POSITIONS = {"cpu": 256, "cuda": 1024}
 
 
 def chunks(count: int, device: torch.device) -> list[slice]:
     """The head's chunks of `count` labelled positions on `device`.
 
-    >>> chunks(300, torch.device("cpu"))
-    [slice(0, 128, None), slice(128, 256, None), slice(256, 300, None)]
+    >>> chunks(600, torch.device("cpu"))
+    [slice(0, 256, None), slice(256, 512, None), slice(512, 600, None)]
     """
     size = CHUNK_POSITIONS.get(device.type, CHUNK_POSITIONS["cuda"])
     return [slice(start, min(start + size, count)) for start in range(0, count, size)]
@@ -68,9 +68,30 @@ def head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ChunkedHeadLoss.apply(hidden, weight, targets)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for chunk in chunks(len(targets), hidden.device):
-        total = total + F.cross_entropy((hidden[chunk] @ weight.T).float(), targets[chunk], reduction="sum")
+    for *_, loss in _softmax_chunks(hidden, weight, targets):
+        total += loss
     return total
+
+
+def _softmax_chunks(hidden, weight, targets):
+    """Per chunk: (slice, its hidden states, its targets, its fp32 softmax, its summed cross-entropy).
+
+    The softmax is computed in place of the chunk's logits: one fused pass, one chunk alive (logsumexp
+    and then exp measured ~3x slower on CPU, and they allocate); log Z = top - log p(top), exact and safe
+    since p(top) >= 1/vocab. In fp32 every chunk reuses one buffer, so the caller must be done with a
+    chunk's softmax before asking for the next.
+    """
+    in_place = _matmul_dtype(hidden) == hidden.dtype == weight.dtype == torch.float32
+    spans = chunks(len(targets), hidden.device)
+    buffer = hidden.new_empty(spans[0].stop, weight.shape[0]) if in_place and spans else None
+    for chunk in spans:
+        h, target = hidden[chunk], targets[chunk]
+        logits = torch.mm(h, weight.T, out=buffer[:len(target)]) if in_place else (h @ weight.T).float()
+        target_logit = logits.gather(1, target[:, None]).squeeze(1)
+        top, top_at = logits.max(1)
+        probabilities = torch.softmax(logits, 1, out=logits)
+        log_z = top - probabilities.gather(1, top_at[:, None]).squeeze(1).log()
+        yield chunk, h, target, probabilities, (log_z - target_logit).sum()
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -86,17 +107,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
         compute = _matmul_dtype(hidden)
-        for chunk in chunks(len(targets), hidden.device):
-            h, target = hidden[chunk], targets[chunk]
-            logits = (h @ weight.T).float()
-            log_z = torch.logsumexp(logits, dim=1)
-            total += (log_z - logits.gather(1, target[:, None]).squeeze(1)).sum()
-            grad_logits = logits.sub_(log_z[:, None]).exp_()  # softmax, in place: one chunk of logits alive
+        for chunk, h, target, grad_logits, loss in _softmax_chunks(hidden, weight, targets):
+            total += loss
             grad_logits[torch.arange(len(target), device=target.device), target] -= 1
             grad_logits = grad_logits.to(compute)  # as the full head's backward: through .float(), then its matmul
             grad_hidden[chunk] = grad_logits @ weight.to(compute)
             if compute == torch.float32:
-                grad_weight.addmm_(grad_logits.T, h)  # accumulated in place: no vocab x width temporary
+                grad_weight.addmm_(grad_logits.T, h.float())  # accumulated in place: no vocab x width temporary
             else:
                 grad_weight += (grad_logits.T @ h.to(compute)).float()
         ctx.save_for_backward(grad_hidden, grad_weight)

@@ -56,7 +56,8 @@ def evaluate(loss_model, split: SplitArrays, config: TrainConfig, dist: Dist, de
     loss_model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     supervised = 0
-    for rows in val_row_batches(split, config.batch_size // dist.world_size, dist.rank, dist.world_size):
+    rows_per_process = max(1, (config.eval_batch_size or config.batch_size) // dist.world_size)
+    for rows in val_row_batches(split, rows_per_process, dist.rank, dist.world_size):
         inputs, batch = get_batch(split, rows, isolation=True, device=device, **batch_options)
         with autocast():
             loss_sum += loss_model(**inputs).double()
@@ -118,7 +119,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                              "fp16 or bf16, or --attention varlen")
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, eps=config.adam_eps,
-                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
+                                  betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, config) / config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     torch.manual_seed(config.seed + dist.rank)  # dropout
