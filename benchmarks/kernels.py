@@ -67,7 +67,7 @@ def _settle() -> dict:
 
 
 def variant_step(variant: str, shards: str, model: str, rows: int, steps: int) -> dict:
-    """Run by `step_variants` in its own process: the model and its optimizer state, a warm-up step,
+    """Run by `measure` in its own process: the model and its optimizer state, a warm-up step,
     then `steps` timed steps; `extra_mib` is their peak resident memory above the state alone."""
     _, attention, label_head, flatten = VARIANTS[variant]
     setup = Setup(Path(shards), rows, attention=attention, flatten=flatten).with_model(model, label_head=label_head)
