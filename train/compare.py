@@ -140,6 +140,27 @@ def against_baseline(runs: list[dict]) -> str:
             "supervised tokens, add-0.5; negative is better): " + ", ".join(parts) + ".")
 
 
+def measured_how(runs: list[dict]) -> str:
+    """How the runs' throughputs were measured: one after another, or which of them shared the machine.
+
+    >>> run = lambda name, start, end: {"name": name, "summary": {"started_at": start, "finished_at": end, "threads": 1}}
+    >>> measured_how([run("a", 0, 10), run("b", 11, 20)])
+    'measured in each run one after another on the same machine'
+    >>> measured_how([run("a", 0, 10), run("b", 5, 20), run("c", 21, 30)])
+    'measured while a with b ran at the same time on the same machine, 1 torch thread each'
+    """
+    spans = [(r["name"], r["summary"].get("started_at"), r["summary"].get("finished_at")) for r in runs]
+    if any(start is None or end is None for _, start, end in spans):
+        return "measured in each run on its own (runs written before runs recorded their times)"
+    together = [f"{a} with {b}" for i, (a, a0, a1) in enumerate(spans) for b, b0, b1 in spans[i + 1:]
+                if a0 < b1 and b0 < a1]
+    if not together:
+        return "measured in each run one after another on the same machine"
+    threads = sorted({r["summary"].get("threads") for r in runs} - {None})
+    each = f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} each" if threads else ""
+    return f"measured while {', '.join(together)} ran at the same time on the same machine{each}"
+
+
 def findings(runs: list[dict]) -> str:
     """The paragraphs under "What the numbers show"."""
     if not any(r["summary"]["best_val_loss"] is not None for r in runs):
@@ -151,8 +172,8 @@ def findings(runs: list[dict]) -> str:
         paragraphs += [at_equal_steps(compared, spread), at_equal_tokens(compared, spread)]
     least = min(runs, key=lambda r: r["summary"]["supervised_tokens_per_second"])
     paragraphs.append(
-        "Supervised tokens per second of training step, measured in each run one after another on the same machine "
-        "(not interleaved, so a rough figure; `make bench` measures it side by side): "
+        f"Supervised tokens per second of training step, {measured_how(runs)}; a rough figure (`make bench` "
+        "measures it side by side, interleaved): "
         + ", ".join(f"{r['name']} {r['summary']['supervised_tokens_per_second']:,.0f} "
                     f"({r['summary']['supervised_tokens_per_second'] / max(least['summary']['supervised_tokens_per_second'], 1e-9):.2f}x)"
                     for r in runs) + ".")

@@ -12,7 +12,9 @@ stage reads these keys (keep them stable):
 tokens and supervised_tokens count what was trained on so far (all processes);
 loss is the token-weighted mean over the steps since the previous train record.
 summary.json holds SUMMARY_KEYS; `attention` (the path taken, `auto` resolved), `flatten` and
-`compile` say on which kernel a run trained, so layouts are compared on the same one.
+`compile` say on which kernel a run trained, so layouts are compared on the same one; `threads`
+(torch's CPU threads) and `started_at` / `finished_at` (Unix seconds of this process's leg) say
+what the throughput was measured alongside.
 `Meter` owns the counters and is the one writer of all three records. Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
 figures under the tags of `TB_TAGS`.
 
@@ -28,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from shards.format import MANIFEST
 
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
@@ -39,7 +43,8 @@ SUMMARY_KEYS = ("steps", "max_steps", "completed", "epoch", "wall_seconds", "tra
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
                 "best_val_loss", "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
                 "mode", "max_length", "isolation", "attention", "flatten", "compile", "model", "precision",
-                "world_size", "batch_size", "grad_accum", "shards", "shard_stats_path")
+                "world_size", "threads", "batch_size", "grad_accum", "shards", "shard_stats_path", "started_at",
+                "finished_at")
 TB_TAGS = {
     "loss": "Loss/train",
     "val_loss": "Loss/val",
@@ -143,6 +148,7 @@ class Meter:
     def __init__(self, progress: Progress, logger: RunLogger, bar=None):
         self.progress, self.logger, self.bar = progress, logger, bar
         self.started, self.wall_before = time.perf_counter(), progress.wall_seconds
+        self.started_at = time.time()  # this process's leg of the run, in Unix seconds (the report's overlap check)
         self._window()
 
     def _window(self) -> None:
@@ -204,6 +210,7 @@ class Meter:
             supervised_tokens_per_second=p.supervised_tokens / max(p.train_seconds, 1e-9),
             padding_fraction=1 - p.tokens / max(p.slots, 1), mode=manifest.mode,
             max_length=manifest.max_length, attention=attention, world_size=world_size, shards=str(shards),
-            shard_stats_path=str(Path(shards) / MANIFEST),
+            shard_stats_path=str(Path(shards) / MANIFEST), threads=torch.get_num_threads(),
+            started_at=self.started_at, finished_at=time.time(),
         )
         return {k: values[k] for k in SUMMARY_KEYS}
