@@ -120,7 +120,8 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
     supervised_head: list[np.ndarray] = []
     read = 0
     alpaca = False
-    with tqdm(desc="tokenize", unit=" records", disable=not progress, file=sys.stderr) as bar, \
+    # disable=None: tqdm hides the bar when stderr is not a terminal (a log file, make -j's output sync)
+    with tqdm(desc="tokenize", unit=" records", disable=None if progress else True, file=sys.stderr) as bar, \
             open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
         for batch in batches:
             if config.limit is not None:
@@ -224,7 +225,7 @@ def _write_split(config, spill, staging, split, mode, samples, lengths, token_dt
     row_lengths, row_supervised, segments = [], [], []
     dropped_rows = 0
     for start in tqdm(range(0, layout.num_rows, ROWS_PER_WRITE), desc=f"write {split}", unit=" blocks",
-                      disable=not progress, file=sys.stderr):
+                      disable=None if progress else True, file=sys.stderr):
         rows = _gather(spill, samples, layout, slice(start, min(start + ROWS_PER_WRITE, layout.num_rows)))
         supervised = fmt.per_row_sum(rows.loss_mask, rows.row_offsets)
         if mode == "packed" and (supervised == 0).any():

@@ -1,5 +1,6 @@
 """A shortened `make demo` end to end: shards, three runs and a second seed, the report (slow, run by CI)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -40,3 +41,6 @@ def test_shortened_demo_writes_the_report_and_loadable_checkpoints(tmp_path):
         assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
         assert f"| {mode} | {mode} |" in text
         assert json.loads((demo / mode / "eval.json").read_text())["results"][0]["n"] == 8
+        # runs go two at a time (DEMO_JOBS), sharing out the cores as torch threads
+        summary = json.loads((demo / mode / "summary.json").read_text())
+        assert summary["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)

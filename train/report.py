@@ -94,8 +94,14 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+# Each prompt is answered greedily and by one seeded sample (nanoGPT's sample.py temperature): greedy
+# shows the single likeliest reply, which an undertrained model fills with its likeliest token; the
+# sample shows what else the model's distribution holds.
+DECODINGS = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.8, top_p=0.95, seed=0)}
+
+
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
-    """Each run's best checkpoint answering the seed's prompts (greedy)."""
+    """Each run's best checkpoint answering the seed's prompts, one reply per prompt and decoding."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,20 +113,27 @@ def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
     for run in runs:
         best = run["folder"] / "best"
         if not (best / "config.json").is_file():
-            out[run["name"]] = ["(no best checkpoint)"] * len(SEED_PROMPTS)
+            out[run["name"]] = ["(no best checkpoint)"] * len(SEED_PROMPTS) * len(DECODINGS)
             continue
         tokenizer = AutoTokenizer.from_pretrained(str(best))
         model = AutoModelForCausalLM.from_pretrained(str(best)).eval()
         out[run["name"]] = [
-            tokenizer.decode(reply_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens),
-                             skip_special_tokens=True).strip()
-            for prompt in SEED_PROMPTS
+            tokenizer.decode(reply_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, **decoding),
+                             skip_special_tokens=True)
+            for prompt in SEED_PROMPTS for decoding in DECODINGS.values()
         ]
     return out
 
 
 def _cell(text: str) -> str:
-    return (text or "(empty)").replace("|", "\\|").replace("\n", "<br>")
+    """A reply as a table cell; an empty or all-whitespace reply says so (the decoder's strip would hide it).
+
+    >>> _cell("Hi | there\\n"), _cell(""), _cell("\\n\\n")
+    ('Hi \\\\| there', '(empty)', '(whitespace only: 2 characters)')
+    """
+    if not text.strip():
+        return f"(whitespace only: {len(text)} characters)" if text else "(empty)"
+    return text.strip().replace("|", "\\|").replace("\n", "<br>")
 
 
 def update_readme_section(readme: Path, name: str, text: str) -> None:
@@ -137,13 +150,15 @@ def update_readme_section(readme: Path, name: str, text: str) -> None:
 def generation_section(runs: list[dict], max_new_tokens: int) -> str:
     """The generation table, under a warning for runs that have not beaten counting tokens."""
     replies = generations(runs, max_new_tokens)
-    lines = ["| prompt | " + " | ".join(r["name"] for r in runs) + " |", "|" + "---|" * (len(runs) + 1)]
-    for i, prompt in enumerate(SEED_PROMPTS):
-        lines.append(f"| {prompt} | " + " | ".join(_cell(replies[r['name']][i]) for r in runs) + " |")
+    lines = ["| prompt | decoding | " + " | ".join(r["name"] for r in runs) + " |", "|" + "---|" * (len(runs) + 2)]
+    pairs = [(prompt, decoding) for prompt in SEED_PROMPTS for decoding in DECODINGS]
+    for i, (prompt, decoding) in enumerate(pairs):
+        lines.append(f"| {prompt} | {decoding} | " + " | ".join(_cell(replies[r['name']][i]) for r in runs) + " |")
     behind = not_yet_learned(runs)
     warning = (f"**{', '.join(behind)}: the best validation loss is not below the unigram baseline, so the model has "
                "not yet learned beyond token frequencies; its replies show no more than that.**\n\n" if behind else "")
-    return (f"## Generations of each best checkpoint (greedy, at most {max_new_tokens} new tokens)\n\n" + warning
+    return (f"## Generations of each best checkpoint (greedy, and one sample at temperature 0.8, top-p 0.95, "
+            f"seed 0; at most {max_new_tokens} new tokens)\n\n" + warning
             + "\n".join(lines))
 
 
