@@ -255,6 +255,19 @@ def write_eval(path: Path, model: str, entries: list[dict]) -> None:
     write_json(path, {"model": model, "results": kept + entries})
 
 
+
+def _shown(source: str) -> str:
+    """A data source as a reader would type it: relative to the current folder when it lies inside it
+    (eval.json keeps the absolute path lm-eval was given).
+
+    >>> _shown(str(Path.cwd() / "train" / "assets" / "x.jsonl")), _shown("Rowan/hellaswag")
+    ('train/assets/x.jsonl', 'Rowan/hellaswag')
+    """
+    try:
+        return str(Path(source).relative_to(Path.cwd()))
+    except ValueError:
+        return source
+
 def eval_section(runs: list[tuple[str, Path]], base_eval: Path | None = None) -> str | None:
     """The report's lm-eval table: a row per model (the base first, when given), a column per task
     and metric with value ± stderr; None when no run has an eval.json and no base is given.
@@ -274,7 +287,7 @@ def eval_section(runs: list[tuple[str, Path]], base_eval: Path | None = None) ->
         cells = [value_text(by_column[c]) if c in by_column else "-" for c in columns]
         table.append([name, *cells, ", ".join(sorted({str(e["n"]) for e in data["results"]})) or "-"])
     entries = [e for _, data in rows for e in data["results"]]
-    sources = sorted({f"{e['task']}: {e['source']} ({e['source_fingerprint'][:19]})" for e in entries})
+    sources = sorted({f"{e['task']}: {_shown(e['source'])} ({e['source_fingerprint'][:19]})" for e in entries})
     notes = [f"Scored by lm-eval {', '.join(sorted({e['lm_eval_version'] for e in entries}))} "
              f"(`python -m train.eval`), value ± standard error; data: {'; '.join(sources)}."]
     if any(task == "hellaswag" for task, _ in columns):
