@@ -255,7 +255,6 @@ def write_eval(path: Path, model: str, entries: list[dict]) -> None:
     write_json(path, {"model": model, "results": kept + entries})
 
 
-
 def _shown(source: str) -> str:
     """A data source as a reader would type it: relative to the current folder when it lies inside it
     (eval.json keeps the absolute path lm-eval was given).
@@ -267,6 +266,7 @@ def _shown(source: str) -> str:
         return str(Path(source).relative_to(Path.cwd()))
     except ValueError:
         return source
+
 
 def eval_section(runs: list[tuple[str, Path]], base_eval: Path | None = None) -> str | None:
     """The report's lm-eval table: a row per model (the base first, when given), a column per task
