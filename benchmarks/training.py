@@ -12,6 +12,7 @@ import numpy as np
 from benchmarks import report
 from benchmarks.common import Setup, clock, rounds
 from shards.stats import shard_set_stats
+from train.attention import resolve_attention
 from train.data import epoch_permutation
 
 MODES = ("padding", "packed", "concat")
@@ -30,8 +31,13 @@ def quantile_batches(setup: Setup, count: int) -> tuple[list[np.ndarray], np.nda
 
 def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 6, seed: int = 0,
             model: str = TOY) -> dict:
-    """Each layout's supervised tokens per row and step seconds, and their ratios to padding's."""
-    setups = {mode: Setup(shards, batch_size, seed).with_model(model) for mode, shards in shards_by_mode.items()}
+    """Each layout's supervised tokens per row and step seconds, and their ratios to padding's; every layout on the
+    attention `python -m train` picks by default here (`--attention auto`)."""
+    import torch
+
+    attention = resolve_attention("auto", torch.device("cpu"), training=True, isolation=True, flatten=False)
+    setups = {mode: Setup(shards, batch_size, seed, attention=attention).with_model(model)
+              for mode, shards in shards_by_mode.items()}
     plans = {mode: quantile_batches(setup, steps) for mode, setup in setups.items()}
     for mode, setup in setups.items():
         setup.step(setup.batch(plans[mode][0][0]))  # warm-up
@@ -51,7 +57,8 @@ def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 
     over_padding = {f"{mode}_over_padding": by_mode[mode]["supervised_tokens_per_second"]
                     / by_mode["padding"]["supervised_tokens_per_second"] for mode in by_mode.keys() - {"padding"}
                     if "padding" in by_mode}
-    return {"model": model, "batch_size": batch_size, "steps": steps, "head_share": head_share, "by_mode": by_mode,
+    return {"model": model, "attention": attention, "batch_size": batch_size, "steps": steps, "head_share": head_share,
+            "by_mode": by_mode,
             **over_padding, "checks": check_same_samples({mode: s.shard_set.manifest for mode, s in setups.items()})}
 
 
@@ -77,8 +84,8 @@ def figures(result: dict) -> list[dict]:
             if not suffix:
                 found.append(f("training", f"{mode}_supervised_tokens_per_row", r["supervised_tokens_per_row"], "tokens"))
             found += [f("training", f"{mode}_step_seconds{suffix}", r["step_seconds"], "s",
-                        note=f"{t['model']}, {t['batch_size']} rows; mean over widths {r['timed_widths']} "
-                             f"(epoch mean {r['mean_epoch_width']:.0f})"),
+                        note=f"{t['model']}, {t['batch_size']} rows, {t['attention']} attention; mean over widths "
+                             f"{r['timed_widths']} (epoch mean {r['mean_epoch_width']:.0f})"),
                       f("training", f"{mode}_supervised_tokens_per_second{suffix}", r["supervised_tokens_per_second"],
                         "tokens/s")]
         why = (f"{t['model']}: the LM head, {t['head_share']:.0%} of its parameters, runs on supervised tokens "
