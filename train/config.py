@@ -22,7 +22,8 @@ from sftcli import ConfigError, check_config, flag, opt
 
 # Fields that may differ between a run and its --resume: they change neither the model,
 # nor the data order, nor the learning-rate schedule (max_steps does: extend a run on purpose).
-RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress")
+RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress",
+                     "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class TrainConfig:
         """Options that differ from the run being resumed and would change what it trains.
 
         >>> a = TrainConfig(shards=Path("s"))
-        >>> a.resume_mismatches(dataclasses.replace(a, seed=1, resume=True, stop_after=5))
+        >>> a.resume_mismatches(dataclasses.replace(a, seed=1, resume=True, stop_after=5, eval_batch_size=8))
         ['--seed: the run used 1, now 1337']
         """
         return [
