@@ -51,6 +51,7 @@ def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 
         per_row, step_seconds = stats["supervised_tokens"] / stats["rows"], float(np.mean([s for s, _ in done[mode]]))
         by_mode[mode] = {
             "rows": stats["rows"], "supervised_tokens_per_row": per_row, "step_seconds": step_seconds,
+            "round_seconds": [s for s, _ in done[mode]],  # the noise: one step per round, a width quantile each
             "mean_epoch_width": float(widths.mean()),
             "timed_widths": [int(setup.split.row_lengths()[rows].max()) for rows in batches],
             "supervised_tokens_per_second": per_row * batch_size / step_seconds, "final_loss": done[mode][-1][1]}
@@ -84,8 +85,9 @@ def figures(result: dict) -> list[dict]:
             if not suffix:
                 found.append(f("training", f"{mode}_supervised_tokens_per_row", r["supervised_tokens_per_row"], "tokens"))
             found += [f("training", f"{mode}_step_seconds{suffix}", r["step_seconds"], "s",
-                        note=f"{t['model']}, {t['batch_size']} rows, {t['attention']} attention; mean over widths "
-                             f"{r['timed_widths']} (epoch mean {r['mean_epoch_width']:.0f})"),
+                        note=f"{t['model']}, {t['batch_size']} rows, {t['attention']} attention; mean of "
+                             f"{', '.join(f'{s:.3g}' for s in r['round_seconds'])} s at widths {r['timed_widths']} "
+                             f"(epoch mean {r['mean_epoch_width']:.0f})"),
                       f("training", f"{mode}_supervised_tokens_per_second{suffix}", r["supervised_tokens_per_second"],
                         "tokens/s")]
         why = (f"{t['model']}: the LM head, {t['head_share']:.0%} of its parameters, runs on supervised tokens "
