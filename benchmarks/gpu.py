@@ -40,6 +40,21 @@ class GpuSettings:
     copies: int = opt(10, "times the embedded sample is repeated for the shards")
     steps: int = opt(20, "timed steps per configuration")
     warmup: int = opt(5, "untimed steps before them (compiling included)")
+    only: str = opt("", "comma-separated parts of configuration names to run, e.g. 'varlen,sdpa' or "
+                        "'concat_varlen': what fits a short device lease [the whole matrix]")
+
+
+def matrix(only: str = "") -> list[tuple[str, str, str, bool, bool]]:
+    """(name, layout, attention, compile, flatten) of each configuration to run: the whole matrix, or those
+    whose name contains one of `only`'s comma-separated parts.
+
+    >>> len(matrix()), [cell[0] for cell in matrix("concat_varlen_compile")]
+    (48, ['concat_varlen_compile', 'concat_varlen_compile_flatten'])
+    """
+    parts = [part.strip() for part in only.split(",") if part.strip()]
+    cells = [(f"{mode}_{attention}" + "_compile" * compiled + "_flatten" * flat, mode, attention, compiled, flat)
+             for mode in MODES for attention, compiled, flat in itertools.product(ATTENTIONS, SWITCHES, SWITCHES)]
+    return [cell for cell in cells if not parts or any(part in cell[0] for part in parts)]
 
 
 def matmul_parameters(model) -> int:
@@ -132,20 +147,21 @@ def main(**options) -> None:
     results = common.new_results(s)
     data = common.write_copies(s.work / f"sample-x{s.copies}.jsonl", common.sample_records(), s.copies)
     peak, runs = measured_peak_flops(device, torch.float16), {}
-    for mode in MODES:
-        shards = common.build_shards(data, s.work / f"{mode}-{MAX_LENGTH}", mode, MAX_LENGTH)
-        for attention, compiled, flat in itertools.product(ATTENTIONS, SWITCHES, SWITCHES):
-            key = f"{mode}_{attention}" + "_compile" * compiled + "_flatten" * flat
-            click.echo(f"{key} ...", err=True)
-            try:
-                runs[key] = run_config(shards, device, s.steps, s.warmup, BATCH_SIZE, MODEL, attention, compiled, flat,
-                                       peak=peak)
-            except AttentionError as e:
-                results["skipped"][key] = str(e)
-            torch.cuda.empty_cache()
+    shards = {}
+    for key, mode, attention, compiled, flat in matrix(s.only):
+        if mode not in shards:
+            shards[mode] = common.build_shards(data, s.work / f"{mode}-{MAX_LENGTH}", mode, MAX_LENGTH)
+        click.echo(f"{key} ...", err=True)
+        try:
+            runs[key] = run_config(shards[mode], device, s.steps, s.warmup, BATCH_SIZE, MODEL, attention, compiled,
+                                   flat, peak=peak)
+        except AttentionError as e:
+            results["skipped"][key] = str(e)
+        torch.cuda.empty_cache()
     results["sections"]["gpu"], results["figures"] = {"peak_flops_fp16": peak, "runs": runs}, figures(runs, peak)
     common.write_results(results, s.out)
     click.echo(report.figures_table(results["figures"]) + f"\n\n{s.out} ({results['seconds']:.0f} s)")
+
 
 if __name__ == "__main__":
     main()

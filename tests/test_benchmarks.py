@@ -255,3 +255,10 @@ def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
                           steps=2)["result"]
     assert len(r["all_seconds"]) == 2 and r["seconds"] == pytest.approx(float(np.median(r["all_seconds"])))
     assert r["state_mib"] > 0 and r["extra_mib"] > 0
+
+
+def test_gpu_matrix_runs_the_whole_matrix_or_the_named_part():
+    assert len(gpu.matrix()) == 3 * 4 * 2 * 2 and len({cell[0] for cell in gpu.matrix()}) == 48
+    picked = gpu.matrix("varlen, sdpa")
+    assert len(picked) == 3 * 2 * 2 * 2 and {attention for _, _, attention, _, _ in picked} == {"sdpa", "varlen"}
+    assert [cell[0] for cell in gpu.matrix("concat_flex_compile_flatten")] == ["concat_flex_compile_flatten"]
