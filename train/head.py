@@ -103,7 +103,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
-        grad_hidden = torch.zeros_like(hidden)
+        grad_hidden = torch.empty_like(hidden)  # every chunk writes its own rows
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
         compute = _matmul_dtype(hidden)
@@ -113,7 +113,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             grad_logits = grad_logits.to(compute)  # as the full head's backward: through .float(), then its matmul
             grad_hidden[chunk] = grad_logits @ weight.to(compute)
             if compute == torch.float32:
-                grad_weight.addmm_(grad_logits.T, h.float())  # accumulated in place: no vocab x width temporary
+                grad_weight.addmm_(grad_logits.T, h)  # accumulated in place: no vocab x width temporary
             else:
                 grad_weight += (grad_logits.T @ h.to(compute)).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
