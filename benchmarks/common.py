@@ -155,7 +155,7 @@ class Setup:
         from train.config import TrainConfig
         from train.head import LabelLossModel, token_losses
         from train.model import load_model
-        from train.step import resolve_precision
+        from train.step import make_optimizer, resolve_precision
 
         class FullHeadLoss(LabelLossModel):
             def forward(self, input_ids, position_ids, labels, **extra):
@@ -168,9 +168,7 @@ class Setup:
         self.model = load_model(model, tokenizer, pad_vocab_to=pad_vocab_to, seed=self.seed,
                                 attention=IMPLEMENTATIONS[self.attention]).to(self.device)
         self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model, compile=self.compile).train()
-        defaults = TrainConfig()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=defaults.learning_rate, eps=defaults.adam_eps,
-                                           weight_decay=defaults.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer = make_optimizer(self.model, TrainConfig())
         dtype, use_scaler = resolve_precision(precision, self.device)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype is not None else nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)

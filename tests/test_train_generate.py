@@ -63,3 +63,18 @@ def test_an_alpaca_trained_tokenizer_gets_the_preamble_and_raw_does_not(tmp_path
     for extra in ([], ["--raw"]):
         result = CliRunner().invoke(main, [str(tmp_path / "best"), "Hi?", "--max-new-tokens", "1", *extra])
         assert result.exit_code == 0 and result.stdout == "Hello\n", result.output
+
+
+def test_a_repetition_penalty_stops_the_same_token_winning_again(tmp_path, one_thread):
+    """The one-token model repeats "Hello" greedily; a penalty that divides its logit by 1e6 once it has
+    appeared lets another token win the next step (the report's sampled decoding uses 1.3)."""
+    hello = tokenizer_id("Hello")
+    model, tokenizer = one_token_model(hello), chatml_tokenizer()
+    plain = reply_ids(model, tokenizer, "Hi?", max_new_tokens=3).tolist()
+    penalised = reply_ids(model, tokenizer, "Hi?", max_new_tokens=3, repetition_penalty=1e6).tolist()
+    assert plain == [hello] * 3
+    assert penalised[0] == hello and hello not in penalised[1:]
+    model.save_pretrained(tmp_path / "best")
+    tokenizer.save_pretrained(tmp_path / "best")
+    refused = CliRunner().invoke(main, [str(tmp_path / "best"), "hi", "--repetition-penalty", "0"])
+    assert refused.exit_code == 2 and "--repetition-penalty" in refused.output

@@ -245,6 +245,7 @@ def test_eval_batch_size_and_adam_betas(shards, tmp_path):
     assert runs[1]["final_val_loss"] == pytest.approx(runs[5]["final_val_loss"], rel=1e-6)
     state = torch.load(tmp_path / "eval1" / "last" / "optimizer.pt", weights_only=True)["optimizer"]
     assert {tuple(group["betas"]) for group in state["param_groups"]} == {(0.8, 0.95)}
+    assert {group["fused"] for group in state["param_groups"]} == {True}  # on a CPU too (train.step.make_optimizer)
     problems = TrainConfig(shards=shards, eval_batch_size=0, adam_beta2=1.0)
     with pytest.raises(Exception, match="--eval-batch-size: must be at least 1.*--adam-beta2: must be in"):
         problems.validate()

@@ -29,6 +29,22 @@ def test_a_saved_model_folder_loads_and_is_resized(tmp_path):
     assert vocab_rows(model) == VOCAB and model.config.resid_pdrop == 0.0
 
 
+def test_tiny_untied_has_its_own_output_embedding_through_a_checkpoint(tmp_path):
+    """The demo's shape: the LM head is a parameter of its own (in `tiny` it is the input embedding),
+    and stays so through save_pretrained and loading, as lm-eval and `train.generate` load it."""
+    tied, untied = (load_model(name, chatml_tokenizer()) for name in ("tiny", "tiny-untied"))
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + VOCAB * 64
+    with torch.no_grad():
+        untied.lm_head.weight.add_(1.0)  # the two matrices now differ
+    untied.save_pretrained(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"), chatml_tokenizer())
+    assert torch.equal(loaded.lm_head.weight, untied.lm_head.weight)
+    assert torch.equal(loaded.transformer.wte.weight, untied.transformer.wte.weight)
+    assert not loaded.config.tie_word_embeddings
+
+
 def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match=r"cannot load model .*no such folder.*tiny, gpt2-124m"):
+    with pytest.raises(ModelError, match=r"cannot load model .*no such folder.*tiny, tiny-untied, gpt2-124m"):
         load_model(str(tmp_path / "nowhere"), chatml_tokenizer())

@@ -105,7 +105,7 @@ def test_missing_shard_folder(tmp_path):
 
 def test_unloadable_model(shards, tmp_path):
     line = refused(shards, tmp_path, "--model", str(tmp_path / "no-such-model"))
-    assert "cannot load model" in line and "tiny, gpt2-124m" in line
+    assert "cannot load model" in line and "tiny, tiny-untied, gpt2-124m" in line
 
 
 @pytest.mark.parametrize("key", ["token_dtype", "files", "stats"])

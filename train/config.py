@@ -31,7 +31,8 @@ class TrainConfig:
     # ---- what to train on, what to train, where to write (defaults: the seed's where it had one)
     shards: Path = opt(None, "shard set folder written by `python -m prep`", required=True)
     out: Path = opt(Path("runs/train"), "run folder: config.json, metrics.jsonl, tb/, best/, last/, summary.json")
-    model: str = opt("tiny", "named random-init config (tiny, gpt2-124m), a local model folder, or a hub id")
+    model: str = opt("tiny", "named random-init config (tiny, tiny-untied, gpt2-124m), a local model folder, or a "
+                             "hub id")
     # ---- the loop: the seed's defaults
     batch_size: int = opt(16, "rows per micro-batch, summed over all processes (each takes batch_size / N)")
     grad_accum: int = opt(1, "micro-batches per optimizer step; the loss is normalised over the whole step")

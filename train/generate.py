@@ -29,8 +29,10 @@ def render(tokenizer, prompt: str, raw: bool = False) -> dict:
 
 
 def reply_ids(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-              top_p: float = 1.0, seed: int = 0, raw: bool = False):
+              top_p: float = 1.0, seed: int = 0, raw: bool = False, repetition_penalty: float = 1.0):
     """Generated token ids after the prompt, up to and including the end-of-turn token; greedy at temperature 0.
+    `repetition_penalty` above 1 makes every token already in the prompt or the reply less likely
+    (transformers' CTRL penalty: a positive logit divided by it, a negative one multiplied).
 
     Where to stop comes from the model's generation config, which train set from the shard
     manifest's `end_of_turn_token_id` (`<|eot_id|>` for a Llama-3 template, not its eos).
@@ -42,7 +44,7 @@ def reply_ids(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperat
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
     with torch.no_grad():
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
+                                repetition_penalty=repetition_penalty, **sampling)
     return output[0, encoded["input_ids"].shape[1]:]
 
 
@@ -64,15 +66,17 @@ def generate(model_dir: Path, prompt: str, **options) -> str:
 @click.option("--temperature", default=0.0, show_default=True, help="sampling temperature; 0 is greedy")
 @click.option("--top-p", default=1.0, show_default=True, help="nucleus sampling mass (with --temperature > 0)")
 @click.option("--seed", default=0, show_default=True, help="sampling seed")
+@click.option("--repetition-penalty", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="above 1, tokens already in the prompt or the reply are less likely (1.2-1.3 is usual)")
 @click.option("--raw", is_flag=True, help="send PROMPT as the user turn unchanged (no Alpaca preamble)")
 def main(model_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int,
-         raw: bool) -> None:
+         repetition_penalty: float, raw: bool) -> None:
     """Print the model's reply to PROMPT (MODEL_DIR: a run's best/ or last/ folder)."""
     if not (model_dir / "config.json").is_file():
         click.echo(f"error: {model_dir} is not a model folder (no config.json); pass a run's best/ folder", err=True)
         sys.exit(1)
     click.echo(generate(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                        seed=seed, raw=raw))
+                        seed=seed, raw=raw, repetition_penalty=repetition_penalty))
 
 
 if __name__ == "__main__":

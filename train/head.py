@@ -88,9 +88,9 @@ def _softmax_chunks(hidden, weight, targets):
         h, target = hidden[chunk], targets[chunk]
         logits = torch.mm(h, weight.T, out=buffer[:len(target)]) if in_place else (h @ weight.T).float()
         target_logit = logits.gather(1, target[:, None]).squeeze(1)
-        top, top_at = logits.max(1)
+        top = logits.amax(1)  # amax, not max: finding the indices too measured ~5x slower on CPU
         probabilities = torch.softmax(logits, 1, out=logits)
-        log_z = top - probabilities.gather(1, top_at[:, None]).squeeze(1).log()
+        log_z = top - probabilities.amax(1).log()  # the top logit's probability is the largest one
         yield chunk, h, target, probabilities, (log_z - target_logit).sum()
 
 

@@ -30,8 +30,8 @@ from train.data import RowOrder, check_same_shards, check_shards, rank_share, va
 from train.head import LabelLossModel
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
-from train.step import (COMPILE_WIDTH_MULTIPLE, Dist, Prefetcher, backward, get_batch, resolve_precision,
-                        setup_distributed, update)
+from train.step import (COMPILE_WIDTH_MULTIPLE, Dist, Prefetcher, backward, get_batch, make_optimizer,
+                        resolve_precision, setup_distributed, update)
 
 
 class TrainError(UserError):
@@ -118,9 +118,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         raise AttentionError("--attention flash: flash kernels compute in fp16/bf16 only; use --precision auto, "
                              "fp16 or bf16, or --attention varlen")
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, eps=config.adam_eps,
-                                  betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, config) / config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     torch.manual_seed(config.seed + dist.rank)  # dropout

@@ -1,7 +1,7 @@
 """The model: a named random-initialised GPT-2 shape, a local folder, or a hub id; fitted to the shards' tokenizer.
 
     >>> sorted(NAMED_CONFIGS)
-    ['gpt2-124m', 'tiny']
+    ['gpt2-124m', 'tiny', 'tiny-untied']
     >>> padded_vocab_size(50259, 64), padded_vocab_size(50259, 1)
     (50304, 50259)
 """
@@ -14,13 +14,17 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
 from sftcli import UserError
 
-# Random-initialised shapes that need no network. `tiny` is for CPU tests and demos
-# (positions as long as GPT-2's, so any max_length up to 1024 fits); `gpt2-124m` is
-# GPT-2 small, for throughput runs. Both use transformers' fused tanh GELU: GPT-2's own `gelu_new`
-# is the same function (within 5e-7 in fp32) written as five elementwise ops, each of which keeps
-# its input for backward (four extra activations of width 4 x n_embd per layer) and runs ~4x slower on CPU.
+# Random-initialised shapes that need no network. `tiny` is for CPU tests (positions as long as
+# GPT-2's, so any max_length up to 1024 fits); `tiny-untied`, the demo's, is `tiny` with an output
+# embedding of its own (GPT-2 ties it to the input one): at 64 dimensions one matrix serving both
+# learned slower (Makefile, the demo's trials); `gpt2-124m` is GPT-2 small, for throughput runs. All
+# use transformers' fused tanh GELU: GPT-2's own `gelu_new` is the same function (within 5e-7 in fp32)
+# written as five elementwise ops, each of which keeps its input for backward (four extra activations
+# of width 4 x n_embd per layer) and runs ~4x slower on CPU.
+_TINY = dict(n_layer=2, n_head=2, n_embd=64, n_positions=1024, activation_function="gelu_pytorch_tanh")
 NAMED_CONFIGS = {
-    "tiny": dict(n_layer=2, n_head=2, n_embd=64, n_positions=1024, activation_function="gelu_pytorch_tanh"),
+    "tiny": _TINY,
+    "tiny-untied": {**_TINY, "tie_word_embeddings": False},
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, activation_function="gelu_pytorch_tanh"),
 }
 

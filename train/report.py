@@ -97,7 +97,11 @@ def _num(value) -> str:
 # Each prompt is answered greedily and by one seeded sample (nanoGPT's sample.py temperature): greedy
 # shows the single likeliest reply, which an undertrained model fills with its likeliest token; the
 # sample shows what else the model's distribution holds.
-DECODINGS = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.8, top_p=0.95, seed=0)}
+# The mode of the model (greedy), and what it can say: a seeded sample with a repetition penalty, since a
+# model this small puts most of its mass on a few frequent tokens (newline, "the") and, unpenalised,
+# its replies are those repeated or end at once.
+DECODINGS = {"greedy": dict(temperature=0.0),
+             "sampled": dict(temperature=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)}
 
 
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
@@ -157,8 +161,10 @@ def generation_section(runs: list[dict], max_new_tokens: int) -> str:
     behind = not_yet_learned(runs)
     warning = (f"**{', '.join(behind)}: the best validation loss is not below the unigram baseline, so the model has "
                "not yet learned beyond token frequencies; its replies show no more than that.**\n\n" if behind else "")
-    return (f"## Generations of each best checkpoint (greedy, and one sample at temperature 0.8, top-p 0.95, "
-            f"seed 0; at most {max_new_tokens} new tokens)\n\n" + warning
+    sampled = DECODINGS["sampled"]
+    return (f"## Generations of each best checkpoint (greedy, and one sample at temperature {sampled['temperature']}, "
+            f"top-p {sampled['top_p']}, repetition penalty {sampled['repetition_penalty']}, seed {sampled['seed']}; "
+            f"at most {max_new_tokens} new tokens)\n\n" + warning
             + "\n".join(lines))
 
 
