@@ -96,10 +96,9 @@ def _num(value) -> str:
 
 # Each prompt is answered greedily and by one seeded sample (nanoGPT's sample.py temperature): greedy
 # shows the single likeliest reply, which an undertrained model fills with its likeliest token; the
-# sample shows what else the model's distribution holds.
-# The mode of the model (greedy), and what it can say: a seeded sample with a repetition penalty, since a
-# model this small puts most of its mass on a few frequent tokens (newline, "the") and, unpenalised,
-# its replies are those repeated or end at once.
+# sample shows what else the model's distribution holds. The sample's repetition penalty (CTRL's 1.3):
+# a model this small puts most of its mass on a few frequent tokens (newline, "the", the end of turn),
+# and unpenalised its samples repeat them or end at once.
 DECODINGS = {"greedy": dict(temperature=0.0),
              "sampled": dict(temperature=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)}
 
