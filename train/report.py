@@ -8,6 +8,7 @@ metrics.jsonl, best/) and their shard sets' manifests; nothing is typed in.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from sftcli import main_errors
+from sftcli import main_errors, markdown_table
 from shards.stats import format_table, shard_set_stats
 from train.compare import findings, not_yet_learned
 from train.eval import eval_section
@@ -103,8 +104,8 @@ DECODINGS = {"greedy": dict(temperature=0.0),
              "sampled": dict(temperature=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)}
 
 
-def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
-    """Each run's best checkpoint answering the seed's prompts, one reply per prompt and decoding."""
+def generations(runs: list[dict], max_new_tokens: int) -> dict[str, dict[tuple[str, str], str]]:
+    """Each run's best checkpoint answering the seed's prompts: its reply per (prompt, decoding name)."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,19 +113,19 @@ def generations(runs: list[dict], max_new_tokens: int) -> dict[str, list[str]]:
 
     transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per run is noise here
 
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict[tuple[str, str], str]] = {}
     for run in runs:
         best = run["folder"] / "best"
         if not (best / "config.json").is_file():
-            out[run["name"]] = ["(no best checkpoint)"] * len(SEED_PROMPTS) * len(DECODINGS)
+            out[run["name"]] = dict.fromkeys(itertools.product(SEED_PROMPTS, DECODINGS), "(no best checkpoint)")
             continue
         tokenizer = AutoTokenizer.from_pretrained(str(best))
         model = AutoModelForCausalLM.from_pretrained(str(best)).eval()
-        out[run["name"]] = [
-            tokenizer.decode(reply_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, **decoding),
-                             skip_special_tokens=True)
-            for prompt in SEED_PROMPTS for decoding in DECODINGS.values()
-        ]
+        out[run["name"]] = {
+            (prompt, name): tokenizer.decode(reply_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
+                                                       **decoding), skip_special_tokens=True)
+            for prompt in SEED_PROMPTS for name, decoding in DECODINGS.items()
+        }
     return out
 
 
@@ -153,18 +154,16 @@ def update_readme_section(readme: Path, name: str, text: str) -> None:
 def generation_section(runs: list[dict], max_new_tokens: int) -> str:
     """The generation table, under a warning for runs that have not beaten counting tokens."""
     replies = generations(runs, max_new_tokens)
-    lines = ["| prompt | decoding | " + " | ".join(r["name"] for r in runs) + " |", "|" + "---|" * (len(runs) + 2)]
-    pairs = [(prompt, decoding) for prompt in SEED_PROMPTS for decoding in DECODINGS]
-    for i, (prompt, decoding) in enumerate(pairs):
-        lines.append(f"| {prompt} | {decoding} | " + " | ".join(_cell(replies[r['name']][i]) for r in runs) + " |")
+    table = markdown_table(["prompt", "decoding", *(r["name"] for r in runs)],
+                           [[prompt, name, *(_cell(replies[r["name"]][prompt, name]) for r in runs)]
+                            for prompt, name in itertools.product(SEED_PROMPTS, DECODINGS)])
     behind = not_yet_learned(runs)
     warning = (f"**{', '.join(behind)}: the best validation loss is not below the unigram baseline, so the model has "
                "not yet learned beyond token frequencies; its replies show no more than that.**\n\n" if behind else "")
     sampled = DECODINGS["sampled"]
     return (f"## Generations of each best checkpoint (greedy, and one sample at temperature {sampled['temperature']}, "
             f"top-p {sampled['top_p']}, repetition penalty {sampled['repetition_penalty']}, seed {sampled['seed']}; "
-            f"at most {max_new_tokens} new tokens)\n\n" + warning
-            + "\n".join(lines))
+            f"at most {max_new_tokens} new tokens)\n\n" + warning + table)
 
 
 def runs_line(runs: list[dict]) -> str:
