@@ -145,39 +145,21 @@ def test_tiled_shard_set_repeats_rows_and_the_probe_reads_an_epoch(small_shards,
     assert loading.batch_seconds(source, batch_size=2, count=2, warmup=1) > 0
 
 
-def test_gpu_flops_formula():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_gpu_configuration_is_a_whole_train_command(small_shards, tmp_path):
+    """The GPU section's measuring code, on CPU with the tiny model (its figures mean nothing here): one
+    `python -m train` run, its timed window read back, its folder removed."""
+    from train.attention import AttentionError
 
-    from train.model import NAMED_CONFIGS, padded_vocab_size
-
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=padded_vocab_size(50259, 64), **NAMED_CONFIGS["gpt2-124m"]))
-    n = gpu.matmul_parameters(model)
-    assert n == 123_653_376 + (50304 - 50257) * 768  # GPT-2 small without wpe, vocab padded to 64
-    # nanoGPT's estimate_mfu: 6N + 12 L H Q T per token, T the sequence length.
-    assert gpu.model_flops(n, 12, 768, 1024, 1024**2) == 1024 * (6 * n + 12 * 12 * 768 * 1024)
-
-
-def test_gpu_attended_squares_follow_each_kernel(small_shards):
-    """Dense sdpa computes each row's full square; varlen a square per regrouped sample; flex per sample."""
-    rows = np.arange(2)
-    by = {a: common.Setup(small_shards["concat"], 2, attention=a).batch(rows) for a in ("sdpa", "varlen", "flex")}
-    _, batch = by["flex"]
-    width, lengths = batch.input_ids.shape[1], batch.sequence_lengths
-    assert gpu.attended_squares(*by["sdpa"], "sdpa") == 2 * width**2
-    assert gpu.attended_squares(*by["flex"], "flex") == float((lengths.astype(float) ** 2).sum()) < 2 * width**2
-    index = by["varlen"][0]["varlen_index"]
-    assert gpu.attended_squares(*by["varlen"], "varlen") == sum(g.shape[0] * g.shape[1] ** 2 for g in (index.single_rows, *index.groups))
-
-
-def test_gpu_step_logic_runs_on_cpu(small_shards):
-    """The GPU section's measuring code, on CPU with the tiny model (its figures mean nothing here)."""
-    peak = gpu.measured_peak_flops(torch.device("cpu"), torch.float32, size=64, repeats=2)
-    r = gpu.run_config(small_shards["concat"], torch.device("cpu"), steps=2, warmup=1, batch_size=2, model="tiny",
-                       attention="varlen", flatten=True, precision="fp32", peak=peak)
-    assert r["mfu"] > 0 and 0 < r["data_fraction"] < 1 and math.isfinite(r["final_loss"])
-    with pytest.raises(Exception, match="--attention flash"):
-        gpu.run_config(small_shards["concat"], torch.device("cpu"), 1, 0, 2, "tiny", attention="flash")
+    out = tmp_path / "run"
+    r = gpu.run_config(small_shards["concat"], out, steps=2, batch_size=2, model="tiny", attention="varlen",
+                       flatten=True, precision="fp32")
+    assert set(r) == {"command_seconds", *gpu.TIMED, "peak_memory_gib", "matmul_peak_tflops"}
+    assert r["supervised_tokens_per_second"] > 0 and r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
+    assert math.isfinite(r["loss"]) and r["mfu"] is None and not out.exists()  # no MFU without a CUDA peak
+    found = {f["name"]: f for f in gpu.figures({"concat_varlen": r, "padding_varlen": r})}
+    assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
+    with pytest.raises(AttentionError, match="--attention flash"):
+        gpu.run_config(small_shards["concat"], out, 1, 2, "tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):

@@ -62,6 +62,9 @@ def test_a_run_writes_its_folder(reference):
     assert all(tuple(r) == TRAIN_KEYS for r in train_records) and all(tuple(r) == VAL_KEYS for r in val_records)
     assert train_records[-1]["loss"] < train_records[0]["loss"]
     assert 0 <= train_records[0]["padding_fraction"] < 1
+    # the rates: model FLOPs per second, the share waiting for data; MFU only where a CUDA peak was measured
+    for r in train_records:
+        assert r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1 and r["mfu"] is None
     # summary
     saved = json.loads((out / "summary.json").read_text())
     assert tuple(saved) == SUMMARY_KEYS and saved == summary
@@ -69,6 +72,8 @@ def test_a_run_writes_its_folder(reference):
     assert summary["epoch"] >= 1  # the resume tests below cross an epoch boundary
     assert summary["best_val_loss"] == min(r["val_loss"] for r in val_records)
     assert summary["tokens"] == train_records[-1]["tokens"] and summary["overflow_skipped_steps"] == 0
+    assert summary["model_tflops"] > 0 and 0 <= summary["data_wait_fraction"] < 1
+    assert summary["mfu"] is summary["matmul_peak_tflops"] is summary["peak_memory_gib"] is None  # CPU
     # tensorboard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -76,7 +81,7 @@ def test_a_run_writes_its_folder(reference):
     events.Reload()
     assert {"Loss/train", "Loss/val", "learning_rate", "Throughput/tokens_per_second",
             "Throughput/supervised_tokens_per_second", "Data/padding_fraction",
-            "Steps/overflow_skipped"} <= set(events.Tags()["scalars"])
+            "Steps/overflow_skipped", "Throughput/model_tflops", "Data/wait_fraction"} <= set(events.Tags()["scalars"])
     # best/ is a plain Hugging Face folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,15 +4,19 @@ metrics.jsonl holds one JSON object per line, `kind` "train" or "val"; the repor
 stage reads these keys (keep them stable):
 
     train: kind step epoch loss learning_rate grad_norm tokens supervised_tokens
-           tokens_per_second supervised_tokens_per_second padding_fraction
-           overflow_skipped_steps nan_loss_steps elapsed_seconds
+           tokens_per_second supervised_tokens_per_second padding_fraction model_tflops mfu
+           data_wait_fraction overflow_skipped_steps nan_loss_steps elapsed_seconds
     val:   kind step epoch tokens supervised_tokens val_loss val_supervised_tokens
            best_val_loss best_step elapsed_seconds
 
 tokens and supervised_tokens count what was trained on so far (all processes);
-loss is the token-weighted mean over the steps since the previous train record.
+loss is the token-weighted mean over the steps since the previous train record, and so are the
+rates: model_tflops (train.flops: the model FLOPs done per second, all processes), mfu (that over
+the device's measured matmul peak, times the processes; CUDA only, else null) and
+data_wait_fraction (the share of step time spent waiting for the next batch to be collated).
 summary.json holds SUMMARY_KEYS; `attention` (the path taken, `auto` resolved), `flatten` and
-`compile` say on which kernel a run trained, so layouts are compared on the same one; `threads`
+`compile` say on which kernel a run trained, so layouts are compared on the same one;
+`peak_memory_gib` is the device memory torch allocated at most (CUDA only); `threads`
 (torch's CPU threads) and `started_at` / `finished_at` (Unix seconds of this process's leg) say
 what the throughput was measured alongside.
 `Meter` owns the counters and is the one writer of all three records. Non-finite numbers are written as null (strict JSON). TensorBoard gets the same
@@ -35,13 +39,14 @@ import torch
 from shards.format import MANIFEST
 
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
-              "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
-              "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
+              "tokens_per_second", "supervised_tokens_per_second", "padding_fraction", "model_tflops", "mfu",
+              "data_wait_fraction", "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
 VAL_KEYS = ("kind", "step", "epoch", "tokens", "supervised_tokens", "val_loss", "val_supervised_tokens",
             "best_val_loss", "best_step", "elapsed_seconds")
 SUMMARY_KEYS = ("steps", "max_steps", "completed", "epoch", "wall_seconds", "train_seconds", "tokens",
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
-                "best_val_loss", "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
+                "model_tflops", "mfu", "matmul_peak_tflops", "data_wait_fraction", "peak_memory_gib", "best_val_loss",
+                "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
                 "mode", "max_length", "isolation", "attention", "flatten", "compile", "model", "precision",
                 "world_size", "threads", "batch_size", "grad_accum", "shards", "shard_stats_path", "started_at",
                 "finished_at")
@@ -53,6 +58,9 @@ TB_TAGS = {
     "tokens_per_second": "Throughput/tokens_per_second",
     "supervised_tokens_per_second": "Throughput/supervised_tokens_per_second",
     "padding_fraction": "Data/padding_fraction",
+    "model_tflops": "Throughput/model_tflops",
+    "mfu": "Throughput/mfu",
+    "data_wait_fraction": "Data/wait_fraction",
     "overflow_skipped_steps": "Steps/overflow_skipped",
     "nan_loss_steps": "Steps/nan_loss",
 }
@@ -131,6 +139,8 @@ class Progress:
     supervised_tokens: int = 0
     slots: int = 0  # positions computed, padding included
     train_seconds: float = 0.0  # time in steps, without evaluation and saving
+    data_seconds: float = 0.0  # of which waiting for the next batch
+    flops: float = 0.0  # model FLOPs done (train.flops, all processes)
     wall_seconds: float = 0.0
     overflow_skipped_steps: int = 0  # updates skipped because gradients or loss were inf/NaN
     nan_loss_steps: int = 0
@@ -145,24 +155,33 @@ class Meter:
     a train record is written.
     """
 
-    def __init__(self, progress: Progress, logger: RunLogger, bar=None):
-        self.progress, self.logger, self.bar = progress, logger, bar
+    def __init__(self, progress: Progress, logger: RunLogger, bar=None, peak_flops: float | None = None):
+        """`peak_flops`: the matmul peak of all processes' devices together (None: no MFU)."""
+        self.progress, self.logger, self.bar, self.peak_flops = progress, logger, bar, peak_flops
         self.started, self.wall_before = time.perf_counter(), progress.wall_seconds
         self.started_at = time.time()  # this process's leg of the run, in Unix seconds (the report's overlap check)
         self._window()
 
     def _window(self) -> None:
-        self.loss, self.supervised, self.tokens, self.slots, self.seconds = 0.0, 0, 0, 0, 0.0
+        self.loss, self.supervised, self.tokens, self.slots = 0.0, 0, 0, 0
+        self.seconds, self.data_seconds, self.flops = 0.0, 0.0, 0.0
+
+    def rates(self, flops: float, data_seconds: float, seconds: float) -> dict:
+        """model_tflops, mfu and data_wait_fraction of steps that took `seconds`."""
+        seconds = max(seconds, 1e-9)
+        return dict(model_tflops=flops / seconds / 1e12, data_wait_fraction=data_seconds / seconds,
+                    mfu=flops / seconds / self.peak_flops if self.peak_flops else None)
 
     def elapsed(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    def count(self, seconds: float, loss_sum, supervised: int, tokens: int, slots: int, stepped: bool,
-              finite_loss: bool) -> None:
+    def count(self, seconds: float, data_seconds: float, flops: float, loss_sum, supervised: int, tokens: int,
+              slots: int, stepped: bool, finite_loss: bool) -> None:
         """One optimizer step: `loss_sum` (a device tensor) summed over its supervised tokens."""
         p = self.progress
         p.step += 1
-        p.train_seconds += seconds
+        p.train_seconds, p.data_seconds = p.train_seconds + seconds, p.data_seconds + data_seconds
+        p.flops += flops
         p.tokens, p.supervised_tokens, p.slots = p.tokens + tokens, p.supervised_tokens + supervised, p.slots + slots
         p.overflow_skipped_steps += not stepped
         p.nan_loss_steps += not finite_loss
@@ -170,7 +189,8 @@ class Meter:
         p.consecutive_skipped_steps = 0 if stepped else p.consecutive_skipped_steps + 1
         self.loss = self.loss + loss_sum.detach()
         self.supervised, self.tokens, self.slots = self.supervised + supervised, self.tokens + tokens, self.slots + slots
-        self.seconds += seconds
+        self.seconds, self.data_seconds = self.seconds + seconds, self.data_seconds + data_seconds
+        self.flops += flops
         if self.bar is not None:
             self.bar.update(1)
 
@@ -183,6 +203,7 @@ class Meter:
                       tokens_per_second=self.tokens / self.seconds,
                       supervised_tokens_per_second=self.supervised / self.seconds,
                       padding_fraction=1 - self.tokens / self.slots,
+                      **self.rates(self.flops, self.data_seconds, self.seconds),
                       overflow_skipped_steps=p.overflow_skipped_steps, nan_loss_steps=p.nan_loss_steps,
                       elapsed_seconds=self.elapsed())
         self.logger.log({k: values[k] for k in TRAIN_KEYS})
@@ -208,7 +229,10 @@ class Meter:
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
             tokens_per_second=p.tokens / max(p.train_seconds, 1e-9),
             supervised_tokens_per_second=p.supervised_tokens / max(p.train_seconds, 1e-9),
-            padding_fraction=1 - p.tokens / max(p.slots, 1), mode=manifest.mode,
+            padding_fraction=1 - p.tokens / max(p.slots, 1), **self.rates(p.flops, p.data_seconds, p.train_seconds),
+            matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
+            peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            mode=manifest.mode,
             max_length=manifest.max_length, attention=attention, world_size=world_size, shards=str(shards),
             shard_stats_path=str(Path(shards) / MANIFEST), threads=torch.get_num_threads(),
             started_at=self.started_at, finished_at=time.time(),

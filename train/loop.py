@@ -5,8 +5,8 @@
 
 Beside it: `train.step` (draw, backward, update), `train.head` (the label-only head and
 the one label shift), `train.attention` (the attention paths), `train.checkpoint`
-(best/ and last/), `train.logs` (the Meter and its records). `torchrun --nproc_per_node N
--m train ...` runs the same loop under DistributedDataParallel.
+(best/ and last/), `train.logs` (the Meter and its records), `train.flops` (model FLOPs and
+MFU). `torchrun --nproc_per_node N -m train ...` runs the same loop under DistributedDataParallel.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from train.checkpoint import load_checkpoint, prepare_out, save_checkpoint
 from sftcli import ConfigError, UserError
 from train.config import TrainConfig
 from train.data import RowOrder, check_same_shards, check_shards, rank_share, val_row_batches
+from train.flops import attended_squares, measured_peak_flops, parameter_counts, step_flops
 from train.head import LabelLossModel
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.model import load_model, max_positions, vocab_rows
@@ -118,6 +119,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         raise AttentionError("--attention flash: flash kernels compute in fp16/bf16 only; use --precision auto, "
                              "fp16 or bf16, or --attention varlen")
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
+    # MFU's denominator: the matmul peak measured here, in the step's precision (CUDA only: a fast check there)
+    peak_flops = measured_peak_flops(device, autocast_dtype or torch.float32) if device.type == "cuda" else None
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, config) / config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -132,7 +135,9 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         write_json(out / "config.json", config.to_json())
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=None if config.progress else True,
                dynamic_ncols=True) if dist.main else None
-    meter = Meter(progress, RunLogger(out, dist.main, progress.step if config.resume else None), bar)
+    meter = Meter(progress, RunLogger(out, dist.main, progress.step if config.resume else None), bar,
+                  peak_flops and peak_flops * dist.world_size)
+    counts = parameter_counts(model)
     batch_options = dict(pad_token_id=manifest.pad_token_id, flatten=config.flatten,
                          pad_to_multiple_of=width_multiple, attention=attention)
 
@@ -142,7 +147,9 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         batches = [get_batch(train_split, rank_share(order.next_rows(), dist.rank, dist.world_size),
                              isolation=config.isolation == "on", device=device, pin=device.type == "cuda",
                              **batch_options) for _ in range(config.grad_accum)]
-        return batches, (order.epoch, order.position)
+        flops = sum(step_flops(counts, model.config, batch.tokens, batch.supervised_tokens,
+                               attended_squares(inputs, batch, attention)) for inputs, batch in batches)
+        return batches, flops, (order.epoch, order.position)
 
     prefetcher = Prefetcher(draw_step)
     try:
@@ -150,10 +157,11 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         while progress.step < config.max_steps:
             t0 = time.perf_counter()
             # ---- draw
-            batches, (progress.epoch, progress.position) = prefetcher.next()
-            supervised, tokens, slots = dist.sum([sum(b.supervised_tokens for _, b in batches),
-                                                  sum(b.tokens for _, b in batches), sum(b.slots for _, b in batches)],
-                                                 device)
+            batches, flops, (progress.epoch, progress.position) = prefetcher.next()
+            data_seconds = time.perf_counter() - t0
+            supervised, tokens, slots, flops = dist.sum([sum(b.supervised_tokens for _, b in batches),
+                                                         sum(b.tokens for _, b in batches),
+                                                         sum(b.slots for _, b in batches), flops], device)
             # ---- forward/backward. DDP averages gradients over processes; times world_size makes the sum over all.
             loss_sum = backward(ddp, loss_model, batches, dist.world_size / max(supervised, 1), autocast, scaler)
             # ---- update; a skipped update leaves the schedule where it was (as Hugging Face's Trainer)
@@ -162,8 +170,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                                                      torch.isfinite(loss_sum))
             if stepped:
                 scheduler.step()
-            meter.count(time.perf_counter() - t0, loss_sum, int(supervised), int(tokens), int(slots),
-                        stepped, finite_loss)
+            meter.count(time.perf_counter() - t0, data_seconds, flops, loss_sum, int(supervised), int(tokens),
+                        int(slots), stepped, finite_loss)
             stop_if_diverged(progress, config, out)
             # ---- log
             stopping = progress.step in (config.max_steps, config.stop_after)
