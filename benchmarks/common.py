@@ -127,27 +127,21 @@ def in_process(function, **kwargs) -> dict:
 
 
 class Setup:
-    """Open shards -> row order -> `batch()`; with `with_model`, tokenizer -> model -> optimizer ->
-    `step()`: `python -m train`'s own collation, backward and update, AdamW with its defaults."""
+    """Open shards -> row order -> `batch()`; with `with_model`, tokenizer -> model -> optimizer -> `step()`:
+    `python -m train`'s own collation, backward and update, in fp32 on the CPU, AdamW as the loop makes it."""
 
-    def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, device=None, attention: str = "sdpa",
-                 flatten: bool = False, compile: bool = False):  # noqa: A002 - the --compile option
-        import torch
-
+    def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, attention: str = "sdpa",
+                 flatten: bool = False):
         from shards.format import ShardSet
         from train.data import RowOrder
-        from train.step import COMPILE_WIDTH_MULTIPLE
 
-        self.device, self.seed, self.attention, self.compile = device or torch.device("cpu"), seed, attention, compile
+        self.seed, self.attention, self.flatten = seed, attention, flatten
         self.shard_set = ShardSet.open(shards)
         self.split = self.shard_set.split("train")
-        self.options = dict(pad_token_id=self.shard_set.manifest.pad_token_id, flatten=flatten, attention=attention,
-                            pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if compile else 1)
         self.order = RowOrder(self.split.num_rows, batch_size, seed=seed, shuffle=True)
 
-    def with_model(self, model: str = "tiny", precision: str = "fp32", pad_vocab_to: int = 1,
-                   label_head: bool = True) -> "Setup":
-        """`label_head` False: today's reference path, full B x L x V logits and their cross-entropy."""
+    def with_model(self, model: str = "tiny", label_head: bool = True) -> "Setup":
+        """`label_head` False: the reference path, full B x L x V logits and their cross-entropy."""
         import torch
         from transformers import AutoTokenizer
 
@@ -155,7 +149,7 @@ class Setup:
         from train.config import TrainConfig
         from train.head import LabelLossModel, token_losses
         from train.model import load_model
-        from train.step import make_optimizer, resolve_precision
+        from train.step import make_optimizer
 
         class FullHeadLoss(LabelLossModel):
             def forward(self, input_ids, position_ids, labels, **extra):
@@ -165,32 +159,30 @@ class Setup:
 
         register_attention()
         tokenizer = AutoTokenizer.from_pretrained(str(self.shard_set.tokenizer_dir))
-        self.model = load_model(model, tokenizer, pad_vocab_to=pad_vocab_to, seed=self.seed,
-                                attention=IMPLEMENTATIONS[self.attention]).to(self.device)
-        self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model, compile=self.compile).train()
-        self.optimizer = make_optimizer(self.model, TrainConfig())
-        dtype, use_scaler = resolve_precision(precision, self.device)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype is not None else nullcontext
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.model = load_model(model, tokenizer, seed=self.seed, attention=IMPLEMENTATIONS[self.attention])
+        self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model).train()
+        self.optimizer, self.scaler = make_optimizer(self.model, TrainConfig()), torch.amp.GradScaler("cpu", enabled=False)
         return self
 
     def batch(self, rows=None):
-        """(model inputs on the device, the collated Batch) of these rows, or of the next ones in order."""
+        """(model inputs, the collated Batch) of these rows, or of the next ones in order."""
+        import torch
+
         from train.step import get_batch
 
         rows = self.order.next_rows() if rows is None else rows
-        return get_batch(self.split, rows, isolation=True, device=self.device, **self.options)
+        return get_batch(self.split, rows, self.shard_set.manifest.pad_token_id, isolation=True,
+                         device=torch.device("cpu"), flatten=self.flatten, attention=self.attention)
 
     def step(self, drawn) -> float:
-        """One optimizer step on a `batch()`; returns the mean loss per supervised token (`.item()`
-        waits for the device)."""
+        """One optimizer step on a `batch()`; returns the mean loss per supervised token."""
         import torch
 
         from train.step import backward, update
 
         inputs, batch = drawn
         scale = 1 / max(batch.supervised_tokens, 1)
-        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], scale, self.autocast, self.scaler)
+        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], scale, nullcontext, self.scaler)
         update(self.model, self.optimizer, self.scaler, 1.0, torch.isfinite(loss))
         return loss.item() * scale
 
