@@ -162,6 +162,23 @@ def test_gpu_configuration_is_a_whole_train_command(small_shards, tmp_path):
         gpu.run_config(small_shards["concat"], out, 1, 2, "tiny", attention="flash")
 
 
+def test_gpu_main_runs_the_named_part_and_writes_its_table(tmp_path, monkeypatch, records):
+    """`python -m benchmarks.gpu --only ...` end to end, as if on CUDA: the runs themselves are tiny CPU runs."""
+    real = gpu.run_config
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu.common, "sample_records", lambda: records)
+    monkeypatch.setattr(gpu.common, "machine", lambda: {"cuda": "none: a test"})  # it would name the device
+    monkeypatch.setattr(gpu, "run_config", lambda shards, out, steps, **options: real(
+        shards, out, 1, batch_size=2, model="tiny", precision="fp32", **options))
+    out = tmp_path / "results-gpu.json"
+    outcome = CliRunner().invoke(gpu.main, ["--only", "concat_varlen_flatten,padding_varlen_flatten", "--copies", "1",
+                                            "--work", str(tmp_path / "w"), "--out", str(out)])
+    assert outcome.exit_code == 0, outcome.output
+    results = json.loads(out.read_text())
+    assert set(results["sections"]["gpu"]["runs"]) == {"concat_varlen_flatten", "padding_varlen_flatten"}
+    assert "| gpu | `concat_over_padding_varlen_flatten` |" in outcome.output
+
+
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     outcome = CliRunner().invoke(gpu.main, [])
