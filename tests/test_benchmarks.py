@@ -145,38 +145,32 @@ def test_tiled_shard_set_repeats_rows_and_the_probe_reads_an_epoch(small_shards,
     assert loading.batch_seconds(source, batch_size=2, count=2, warmup=1) > 0
 
 
-def test_gpu_configuration_is_a_whole_train_command(small_shards, tmp_path):
-    """The GPU section's measuring code, on CPU with the tiny model (its figures mean nothing here): one
-    `python -m train` run, its timed window read back, its folder removed."""
+def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monkeypatch, records):
+    """`python -m benchmarks.gpu --only ...` end to end, as if on CUDA: each configuration one `python -m train`
+    run (here a tiny CPU run; its figures mean nothing), its timed window read back, its folder removed."""
     from train.attention import AttentionError
 
-    out = tmp_path / "run"
-    r = gpu.run_config(small_shards["concat"], out, steps=2, batch_size=2, model="tiny", attention="varlen",
-                       flatten=True, precision="fp32")
-    assert set(r) == {"command_seconds", *gpu.TIMED, "peak_memory_gib", "matmul_peak_tflops"}
-    assert r["supervised_tokens_per_second"] > 0 and r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
-    assert math.isfinite(r["loss"]) and r["mfu"] is None and not out.exists()  # no MFU without a CUDA peak
-    found = {f["name"]: f for f in gpu.figures({"concat_varlen": r, "padding_varlen": r})}
-    assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
-    with pytest.raises(AttentionError, match="--attention flash"):
-        gpu.run_config(small_shards["concat"], out, 1, 2, "tiny", attention="flash")
-
-
-def test_gpu_main_runs_the_named_part_and_writes_its_table(tmp_path, monkeypatch, records):
-    """`python -m benchmarks.gpu --only ...` end to end, as if on CUDA: the runs themselves are tiny CPU runs."""
     real = gpu.run_config
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu.common, "sample_records", lambda: records)
     monkeypatch.setattr(gpu.common, "machine", lambda: {"cuda": "none: a test"})  # it would name the device
     monkeypatch.setattr(gpu, "run_config", lambda shards, out, steps, **options: real(
         shards, out, 1, batch_size=2, model="tiny", precision="fp32", **options))
-    out = tmp_path / "results-gpu.json"
-    outcome = CliRunner().invoke(gpu.main, ["--only", "concat_varlen_flatten,padding_varlen_flatten", "--copies", "1",
-                                            "--work", str(tmp_path / "w"), "--out", str(out)])
+    out, work = tmp_path / "results-gpu.json", tmp_path / "w"
+    outcome = CliRunner().invoke(gpu.main, ["--only", "concat_varlen_flatten", "--copies", "1", "--work", str(work),
+                                            "--out", str(out)])
     assert outcome.exit_code == 0, outcome.output
-    results = json.loads(out.read_text())
-    assert set(results["sections"]["gpu"]["runs"]) == {"concat_varlen_flatten", "padding_varlen_flatten"}
-    assert "| gpu | `concat_over_padding_varlen_flatten` |" in outcome.output
+    runs = json.loads(out.read_text())["sections"]["gpu"]["runs"]
+    assert list(runs) == ["concat_varlen_flatten"] and "| gpu | `concat_varlen_flatten_mfu` |" in outcome.output
+    r = runs["concat_varlen_flatten"]
+    assert set(r) == {"command_seconds", *gpu.TIMED, "peak_memory_gib", "matmul_peak_tflops"}
+    assert r["supervised_tokens_per_second"] > 0 and r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
+    assert math.isfinite(r["loss"]) and r["mfu"] is None and not (work / "run").exists()  # no MFU without CUDA
+    found = {f["name"]: f for f in gpu.figures({"concat_varlen": r, "padding_varlen": r})}
+    assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
+    monkeypatch.undo()
+    with pytest.raises(AttentionError, match="--attention flash"):
+        gpu.run_config(tmp_path, work / "run", 1, 2, "tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
