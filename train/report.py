@@ -80,15 +80,14 @@ def baselines(runs: list[dict]) -> list[tuple[float, str]]:
 def run_table(runs: list[dict], stats: list[dict]) -> str:
     header = ["run", "mode", "rows", "fill", "padding fraction", "supervised tokens", "steps", "wall time (s)",
               "tokens/s", "supervised tokens/s", "best val loss", "final val loss", "unigram baseline"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for run, s in zip(runs, stats):
         m = run["summary"]
-        cells = [run["name"], m["mode"], s["rows"], f"{s['fill']:.3f}", f"{m['padding_fraction']:.3f}",
-                 m["supervised_tokens"], m["steps"], f"{m['wall_seconds']:.0f}", f"{m['tokens_per_second']:.0f}",
-                 f"{m['supervised_tokens_per_second']:.0f}", _num(m["best_val_loss"]), _num(m["final_val_loss"]),
-                 _num(run["unigram_val_loss"])]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+        rows.append([run["name"], m["mode"], s["rows"], f"{s['fill']:.3f}", f"{m['padding_fraction']:.3f}",
+                     m["supervised_tokens"], m["steps"], f"{m['wall_seconds']:.0f}", f"{m['tokens_per_second']:.0f}",
+                     f"{m['supervised_tokens_per_second']:.0f}", _num(m["best_val_loss"]), _num(m["final_val_loss"]),
+                     _num(run["unigram_val_loss"])])
+    return markdown_table(header, rows)
 
 
 def _num(value) -> str:
