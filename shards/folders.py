@@ -1,4 +1,5 @@
-"""The one atomic-folder protocol: shard sets (prep) and checkpoints (train) are written with it.
+"""The one atomic-folder protocol: shard sets (prep) and checkpoints (train) are written with it; and its
+one-file form, `write_atomic` (manifest.json, summary.json, a trimmed metrics.jsonl).
 
     with staged_folder(Path("shards/concat-256")) as staging:
         ...  # write everything into `staging`
@@ -56,6 +57,13 @@ def staged_folder(target: Path) -> Iterator[Path]:
     staging.rename(target)
     _fsync_tree(target.parent, recurse=False)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` under a temporary name, then rename: a reader never sees half a file."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _alive(pid: int) -> bool:

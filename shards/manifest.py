@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from sftcli import UserError
+from shards.folders import write_atomic
 
 FORMAT_VERSION = 2  # 2: typed manifest; masks end at each turn's end-of-turn token
 MANIFEST = "manifest.json"
@@ -191,9 +192,7 @@ def rebuild_hint(manifest: Manifest | dict | None) -> str:
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Write manifest.json last: its presence marks a complete shard set."""
-    tmp = Path(folder) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
-    tmp.rename(Path(folder) / MANIFEST)
+    write_atomic(Path(folder) / MANIFEST, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from shards.folders import write_atomic
 from shards.format import MANIFEST
 
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
@@ -71,10 +71,7 @@ def finite_or_none(value):
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _step(line: str) -> float:
@@ -101,9 +98,7 @@ class RunLogger:
         self.path = Path(out) / "metrics.jsonl"
         if resumed_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")
         self.tb = SummaryWriter(str(Path(out) / "tb"),
                                 purge_step=None if resumed_step is None else resumed_step + 1)
