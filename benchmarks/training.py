@@ -6,16 +6,18 @@ user trains (`gpt2-124m`) and the CPU toy the demo trains (`tiny`), side by side
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from benchmarks import report
 from benchmarks.common import Setup, clock, rounds
+from prep.packing import Mode
 from shards.stats import shard_set_stats
 from train.attention import resolve_attention
 from train.data import epoch_permutation
 
-MODES = ("padding", "packed", "concat")
+MODES = get_args(Mode)
 TOY = "tiny"  # its figures carry this suffix
 
 
