@@ -26,7 +26,8 @@ MAX_LENGTH = 256  # of the prep, loading-memory and training sections (kernels: 
 class Scale:
     """The inputs' sizes: a full run's (the defaults) or --quick's (`QUICK`)."""
 
-    repeats: int = 3  # interleaved rounds of each slow measurement; gpt2-124m's timed steps per layout
+    repeats: int = 3  # interleaved rounds of each slow measurement
+    model_steps: int = 8  # gpt2-124m's timed training steps per layout, one a round: ~8 s each, ±10% apart
     copies: int = 52  # the embedded sample (999 records) repeated for prep and packing: 51,948 rows
     records: int | None = None  # records of the embedded sample used (None: all)
     toy_steps: int = 6  # timed training steps per layout of the tiny model
@@ -36,8 +37,8 @@ class Scale:
     model: str = "gpt2-124m"  # the model users train (training and kernels; training also times the tiny toy)
 
 
-QUICK = Scale(repeats=1, copies=2, records=120, toy_steps=1, batch_size=2, synthetic_count=20_000, shard_mb=(1, 4),
-              model="tiny")
+QUICK = Scale(repeats=1, model_steps=1, copies=2, records=120, toy_steps=1, batch_size=2, synthetic_count=20_000,
+              shard_mb=(1, 4), model="tiny")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,7 @@ class Settings:
                                  "benchmarks/work/results-quick.json]")
     work: Path = opt(HERE / "work", "folder for generated data, shard sets and runs (git-ignored)")
     sections: str = opt(",".join(SECTIONS), "comma-separated sections to run")
-    repeats: int | None = opt(None, "interleaved rounds of each slow measurement; gpt2-124m's timed training "
-                                    "steps per layout [3; --quick 1]")
+    repeats: int | None = opt(None, "interleaved rounds of each slow measurement [3; --quick 1]")
 
     def resolved(self) -> "Settings":
         """`out` filled in for a full or a --quick run; then checked (all problems at once)."""
@@ -93,7 +93,7 @@ def run_all(s: Settings, log=print) -> dict:
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},
                                                      work / "shards", scale.batch_size, scale.shard_mb, scale.repeats)),
         "training": (training, lambda: {
-            "model": training.measure(by_mode(training.MODES, MAX_LENGTH), 4, scale.repeats, model=scale.model),
+            "model": training.measure(by_mode(training.MODES, MAX_LENGTH), 4, scale.model_steps, model=scale.model),
             "toy": training.measure(by_mode(training.MODES, MAX_LENGTH), scale.batch_size, scale.toy_steps)}),
         "kernels": (kernels, lambda: kernels.measure(by_mode(("padding", "concat"), 1024), scale.model, scale.repeats)),
     }

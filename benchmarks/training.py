@@ -94,6 +94,11 @@ def figures(result: dict) -> list[dict]:
                         "tokens/s")]
         why = (f"{t['model']}: the LM head, {t['head_share']:.0%} of its parameters, runs on supervised tokens "
                "only; the rest on every token, padding included")
+        if "padding" in t["by_mode"] and "concat" in t["by_mode"]:  # the noise: each round's own ratio
+            padding, concat = (t["by_mode"][m] for m in ("padding", "concat"))
+            ratios = [concat["supervised_tokens_per_row"] / c / (padding["supervised_tokens_per_row"] / p)
+                      for c, p in zip(concat["round_seconds"], padding["round_seconds"])]
+            why += f"; the {len(ratios)} rounds' own ratios range from {min(ratios):.3g} to {max(ratios):.3g}"
         found += [f("training", f"concat_over_padding{suffix}", t.get("concat_over_padding"),
                     goal=None if suffix else (">=", 1.4), note=why),
                   f("training", f"packed_over_padding{suffix}", t.get("packed_over_padding"))]

@@ -120,7 +120,10 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                              "fp16 or bf16, or --attention varlen")
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
     # MFU's denominator: the matmul peak measured here, in the step's precision (CUDA only: a fast check there)
-    peak_flops = measured_peak_flops(device, autocast_dtype or torch.float32) if device.type == "cuda" else None
+    peak_flops = None
+    if device.type == "cuda":
+        peak_flops = measured_peak_flops(device, autocast_dtype or torch.float32)
+        torch.cuda.reset_peak_memory_stats(device)  # the summary's peak memory is the run's, not the check's
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, config) / config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
