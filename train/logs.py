@@ -161,10 +161,13 @@ class Meter:
         self.loss, self.supervised, self.tokens, self.slots = 0.0, 0, 0, 0
         self.seconds, self.data_seconds, self.flops = 0.0, 0.0, 0.0
 
-    def rates(self, flops: float, data_seconds: float, seconds: float) -> dict:
-        """model_tflops, mfu and data_wait_fraction of steps that took `seconds`."""
+    def rates(self, tokens: int, supervised: int, slots: int, flops: float, data_seconds: float,
+              seconds: float) -> dict:
+        """The throughput figures of steps that took `seconds` (a train record's window, or the whole run)."""
         seconds = max(seconds, 1e-9)
-        return dict(model_tflops=flops / seconds / 1e12, data_wait_fraction=data_seconds / seconds,
+        return dict(tokens_per_second=tokens / seconds, supervised_tokens_per_second=supervised / seconds,
+                    padding_fraction=1 - tokens / max(slots, 1), model_tflops=flops / seconds / 1e12,
+                    data_wait_fraction=data_seconds / seconds,
                     mfu=flops / seconds / self.peak_flops if self.peak_flops else None)
 
     def elapsed(self) -> float:
@@ -195,15 +198,13 @@ class Meter:
         loss = loss_sum / max(self.supervised, 1)
         values = dict(kind="train", step=p.step, epoch=p.epoch, loss=loss, learning_rate=learning_rate,
                       grad_norm=grad_norm, tokens=p.tokens, supervised_tokens=p.supervised_tokens,
-                      tokens_per_second=self.tokens / self.seconds,
-                      supervised_tokens_per_second=self.supervised / self.seconds,
-                      padding_fraction=1 - self.tokens / self.slots,
-                      **self.rates(self.flops, self.data_seconds, self.seconds),
+                      **self.rates(self.tokens, self.supervised, self.slots, self.flops, self.data_seconds,
+                                   self.seconds),
                       overflow_skipped_steps=p.overflow_skipped_steps, nan_loss_steps=p.nan_loss_steps,
                       elapsed_seconds=self.elapsed())
         self.logger.log({k: values[k] for k in TRAIN_KEYS})
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens / self.seconds:.0f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
         self._window()
 
     def log_val(self, val_loss: float, val_supervised: int) -> None:
@@ -222,9 +223,7 @@ class Meter:
             **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
                                                "batch_size", "grad_accum")},
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
-            tokens_per_second=p.tokens / max(p.train_seconds, 1e-9),
-            supervised_tokens_per_second=p.supervised_tokens / max(p.train_seconds, 1e-9),
-            padding_fraction=1 - p.tokens / max(p.slots, 1), **self.rates(p.flops, p.data_seconds, p.train_seconds),
+            **self.rates(p.tokens, p.supervised_tokens, p.slots, p.flops, p.data_seconds, p.train_seconds),
             matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
             peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             mode=manifest.mode,
