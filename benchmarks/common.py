@@ -161,7 +161,8 @@ class Setup:
         tokenizer = AutoTokenizer.from_pretrained(str(self.shard_set.tokenizer_dir))
         self.model = load_model(model, tokenizer, seed=self.seed, attention=IMPLEMENTATIONS[self.attention])
         self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model).train()
-        self.optimizer, self.scaler = make_optimizer(self.model, TrainConfig()), torch.amp.GradScaler("cpu", enabled=False)
+        self.optimizer = make_optimizer(self.model, TrainConfig())
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32: `update` still goes through a scaler
         return self
 
     def batch(self, rows=None):

@@ -10,7 +10,6 @@ spent waiting for the next batch; and the run's peak memory (summary.json).
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from prep.packing import Mode
 from sftcli import choices_of, click_options, opt
 from train.attention import AttentionError, resolve_attention
 from train.config import TrainConfig
+from train.report import load_run
 
 HERE = Path(__file__).resolve().parent
 # The matrix: layout x --attention x --compile x --flatten, gpt2-124m at 16 x 1024 in fp16 (issue 14); the
@@ -72,12 +72,11 @@ def run_config(shards: Path, out: Path, steps: int, batch_size: int = BATCH_SIZE
         *["--compile"] * compile, *["--flatten"] * flatten)
     try:
         seconds = common.run_process(command)["seconds"]
-        timed = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-        summary = json.loads((out / "summary.json").read_text())
+        run = load_run(out)  # the report's reader of a run folder
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {"command_seconds": seconds, **{k: timed[-1][k] for k in TIMED},
-            **{k: summary[k] for k in ("peak_memory_gib", "matmul_peak_tflops")}}
+    return {"command_seconds": seconds, **{k: run["train"][-1][k] for k in TIMED},
+            **{k: run["summary"][k] for k in ("peak_memory_gib", "matmul_peak_tflops")}}
 
 
 def figures(runs: dict) -> list[dict]:
