@@ -9,13 +9,15 @@ Each field's help text becomes its `python -m prep --help` line (`sftcli.click_o
 """
 from __future__ import annotations
 
+import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from prep.encoders import EncoderChoice
 from prep.packing import Mode, Packer
-from prep.template import LossOn
+from prep.template import LossOn, SystemMessage
 from sftcli import check_config, flag, opt as _opt
 from shards.prompts import PromptFormat
 
@@ -38,6 +40,15 @@ class PrepConfig:
         "recorded for generation")
     loss_on: LossOn = _opt(
         "assistant", "tokens with loss: assistant (each reply + the template's end-of-turn token) or all (the seed's code)")
+    system_message: SystemMessage = _opt(
+        "keep", "a system message: keep (as the template renders it), fold (prepend it to the first user turn, "
+        "for templates that drop it), drop, or error (stop where the template drops or moves it)")
+    chat_template: str | None = _opt(None, "a .jinja file that replaces the tokenizer's chat template")
+    chat_template_kwargs: str = _opt(
+        "{}", "options for the chat template, a JSON object (e.g. '{\"enable_thinking\": false}')")
+    template_date: str | None = _opt(
+        None, "YYYY-MM-DD a template's strftime_now gives (Llama 3's system date); default: the date "
+        "recorded by the first build of --out, else today")
     overlong: Literal["truncate", "drop", "error"] = _opt(
         "truncate", "sample longer than max-length in padding/concat and validation rows: truncate, drop or error")
     val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the seed) kept for validation, always padding mode")
@@ -56,6 +67,10 @@ class PrepConfig:
         object.__setattr__(self, "data", (self.data,) if isinstance(self.data, str) else tuple(self.data))
 
     @property
+    def template_kwargs(self) -> dict:
+        return json.loads(self.chat_template_kwargs)
+
+    @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("shards") / f"{self.mode}-{self.max_length}"
 
@@ -72,5 +87,17 @@ class PrepConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{flag(name)}: must be positive, got {value}")
+        try:
+            if not isinstance(json.loads(self.chat_template_kwargs), dict):
+                problems.append("--chat-template-kwargs: must be a JSON object, e.g. '{\"enable_thinking\": false}'")
+        except json.JSONDecodeError as e:
+            problems.append(f"--chat-template-kwargs: not JSON ({e}); e.g. '{{\"enable_thinking\": false}}'")
+        if self.template_date is not None:
+            try:
+                datetime.date.fromisoformat(self.template_date)
+            except ValueError:
+                problems.append(f"--template-date: expected YYYY-MM-DD, got {self.template_date!r}")
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            problems.append(f"--chat-template: {self.chat_template}: no such file; give a .jinja chat template file")
         check_config(self, problems, "prep")
         return self

@@ -81,13 +81,57 @@ def tiktoken_encoding(tokenizer):
     return tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
 
 
+def prefix_rule(backend) -> str | None:
+    """How a SentencePiece-style tokenizer marks the start of text with "▁": "section" (every text
+    between special tokens: a Prepend normalizer, or Metaspace prepend_scheme always), "first" (only
+    the start of the whole input: Metaspace prepend_scheme first), or None (no such mark)."""
+    spec = json.loads(backend.to_str())
+    normalizers = _steps(spec.get("normalizer"), "normalizers")
+    if any(step.get("type") == "Prepend" for step in normalizers):
+        return "section"
+    for step in _steps(spec.get("pre_tokenizer"), "pretokenizers"):
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            return {"always": "section", "first": "first"}.get(scheme)
+    return None
+
+
+def _steps(component: dict | None, key: str) -> list[dict]:
+    if not component:
+        return []
+    return component.get(key, []) if component.get("type") == "Sequence" else [component]
+
+
+def _without_prefix(backend):
+    """A copy of `backend` that does not mark the start of text: for text that continues a section."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(backend.to_str())
+    for key, steps_key in (("normalizer", "normalizers"), ("pre_tokenizer", "pretokenizers")):
+        steps = [step for step in _steps(spec.get(key), steps_key) if step.get("type") != "Prepend"]
+        for step in steps:
+            if step.get("type") == "Metaspace":
+                step["prepend_scheme"] = "never"
+                step.pop("add_prefix_space", None)
+        if spec.get(key):
+            spec[key] = {"type": "Sequence", steps_key: steps} if steps else None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 class TextEncoder:
-    """`encode(texts)` -> ids per text, special-token strings as plain text; `name` is what ran."""
+    """`encode(texts)` -> ids per text, special-token strings as plain text; `name` is what ran.
+
+    `encode(texts, continued)`: texts flagged as continuing a section (text after text, not after
+    a special token) are encoded without SentencePiece's start-of-text "▁" (`prefix_rule`), as the
+    tokenizer encodes them inside the whole conversation.
+    """
 
     def __init__(self, tokenizer, choice: str = "auto"):
         if choice not in ENCODER_CHOICES:
             raise ValueError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, got {choice!r}")
         self._backend = tokenizer.backend_tokenizer
+        self.prefix_rule = prefix_rule(self._backend)
+        self._continuing = _without_prefix(self._backend) if self.prefix_rule else None
         self._tiktoken = None
         self._checked = 0
         self.choice = choice
@@ -105,15 +149,22 @@ class TextEncoder:
         print(f"prep: encoding with the fast tokenizer ({why})", file=sys.stderr)
         self._tiktoken, self.name = None, "tokenizers"
 
-    def _tokenizers(self, texts: list[str]) -> list[list[int]]:
-        backend = self._backend
+    def _tokenizers(self, texts: list[str], backend=None) -> list[list[int]]:
+        backend = backend or self._backend
         backend.encode_special_tokens = True
         try:
             return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
         finally:
             backend.encode_special_tokens = False
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], continued: list[bool] | None = None) -> list[list[int]]:
+        if self._continuing is not None and continued is not None and any(continued):
+            out: list = [None] * len(texts)
+            for flag, backend in ((False, self._backend), (True, self._continuing)):
+                where = [i for i, c in enumerate(continued) if c == flag]
+                for i, ids in zip(where, self._tokenizers([texts[i] for i in where], backend)):
+                    out[i] = ids
+            return out
         if self._tiktoken is None:
             return self._tokenizers(texts)
         ids = self._tiktoken.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
+import hashlib
+import json
 import shutil
 import sys
 from dataclasses import asdict
@@ -27,8 +30,8 @@ from prep.template import ConversationEncoder, ensure_chat_format, load_tokenize
 from sftcli import UserError, command_line
 from shards import format as fmt
 from shards.folders import staged_folder
-from shards.manifest import Manifest, ShardStats, SourceEntry, SplitStats
-from shards.prompts import set_prompt_format
+from shards.manifest import Manifest, PromptMismatch, ShardStats, SourceEntry, SplitStats, TemplateRecord
+from shards.prompts import set_prompt_format, set_template_options, template_options
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
@@ -46,8 +49,12 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
                                  batch_size=config.batch_size, prompt_format=config.prompt_format)
-    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
-    encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder)
+    tokenizer = load_tokenizer(config.tokenizer)
+    if config.chat_template is not None:
+        tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
+    tokenizer = ensure_chat_format(tokenizer)
+    set_template_options(tokenizer, config.template_kwargs, _template_date(config, tokenizer.chat_template))
+    encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     with staged_folder(config.out_dir) as staging:
         spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
@@ -65,6 +72,7 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
             token_dtype=token_dtype.name, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
             end_of_turn_token_id=encoder.end_of_turn_id, prompt_format=prompt_format, encoder=encoder.text.name,
+            template=_template_record(config, tokenizer, encoder),
             tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
             source=_data_name(config), source_fingerprint=combined_fingerprint(prints),
             sources=[SourceEntry(**entry) for entry in prints], args=asdict(config), command=command or command_line("python -m prep", config),
@@ -72,6 +80,30 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
         )
         fmt.write_manifest(staging, manifest)
     return fmt.read_manifest(config.out_dir)
+
+
+def _template_date(config: PrepConfig, template: str) -> str | None:
+    """The date a template's strftime_now gives: --template-date, else the one the first build of this
+    --out recorded (a rebuild is byte-identical on another day), else today; None if it never asks."""
+    if "strftime_now" not in template:
+        return None
+    if config.template_date is not None:
+        return config.template_date
+    try:
+        recorded = json.loads((config.out_dir / fmt.MANIFEST).read_text())["template"]["date"]
+        return datetime.date.fromisoformat(recorded).isoformat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return datetime.date.today().isoformat()
+
+
+def _template_record(config: PrepConfig, tokenizer, encoder: ConversationEncoder) -> TemplateRecord:
+    kwargs, date = template_options(tokenizer)
+    mismatches = [PromptMismatch(roles=",".join(role for role, _ in shape), first_turn=turn, conversations=n)
+                  for shape, (turn, n) in sorted(encoder.mismatches.items())]
+    return TemplateRecord(
+        sha256=hashlib.sha256(tokenizer.chat_template.encode()).hexdigest(), kwargs=kwargs, date=date,
+        system_message=config.system_message, dropped_messages=dict(sorted(encoder.dropped.items())),
+        prompt_matches_generation=not mismatches, mismatches=mismatches)
 
 
 def _data_name(config: PrepConfig) -> str:
@@ -130,13 +162,12 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
                 break
             conversations = [c.messages for c in batch]
             ids, mask, offsets = encoder.encode(conversations)
-            bad = encoder.check_prompts(conversations, ids, offsets)  # the tokenizer alone must agree
+            bad = encoder.check_prompts(conversations, ids, offsets)  # the template on real contents must agree
             if bad is not None:
                 raise PrepError(
-                    f"{batches.locate(batch[bad].index)}: the rendered prompt tokenizes differently "
-                    f"on its own than inside the conversation with tokenizer {config.tokenizer!r}, so its loss mask "
-                    "would not match what generation sees; use a tokenizer whose chat template ends prompts on "
-                    "a token boundary"
+                    f"{batches.locate(batch[bad[0]].index)}: with tokenizer {config.tokenizer!r}, {bad[1]}, so its "
+                    "loss mask would not match what the template and generation give; use a tokenizer whose chat "
+                    "template ends prompts on a token boundary and renders contents as they are"
                 )
             alpaca = alpaca or any(c.alpaca for c in batch)
             ids.astype(token_dtype).tofile(ids_file)

@@ -1,43 +1,53 @@
-"""Tokenizer, chat format and loss masks.
+"""Tokenizer, chat template and loss masks.
 
-A conversation becomes `input_ids` plus a per-token `loss_mask`, built by
-construction: the chat template is rendered once per conversation shape (the
-sequence of roles) with placeholder contents, which splits it into fixed
-template text and the message contents. Each sample is then tokenized segment
-by segment, where a segment ends at every special token of the template and at
-every prompt/response boundary:
+A conversation becomes `input_ids` plus a per-token `loss_mask`, built by construction
+from the model's own chat template. For each conversation shape (the roles, and which
+replies carry reasoning) the template is rendered once over placeholder contents: the
+full conversation, and the generation prompt before each assistant turn. That splits
+the render into the template's special tokens (every added token marked special, such
+as `<|eot_id|>`, `<end_of_turn>`, `<|end|>`, `[/INST]`: not only those of the tokenizer's
+special-tokens map), its fixed text, and the message contents:
 
-    <|im_start|> "user\\n{prompt}" <|im_end|> "\\n" <|im_start|> "assistant\\n" | "{output}" <|im_end|> | "\\n"
-                  mask 0                                         mask 0           mask 1     mask 1     mask 0
+    <|im_start|> "user\\n{prompt}" <|im_end|> "\\n" <|im_start|> "assistant\\n" | "<think>..</think>\\n\\n{reply}" <|im_end|> | "\\n"
+                  mask 0                                          mask 0          mask 1                       mask 1      mask 0
 
-So the ids of the prompt are exactly what the tokenizer gives for the rendered
-prompt alone (what generation sees), and the response's ids follow them: the
-prompt is a token prefix of the conversation by construction, and that is
-checked against the template (`ChatFormatError` otherwise, never a warning).
-Message contents are tokenized with special-token parsing off, so a user who
-types `<|im_start|>` gets plain text, not a forged turn.
+Supervised: each assistant turn from where its generation prompt ends (so text the
+template puts between the prompt and the reply, such as Qwen3's think block or the
+space after Mistral's `[/INST]`, is learned) through its reply and up to and including
+the first special token after it, the template's end of turn, whatever the eos is.
+Nothing of a user, system or tool turn, nor of the generation prompt. Each sample is
+then tokenized segment by segment, a segment ending at every special token and at every
+prompt/reply boundary, so a prompt's ids are what the tokenizer gives the prompt alone.
+Message contents are tokenized with special-token parsing off: a user who types
+`<|im_start|>` gets plain text, not a forged turn.
 
-Supervision covers each assistant content and the template's tokens up to and including
-the first special token after it: the template's end of turn (`<|im_end|>`, `<|eot_id|>`,
-`<end_of_turn>`), whatever the tokenizer's eos is. A template that closes an assistant
-turn with no special token is refused (unless loss_on="all"): nothing would tell the
-model, or generation, where its reply ends. Templates that `| trim` contents (Llama 3,
-Gemma) are detected and the contents trimmed the same way.
+Templates that are not turn-by-turn prefixes are accepted, with masks from the full
+render: a template that moves the system message or drops earlier reasoning trains on a
+prompt that generation at that turn would not see, which is recorded per shape
+(`mismatches`) and said in one line. A message the template drops is counted per role
+(`dropped`) and said in one line. Templates that strip contents (`| trim`, `.strip('\\n')`)
+are detected and the contents stripped the same way. Refused, in one line each: a
+template that cannot render the conversation, that renders a reply twice, or that closes
+a reply with no special token (nothing would tell the model, or generation, where a
+reply ends; `--loss-on all` supervises everything instead).
 """
 from __future__ import annotations
 
 import collections
 import itertools
+import os
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 
 from prep.encoders import TextEncoder
-from prep.records import ASSISTANT, USER
+from prep.records import ASSISTANT, SYSTEM, USER
 from sftcli import UserError
+from shards.prompts import render_chat
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -48,15 +58,18 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# Which tokens carry a loss: each assistant reply and its end-of-turn token, or every token (the seed's code).
+# Which tokens carry a loss: each assistant reply and its end-of-turn token, or every token (the source article's code).
 LossOn = Literal["assistant", "all"]
+# What happens to a system message: rendered as the template renders it, prepended to the first user turn, left out,
+# or a refusal where the template would drop or move it.
+SystemMessage = Literal["keep", "fold", "drop", "error"]
 CHECKS_PER_SHAPE = 4
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")  # NUL never occurs in validated records
-
-
-def _content(conversation, index: int, trimmed: frozenset) -> str:
-    content = conversation[index][1]
-    return content.strip() if index in trimmed else content
+CONTENT, REASONING = "c", "r"  # the two supervised fields a message has: its content and its reasoning
+_MARK = re.compile("\x00(\\d+)([cr])\x00")  # a placeholder; NUL never occurs in validated records
+# Whitespace put around every placeholder in a second render: what the template leaves of it tells how it strips.
+_PAD_LEFT, _PAD_RIGHT = "\n\t\n", "\n \n"
+_LEFT = {"none": _PAD_LEFT, "nl": _PAD_LEFT.lstrip("\n"), "ws": ""}
+_RIGHT = {"none": _PAD_RIGHT, "nl": _PAD_RIGHT.rstrip("\n"), "ws": ""}
 
 
 class ChatFormatError(UserError):
@@ -104,129 +117,294 @@ def ensure_chat_format(tokenizer):
     return tokenizer
 
 
+def special_tokens(tokenizer) -> list[str]:
+    """Every token the template may use as a control token: the special-tokens map and every
+    added token marked special (Gemma's `<end_of_turn>`, Phi-3's `<|end|>`, Llama 3's header
+    tokens are outside the map), longest first so a regex prefers `<|im_end|>` to `<|im`."""
+    tokens = {t for t in tokenizer.all_special_tokens if t}
+    tokens |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content}
+    return sorted(tokens, key=len, reverse=True)
+
+
+def message_fields(message: tuple) -> tuple[str, str, str | None]:
+    """(role, content, reasoning or None) of a conversation's message: (role, content[, reasoning])."""
+    return message[0], message[1], message[2] if len(message) > 2 else None
+
+
+def _strip(text: str, left: str, right: str) -> str:
+    """`text` stripped on each side as the template strips it: none, "nl" (newlines) or "ws" (whitespace)."""
+    text = text.lstrip() if left == "ws" else text.lstrip("\n") if left == "nl" else text
+    return text.rstrip() if right == "ws" else text.rstrip("\n") if right == "nl" else text
+
+
 @dataclass
 class _Plan:
     """One conversation shape: segments of fixed text, contents and special ids, with mask bits."""
 
-    segments: list  # each: (kind, value, supervised); kind "special" (id) | "text" (list of str|int parts)
+    segments: list  # each: (kind, value, supervised); kind "special" (id) | "text" (list of str | (i, field, l, r))
     const_ids: dict  # segment index -> token ids of segments without contents
-    trimmed: frozenset  # message indices whose content the template trims
     end_of_turn: int | None  # the special token that closes the assistant turns
+    continued: list[bool]  # per segment: text that continues the text before it (no SentencePiece "▁" start)
+    dropped: tuple[str, ...] = ()  # roles of the messages the template does not render ("reasoning" for reasoning)
+    first_mismatch: int | None = None  # the first assistant turn whose training prompt generation would not see
+    matches: dict = field(default_factory=dict)  # assistant turn -> whether its prompt is the generation prompt
 
     @property
     def supervised(self) -> list[bool]:
         return [seg[2] for seg in self.segments]
 
+    def text(self, conversation: tuple, tokens: dict[int, str]) -> str:
+        """The render this plan gives `conversation` (special ids spelled by `tokens`)."""
+        return "".join(tokens[value] if kind == "special" else _fill(value, conversation)
+                       for kind, value, _ in self.segments)
+
+
+def _fill(parts: list, conversation: tuple) -> str:
+    """A text segment with the conversation's contents in place of its placeholders."""
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        else:
+            index, which, left, right = part
+            _, content, reasoning = message_fields(conversation[index])
+            out.append(_strip(content if which == CONTENT else reasoning, left, right))
+    return "".join(out)
+
 
 class ConversationEncoder:
-    """Turn conversations (tuples of (role, content)) into ids and loss masks, in batches."""
+    """Turn conversations (tuples of (role, content[, reasoning])) into ids and loss masks, in batches.
 
-    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto"):
+    `dropped` counts the messages the template left out, by role; `mismatches` maps each
+    shape whose training prompt differs from generation's to [first such turn, conversations].
+    """
+
+    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto", system_message: str = "keep"):
         if loss_on not in get_args(LossOn):
             raise ValueError(f"loss_on must be one of {get_args(LossOn)}, got {loss_on!r}")
-        self.tokenizer, self.loss_on = tokenizer, loss_on
+        if system_message not in get_args(SystemMessage):
+            raise ValueError(f"system_message must be one of {get_args(SystemMessage)}, got {system_message!r}")
+        self.tokenizer, self.loss_on, self.system_message = tokenizer, loss_on, system_message
         self.eos_id = tokenizer.eos_token_id
-        specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
+        specials = special_tokens(tokenizer)
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+        self._spelling = {tokenizer.convert_tokens_to_ids(t): t for t in specials}
         # Texts are encoded in parallel batches with special-token parsing off: template
         # specials are inserted as ids by the plan (prep.encoders picks tiktoken or tokenizers).
         self.text = TextEncoder(tokenizer, encoder)
         self._backend = tokenizer.backend_tokenizer  # the prompt check tokenizes as generation does
         self._plans: dict[tuple, _Plan] = {}
         self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
+        self.dropped: collections.Counter = collections.Counter()
+        self.mismatches: dict[tuple, list[int]] = {}
         # Where generation must stop: the end of an assistant turn, from the template itself.
-        self.end_of_turn_id = self.plan((USER, ASSISTANT)).end_of_turn
+        self.end_of_turn_id = self.plan(((USER, False), (ASSISTANT, False))).end_of_turn
         if self.end_of_turn_id is None:
             self.end_of_turn_id = self.eos_id
 
-    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
-        return self.text.encode(texts)
+    def _encode_plain(self, texts: list[str], continued: list[bool] | None = None) -> list[list[int]]:
+        return self.text.encode(texts, continued)
 
-    def _render(self, roles: tuple, upto: int | None = None, pad: str = "") -> str:
-        messages = [{"role": r, "content": f"{pad}\x00{i}\x00{pad}"} for i, r in enumerate(roles)]
-        if upto is None:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return self.tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=True)
+    # ----------------------------------------------------------------- rendering
 
-    def plan(self, roles: tuple) -> _Plan:
-        if roles in self._plans:
-            return self._plans[roles]
-        full = self._render(roles)
-        pieces = _PLACEHOLDER.split(full)
-        found = [int(p) for p in pieces[1::2]]
-        if found != list(range(len(roles))):
+    def _render(self, shape: tuple, upto: int | None = None, pad: bool = False) -> str:
+        """The template over placeholders: the whole conversation, or the generation prompt before turn `upto`."""
+        left, right = (_PAD_LEFT, _PAD_RIGHT) if pad else ("", "")
+        messages = []
+        for i, (role, has_reasoning) in enumerate(shape[:upto]):
+            message = {"role": role, "content": f"{left}\x00{i}{CONTENT}\x00{right}"}
+            if has_reasoning:
+                message["reasoning_content"] = f"{left}\x00{i}{REASONING}\x00{right}"
+            messages.append(message)
+        try:
+            return render_chat(self.tokenizer, messages, add_generation_prompt=upto is not None)
+        except Exception as e:  # a template's raise_exception, or a template bug: its words, in one line
+            what = f"the generation prompt before turn {upto}" if upto is not None else "the conversation"
             raise ChatFormatError(
-                f"the chat template does not render every message once, in order (roles {roles}); "
-                "it cannot be used for exact loss masks"
-            )
-        for turn, role in enumerate(roles):
-            if role != ASSISTANT:
-                continue
-            prompt = self._render(roles, upto=turn)
-            start = full.index(f"\x00{turn}\x00")
-            if prompt != full[:start]:
-                raise ChatFormatError(
-                    f"the chat template's generation prompt for turn {turn} of roles {roles} is not a prefix "
-                    f"of the rendered conversation:\n  prompt: {prompt[-80:]!r}\n  conversation: {full[:start][-80:]!r}\n"
-                    "so the prompt's tokens cannot be a prefix of the conversation's; fix the template"
-                )
-        # items: ("special", id) | ("text", str) | ("content", index)
-        items: list[tuple] = []
-        for k, piece in enumerate(pieces):
-            if k % 2:
-                items.append(("content", int(piece)))
-                continue
-            for j, part in enumerate(self._special_re.split(piece) if self._special_re else [piece]):
-                if j % 2:
-                    items.append(("special", self.tokenizer.convert_tokens_to_ids(part)))
-                elif part:
-                    items.append(("text", part))
-        supervised, closers = self._supervision(roles, items)
+                f"the chat template cannot render {what} of roles {_roles(shape)} ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); use --system-message fold or drop "
+                "if it refuses a system turn, or --chat-template FILE with a template that accepts these roles"
+            ) from None
+
+    def plan(self, shape: tuple) -> _Plan:
+        if shape in self._plans:
+            return self._plans[shape]
+        full = self._render(shape)
+        marks = list(_MARK.finditer(full))
+        found = [(int(m.group(1)), m.group(2)) for m in marks]
+        for (i, which), n in collections.Counter(found).items():
+            if n > 1 and shape[i][0] == ASSISTANT:
+                raise ChatFormatError(f"the chat template renders assistant turn {i} of roles {_roles(shape)} "
+                                      f"{n} times, so no mask can say which copy is learned; use another template")
+        dropped = tuple(role for i, (role, has_reasoning) in enumerate(shape) if (i, CONTENT) not in found)
+        dropped += tuple("reasoning" for i, (_, has_reasoning) in enumerate(shape)
+                         if has_reasoning and (i, CONTENT) in found and (i, REASONING) not in found)
+        strips = self._strips(shape, full, marks)
+        starts, matches = {}, {}
+        for k, (role, _) in enumerate(shape):
+            if role == ASSISTANT and any(i == k for i, _ in found):
+                starts[k], matches[k] = self._reply_start(shape, k, full, marks)
+        self._check_system(shape, found, dropped)
+        items = self._items(full, marks, starts, strips)
+        supervised, closers = self._supervision(shape, items, starts)
         segments: list = []
-        for (kind, value), sup in zip(items, supervised):
+        for (kind, value, _), sup in zip(items, supervised):
             if kind == "special":
                 segments.append(("special", value, sup))
             elif segments and segments[-1][0] == "text" and segments[-1][2] == sup:
                 segments[-1][1].append(value)
             else:
                 segments.append(("text", [value], sup))
+        rule = self.text.prefix_rule  # SentencePiece's "▁" starts a section, or the whole text
+        continued = [i > 0 and (rule == "first" or rule == "section" and segments[i - 1][0] == "text")
+                     for i in range(len(segments))]
         const_texts = {i: "".join(seg[1]) for i, seg in enumerate(segments)
                        if seg[0] == "text" and all(isinstance(p, str) for p in seg[1])}
-        const_ids = dict(zip(const_texts, self._encode_plain(list(const_texts.values())))) if const_texts else {}
-        # A content rendered without the spaces around its placeholder is trimmed by the template.
-        padded = self._render(roles, pad=" ")
-        trimmed = frozenset(i for i in range(len(roles)) if f" \x00{i}\x00 " not in padded)
-        plan = _Plan(segments, const_ids, trimmed, closers[0] if closers else None)
-        self._plans[roles] = plan
+        const_ids = dict(zip(const_texts, self._encode_plain(list(const_texts.values()),
+                                                             [continued[i] for i in const_texts]))) if const_texts else {}
+        first_mismatch = next((k for k in sorted(matches) if not matches[k]), None)
+        plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches)
+        self._plans[shape] = plan
+        self._notice(shape, plan)
         return plan
 
-    def _supervision(self, roles: tuple, items: list[tuple]) -> tuple[list[bool], list[int]]:
-        """Per item, whether it is a label: each assistant content and what follows it up to and
-        including the first special token (the end of turn). Also the ids that closed turns."""
-        supervised, closers, on = [], [], False
-        for kind, value in items:
-            if kind == "content" and roles[value] == ASSISTANT:
-                if on and self.loss_on == "assistant":
-                    raise self._unclosed(roles)
-                on = True
-            supervised.append(on)
-            if kind == "special" and on:
+    def _strips(self, shape: tuple, full: str, marks: list) -> dict[tuple, tuple[str, str]]:
+        """(left, right) strip of every rendered placeholder, from a render with whitespace around each."""
+        padded = self._render(shape, pad=True)
+        padded_marks = list(_MARK.finditer(padded))
+        if [m.group(0) for m in padded_marks] != [m.group(0) for m in marks]:
+            raise ChatFormatError(f"the chat template renders roles {_roles(shape)} differently when contents "
+                                  "start or end with whitespace, so its output cannot be rebuilt from the contents")
+        ends = [0] + [m.end() for m in marks]
+        starts = [m.start() for m in marks] + [len(full)]
+        padded_ends = [0] + [m.end() for m in padded_marks]
+        padded_starts = [m.start() for m in padded_marks] + [len(padded)]
+        lefts, rights = {}, {}
+        for j, (gap, padded_gap) in enumerate(zip(
+                (full[a:b] for a, b in zip(ends, starts)), (padded[a:b] for a, b in zip(padded_ends, padded_starts)))):
+            right_options = _RIGHT if j > 0 else {"none": ""}
+            left_options = _LEFT if j < len(marks) else {"none": ""}
+            fits = {(r, l) for r, r_text in right_options.items() for l, l_text in left_options.items()
+                    if padded_gap == r_text + gap + l_text}
+            if len(fits) != 1:
+                raise ChatFormatError(f"the chat template changes the whitespace around contents of roles "
+                                      f"{_roles(shape)} in a way that cannot be rebuilt; use another template")
+            (rights[j - 1], lefts[j]), = fits
+        return {(int(m.group(1)), m.group(2)): (lefts[j], rights[j]) for j, m in enumerate(marks)}
+
+    def _reply_start(self, shape: tuple, k: int, full: str, marks: list) -> tuple[int, bool]:
+        """Where assistant turn k's supervision starts in `full`, and whether the text before it is
+        exactly the generation prompt for turn k. The generation prompt's text after its last
+        placeholder (the end of the last turn and the assistant header) is matched against the
+        render's text before the reply; what follows the match (a think block, a space) is learned."""
+        prompt = self._render(shape, upto=k)
+        first = min(m.start() for m in marks if int(m.group(1)) == k)
+        previous = max((m.end() for m in marks if m.end() <= first), default=0)
+        prompt_marks = list(_MARK.finditer(prompt))
+        tail = prompt[prompt_marks[-1].end():] if prompt_marks else prompt
+        start = previous + len(os.path.commonprefix([full[previous:first], tail]))
+        for special in (self._special_re.finditer(full, previous, first) if self._special_re else ()):
+            if special.start() < start < special.end():  # never cut a special token's text
+                start = special.start()
+        return start, prompt == full[:start]
+
+    def _check_system(self, shape: tuple, found: list, dropped: tuple) -> None:
+        """--system-message error: refuse a template that drops or moves the system message."""
+        if self.system_message != "error" or not shape or shape[0][0] != SYSTEM:
+            return
+        if SYSTEM in dropped or found[0] != (0, CONTENT):
+            what = "drops" if SYSTEM in dropped else "moves"
+            raise ChatFormatError(
+                f"the chat template {what} the system message of roles {_roles(shape)} (--system-message error); "
+                "use --system-message fold to prepend it to the first user turn, drop to leave it out, or keep")
+
+    def _items(self, full: str, marks: list, starts: dict, strips: dict) -> list[tuple]:
+        """The render as ("special", id, pos) | ("text", str, pos) | ("mark", (i, field, l, r), pos),
+        text cut at every reply start."""
+        cuts = sorted(set(starts.values()))
+        items: list[tuple] = []
+        pos = 0
+        # Walk the render: placeholders, special tokens and text in order.
+        edges = [(m.start(), m.end(), (int(m.group(1)), m.group(2))) for m in marks]
+        for a, b, key in edges + [(len(full), len(full), None)]:
+            items.extend(self._text_items(full, pos, a, cuts))
+            if key is not None:
+                items.append(("mark", key + strips[key], a))
+            pos = b
+        return items
+
+    def _text_items(self, full: str, a: int, b: int, cuts: list[int]) -> list[tuple]:
+        """Template text full[a:b] as special tokens and text pieces, cut at `cuts`."""
+        items: list[tuple] = []
+        pos = a
+        for special in (self._special_re.finditer(full, a, b) if self._special_re else ()):
+            items.extend(_cut(full, pos, special.start(), cuts))
+            items.append(("special", self.tokenizer.convert_tokens_to_ids(special.group(0)), special.start()))
+            pos = special.end()
+        items.extend(_cut(full, pos, b, cuts))
+        return items
+
+    def _supervision(self, shape: tuple, items: list[tuple], starts: dict) -> tuple[list[bool], list[int]]:
+        """Per item, whether it is a label: from each reply's start through its last placeholder and
+        up to and including the first special token after it (the end of turn). Also the closing ids."""
+        if self.loss_on == "all":
+            return [True] * len(items), []
+        begins = {pos: k for k, pos in starts.items()}
+        last = {k: max(i for i, (kind, value, _) in enumerate(items) if kind == "mark" and value[0] == k)
+                for k in starts}
+        supervised, closers = [], []
+        active, closing = None, False
+        for n, (kind, value, pos) in enumerate(items):
+            if active is None and pos in begins:
+                active, closing = begins.pop(pos), False
+            if kind == "mark" and active is not None and value[0] != active:
+                raise self._unclosed(shape)
+            supervised.append(active is not None)
+            if kind == "special" and closing:
                 closers.append(value)
-                on = False
-        if on and self.loss_on == "assistant":
-            raise self._unclosed(roles)
+                active = None
+            if active is not None and n == last[active]:
+                closing = True
+        if active is not None:
+            raise self._unclosed(shape)
         return supervised, closers
 
-    def _unclosed(self, roles: tuple) -> ChatFormatError:
+    def _unclosed(self, shape: tuple) -> ChatFormatError:
         return ChatFormatError(
-            f"the chat template closes an assistant turn with no special token (roles {roles}), so the loss "
-            "mask cannot tell where a reply ends, nor generation where to stop; use a template that ends "
+            f"the chat template closes an assistant turn with no special token (roles {_roles(shape)}), so the "
+            "loss mask cannot tell where a reply ends, nor generation where to stop; use a template that ends "
             "each turn with a special token (e.g. <|im_end|>, <|eot_id|>), or --loss-on all"
         )
 
-    def encode(self, conversations: list[tuple[tuple[str, str], ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode a batch. Returns flat `ids` (int64), flat `mask` (uint8) and `offsets`
-        (sample i is ids[offsets[i]:offsets[i+1]]).
+    def _notice(self, shape: tuple, plan: _Plan) -> None:
+        """One line on stderr for each shape the template renders other than as given."""
+        if plan.dropped:
+            fix = " (--system-message fold keeps it in the first user turn)" if SYSTEM in plan.dropped else ""
+            print(f"prep: the chat template leaves out {', '.join(plan.dropped)} of roles {_roles(shape)}: "
+                  f"those are not trained on{fix}", file=sys.stderr)
+        if plan.first_mismatch is not None:
+            print(f"prep: the chat template's generation prompt for turn {plan.first_mismatch} of roles "
+                  f"{_roles(shape)} differs from the conversation's text before that reply; masks follow the "
+                  "conversation (recorded as prompt_matches_generation: false)", file=sys.stderr)
+
+    # ----------------------------------------------------------------- encoding
+
+    def prepare(self, conversation: tuple) -> tuple:
+        """The conversation after --system-message: fold prepends a leading system message to the
+        first user turn; drop removes system messages."""
+        if self.system_message == "drop":
+            return tuple(m for m in conversation if m[0] != SYSTEM)
+        if (self.system_message == "fold" and len(conversation) > 1 and conversation[0][0] == SYSTEM
+                and conversation[1][0] == USER):
+            return ((USER, f"{conversation[0][1]}\n\n{conversation[1][1]}"),) + tuple(conversation[2:])
+        return tuple(conversation)
+
+    def shape(self, conversation: tuple) -> tuple:
+        return tuple((m[0], len(m) > 2 and m[2] is not None) for m in conversation)
+
+    def encode(self, conversations: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode a batch (after `prepare`). Returns flat `ids` (int64), flat `mask` (uint8) and
+        `offsets` (sample i is ids[offsets[i]:offsets[i+1]]).
 
         >>> enc = ConversationEncoder(ensure_chat_format(load_tokenizer("gpt2")))
         >>> ids, mask, offsets = enc.encode([(("user", "Hi"), ("assistant", "Yo"))])
@@ -235,14 +413,19 @@ class ConversationEncoder:
         >>> enc.tokenizer.decode(ids[mask == 0])
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\\n'
         """
-        plans = [self.plan(tuple(role for role, _ in conv)) for conv in conversations]
+        conversations = [self.prepare(conv) for conv in conversations]
+        plans = [self.plan(self.shape(conv)) for conv in conversations]
         texts: list[str] = []
+        continued: list[bool] = []
         for conv, plan in zip(conversations, plans):
+            self.dropped.update(plan.dropped)
+            if plan.first_mismatch is not None:
+                self.mismatches.setdefault(self.shape(conv), [plan.first_mismatch, 0])[1] += 1
             for i, seg in enumerate(plan.segments):
                 if seg[0] == "text" and i not in plan.const_ids:
-                    texts.append("".join(p if isinstance(p, str) else _content(conv, p, plan.trimmed)
-                                         for p in seg[1]))
-        encoded = iter(self._encode_plain(texts)) if texts else iter(())
+                    texts.append(_fill(seg[1], conv))
+                    continued.append(plan.continued[i])
+        encoded = iter(self._encode_plain(texts, continued)) if texts else iter(())
         # Gather the pieces as lists and convert once: per-token Python work is the cost here.
         pieces: list[list[int]] = []
         supervised: list[bool] = []
@@ -263,28 +446,45 @@ class ConversationEncoder:
         offsets = np.concatenate([[0], piece_ends[np.cumsum(pieces_per_sample) - 1]]) if len(plans) else np.zeros(1, np.int64)
         return ids, mask, offsets.astype(np.int64)
 
-    def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray) -> int | None:
-        """Tokenize rendered prompts on their own, as generation will, and compare them with the
-        conversation's tokens. Returns the position of the first mismatching conversation.
-
-        Every conversation shape is checked whenever it appears, in any batch, on its first
-        `CHECKS_PER_SHAPE` conversations, at every assistant turn: the construction is the same
-        for every conversation of a shape, so more would only cost time. Conversations whose
-        text holds a special-token string are skipped: on its own the tokenizer would parse it
-        as a control token, which the conversation rightly does not.
+    def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray) -> tuple[int, str] | None:
+        """Render the first `CHECKS_PER_SHAPE` conversations of every shape with their real contents
+        and compare: the template's text with the plan's (a template that looks inside contents
+        renders them differently from placeholders), and each generation prompt's tokens, alone as
+        generation tokenizes them, with the conversation's. Returns (position, reason) of the first
+        mismatching conversation. Conversations whose text holds a special-token string are skipped:
+        on its own the tokenizer would parse it as a control token, which the conversation rightly does not.
         """
         for k, conv in enumerate(conversations):
-            shape = tuple(role for role, _ in conv)
+            conv = self.prepare(conv)
+            shape = self.shape(conv)
             if self._checked[shape] >= CHECKS_PER_SHAPE:
                 continue
-            if self._special_re and any(self._special_re.search(c) for _, c in conv):
+            if self._special_re and any(self._special_re.search(t) for m in conv for t in m[1:] if t):
                 continue
             self._checked[shape] += 1
+            plan = self.plan(shape)
+            messages = [_message(m) for m in conv]
+            if render_chat(self.tokenizer, messages) != plan.text(conv, self._spelling):
+                return k, "the chat template renders its contents differently from placeholders (it looks inside them)"
             row = list(ids[offsets[k]:offsets[k + 1]])
-            for turn in (i for i, role in enumerate(shape) if role == ASSISTANT):
-                messages = [{"role": r, "content": c} for r, c in conv[:turn]]
-                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for turn in (t for t, ok in plan.matches.items() if ok):
+                text = render_chat(self.tokenizer, messages[:turn], add_generation_prompt=True)
                 alone = self._backend.encode(text, add_special_tokens=False).ids
                 if row[: len(alone)] != alone:
-                    return k
+                    return k, "its rendered prompt tokenizes differently on its own than inside the conversation"
         return None
+
+
+def _message(message: tuple) -> dict:
+    role, content, reasoning = message_fields(message)
+    return {"role": role, "content": content, **({"reasoning_content": reasoning} if reasoning is not None else {})}
+
+
+def _cut(full: str, a: int, b: int, cuts: list[int]) -> list[tuple]:
+    """("text", piece, pos) for full[a:b], cut at the positions in `cuts`."""
+    edges = [a] + [c for c in cuts if a < c < b] + [b]
+    return [("text", full[x:y], x) for x, y in zip(edges, edges[1:]) if y > x]
+
+
+def _roles(shape: tuple) -> tuple:
+    return tuple(role for role, _ in shape)

@@ -25,7 +25,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from sftcli import UserError
 from shards.folders import write_atomic
 
-FORMAT_VERSION = 2  # 2: typed manifest; masks end at each turn's end-of-turn token
+FORMAT_VERSION = 3  # 2: typed manifest; masks end at each turn's end-of-turn token; 3: the chat template's record
 MANIFEST = "manifest.json"
 
 
@@ -145,6 +145,28 @@ class ShardStats(SplitStats):
 
 
 @dataclass(frozen=True)
+class PromptMismatch(_Json):
+    """prompt mismatch: a conversation shape whose training text before a reply is not the generation prompt."""
+
+    roles: str  # the shape's roles, comma-separated
+    first_turn: int  # the first assistant turn (message index) where they differ
+    conversations: int  # conversations of that shape
+
+
+@dataclass(frozen=True)
+class TemplateRecord(_Json):
+    """chat template record: the template's options and what it did to the conversations."""
+
+    sha256: str  # of the chat template's text
+    kwargs: dict  # --chat-template-kwargs
+    date: str | None  # what the template's strftime_now gave (--template-date); None when it never calls it
+    system_message: str  # --system-message
+    dropped_messages: dict[str, int]  # messages the template left out, by role ("reasoning": replies' reasoning)
+    prompt_matches_generation: bool  # no shape below
+    mismatches: list[PromptMismatch]
+
+
+@dataclass(frozen=True)
 class Manifest(_Json):
     """manifest.json: the shard set's contract (see shards/format.py for the files it lists)."""
 
@@ -161,6 +183,7 @@ class Manifest(_Json):
     end_of_turn_token_id: int  # the special token that closes an assistant turn; generation stops there
     prompt_format: str  # how Alpaca records' user turns were rendered: alpaca | none (shards.prompts)
     encoder: str  # what encoded the texts: tiktoken | tokenizers (the ids are the same)
+    template: TemplateRecord
     tokenizer_fingerprint: str  # sha256 of the saved tokenizer files, chat template included
     source: str  # the --data values, comma-separated
     source_fingerprint: str  # the one source's fingerprint, or the sha256 of all of them in order

@@ -16,6 +16,9 @@ checkpoint is asked questions the way it was trained:
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 from typing import Literal, get_args
 
 PromptFormat = Literal["alpaca", "none"]
@@ -23,6 +26,10 @@ PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 # A key of tokenizer_config.json: `save_pretrained` keeps it, so the format travels
 # wherever the tokenizer is saved (shard set, every checkpoint) without the trainer knowing.
 PROMPT_FORMAT_KEY = "sftpack_prompt_format"
+# The chat template's options (--chat-template-kwargs) and the date its strftime_now gives (--template-date),
+# kept the same way so that generation renders prompts exactly as prep rendered them.
+TEMPLATE_KWARGS_KEY = "sftpack_chat_template_kwargs"
+TEMPLATE_DATE_KEY = "sftpack_template_date"
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
@@ -55,3 +62,58 @@ def prompt_format_of(tokenizer) -> str:
     if value not in PROMPT_FORMATS:
         raise ValueError(f"tokenizer_config.json: {PROMPT_FORMAT_KEY} {value!r} is not one of {', '.join(PROMPT_FORMATS)}")
     return value
+
+
+def set_template_options(tokenizer, kwargs: dict, date: str | None) -> None:
+    """Record the chat template's options and fixed date in the tokenizer's own config."""
+    tokenizer.init_kwargs[TEMPLATE_KWARGS_KEY] = dict(kwargs)
+    tokenizer.init_kwargs[TEMPLATE_DATE_KEY] = date
+
+
+def template_options(tokenizer) -> tuple[dict, str | None]:
+    """(kwargs, date) recorded by prep; ({}, None) for a tokenizer from elsewhere."""
+    kwargs = tokenizer.init_kwargs.get(TEMPLATE_KWARGS_KEY) or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"tokenizer_config.json: {TEMPLATE_KWARGS_KEY} is not a JSON object: {json.dumps(kwargs)}")
+    return kwargs, tokenizer.init_kwargs.get(TEMPLATE_DATE_KEY)
+
+
+@contextlib.contextmanager
+def fixed_date(date: str | None):
+    """While open, a chat template's `strftime_now` gives `date` (YYYY-MM-DD) instead of today.
+
+    transformers gives templates `strftime_now` as a closure over `datetime.now()` and
+    strips callables from template variables, so no argument can replace it: the module's
+    `datetime` is swapped for the duration (prep renders in one thread).
+    """
+    if date is None:
+        yield
+        return
+    from transformers.utils import chat_template_utils
+
+    day = datetime.date.fromisoformat(date)
+
+    class _Fixed(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(day.year, day.month, day.day, tzinfo=tz)
+
+    saved = chat_template_utils.datetime
+    chat_template_utils.datetime = _Fixed
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = saved
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False, **extra) -> str:
+    """The tokenizer's chat template over `messages` with the options prep recorded (text, not ids).
+
+    >>> from prep.template import ensure_chat_format, load_tokenizer
+    >>> render_chat(ensure_chat_format(load_tokenizer("gpt2")), [{"role": "user", "content": "Hi"}], True)
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    kwargs, date = template_options(tokenizer)
+    with fixed_date(date):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **{**kwargs, **extra})

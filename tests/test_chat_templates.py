@@ -66,7 +66,7 @@ def test_llama3_template_over_gpt2_regex_is_caught_by_the_prompt_check():
     tokenizer.eos_token, tokenizer.bos_token, tokenizer.chat_template = eos, bos, template
     encoder = ConversationEncoder(ensure_chat_format(tokenizer))
     ids, _, offsets = encoder.encode([NO_SYSTEM])
-    assert encoder.check_prompts([NO_SYSTEM], ids, offsets) == 0
+    assert encoder.check_prompts([NO_SYSTEM], ids, offsets)[0] == 0
 
 
 # Plain "role: content" lines: no special token anywhere, so nothing ends a reply.

@@ -18,7 +18,7 @@ import sftcli
 from shards.folders import staged_folder
 from shards.format import (ShardSet, SplitWriter, Rows, per_row_sum, token_dtype_for,
                            tokenizer_fingerprint)
-from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, write_manifest
+from shards.manifest import FORMAT_VERSION, Manifest, ShardStats, SplitStats, TemplateRecord, write_manifest
 from prep.template import CHATML_TEMPLATE
 from shards.stats import row_stats
 
@@ -137,6 +137,8 @@ def write_rows_set(folder: Path, mode: str, max_length: int, rows_by_split: dict
             packer="first_fit" if mode == "concat" else None, loss_on="assistant",
             token_dtype=str(token_dtype_for(vocab_size)), vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=IM_END,
             bos_token_id=IM_START, end_of_turn_token_id=IM_END, prompt_format="none", encoder="tokenizers",
+            template=TemplateRecord(sha256="synthetic", kwargs={}, date=None, system_message="keep",
+                                    dropped_messages={}, prompt_matches_generation=True, mismatches=[]),
             tokenizer_fingerprint=tokenizer_fingerprint(staging / "tokenizer"),
             source="synthetic", source_fingerprint="synthetic", sources=[], args={}, command=command, files=files,
             stats=train_stats,
