@@ -2,11 +2,12 @@
 
 `read_conversations(data)` reads one or several `--data` values (see `prep.readers`) in
 the order given and yields batches of `Conversation`s, each a tuple of (role, content)
-turns. Three record shapes are accepted; unknown extra fields are ignored:
+turns ((role, content, reasoning) where a reply has reasoning). Three record shapes are accepted; unknown extra fields are ignored:
 
     Alpaca    {"instruction": str, "input": str (optional), "output": str}
               -> (("user", user_turn(prompt_format, instruction, input)), ("assistant", output))
     chat      {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+              (an assistant message may carry "reasoning_content" or "thinking": str)
     ShareGPT  {"conversations": [{"from": "system"|"human"|"user"|"gpt"|"assistant", "value": str}, ...]}
               -> the turns as given; there must be an assistant turn and it must come last
 
@@ -37,6 +38,7 @@ from shards.prompts import user_turn
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
 ROLES = (SYSTEM, USER, ASSISTANT)
 # ShareGPT's speaker names, as TRL, Axolotl and LLaMA-Factory read them.
+REASONING_KEYS = ("reasoning_content", "thinking")  # an assistant turn's reasoning, as transformers reads it
 SHAREGPT_ROLES = {"system": SYSTEM, "human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
 
 # Keys of `bad_counts`: why a record was skipped under skip_bad.
@@ -267,8 +269,9 @@ def _turns(turns: Any, name: str, role_key: str, content_key: str,
         role = roles[given]
         # An empty user or system turn is odd but trainable; an empty reply is not.
         content = _text(turn[content_key], f"{field}.{content_key}", nonempty=role == ASSISTANT)
-        messages.append((role, content))
-    if not any(role == ASSISTANT for role, _ in messages):
+        reasoning = _reasoning(turn, field, role)
+        messages.append((role, content) if reasoning is None else (role, content, reasoning))
+    if not any(m[0] == ASSISTANT for m in messages):
         raise Bad(
             "no_assistant_turn",
             f"field '{name}' has no assistant turn, so there is nothing to learn; add the reply",
@@ -280,6 +283,17 @@ def _turns(turns: Any, name: str, role_key: str, content_key: str,
             "the last turn must be the assistant's reply: add it or drop the trailing turn",
         )
     return tuple(messages)
+
+
+def _reasoning(turn: dict, field: str, role: str) -> str | None:
+    """An assistant turn's reasoning (`reasoning_content`, also read as `thinking`), or None.
+    Templates that render it (Qwen3, DeepSeek R1, gpt-oss) get it learned as part of the reply."""
+    key = next((k for k in REASONING_KEYS if turn.get(k) is not None), None)
+    if key is None:
+        return None
+    if role != ASSISTANT:
+        raise Bad("unknown_role", f"field '{field}.{key}' is on a {role} turn; only assistant turns carry reasoning")
+    return _text(turn[key], f"{field}.{key}", nonempty=False)
 
 
 def _text(value: Any, field: str, *, nonempty: bool) -> str:

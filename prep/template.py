@@ -380,7 +380,8 @@ class ConversationEncoder:
         """One line on stderr for each shape the template renders other than as given."""
         if plan.dropped:
             fix = " (--system-message fold keeps it in the first user turn)" if SYSTEM in plan.dropped else ""
-            print(f"prep: the chat template leaves out {', '.join(plan.dropped)} of roles {_roles(shape)}: "
+            left_out = ", ".join(f"{n} {role}" for role, n in collections.Counter(plan.dropped).items())
+            print(f"prep: the chat template leaves out {left_out} of roles {_roles(shape)}: "
                   f"those are not trained on{fix}", file=sys.stderr)
         if plan.first_mismatch is not None:
             print(f"prep: the chat template's generation prompt for turn {plan.first_mismatch} of roles "

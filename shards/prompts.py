@@ -114,6 +114,14 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
     '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     kwargs, date = template_options(tokenizer)
+    options = {**kwargs, **extra}
     with fixed_date(date):
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 **options)
+        except TypeError:
+            if "tools" in options or "tools" not in (tokenizer.chat_template or ""):
+                raise
+        # Tool-use templates (Hermes, Command-R's tool_use) loop over `tools` unguarded: no tools is an empty list.
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **{**kwargs, **extra})
+                                             tools=[], **options)

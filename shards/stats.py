@@ -140,6 +140,7 @@ def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
         "path": str(folder), "mode": manifest.mode, "max_length": manifest.max_length, "packer": manifest.packer,
         "loss_on": manifest.loss_on, "samples": saved.samples, "dropped": saved.dropped, "truncated": saved.truncated,
         "split": saved.split, "lower_bound_rows": saved.lower_bound_rows, "sample_length": saved.sample_length,
+        "template": manifest.template.to_json(),
     }
     result.update(row_stats(row_lengths, supervised, segments, manifest.max_length, batch_size))
     val_lengths, val_supervised, val_segments, _ = _split_arrays(shard_set.split("val"))
@@ -171,7 +172,23 @@ _ROWS = [
     ("val rows", lambda s: s["val"]["rows"]),
     ("val supervised_tokens", lambda s: s["val"]["supervised_tokens"]),
     ("unigram_val_loss", lambda s: "-" if s["unigram_val_loss"] is None else f"{s['unigram_val_loss']:.4f}"),
+    ("template messages dropped", lambda s: _counts(s["template"]["dropped_messages"])),
+    ("prompt_matches_generation", lambda s: _matches(s["template"])),
 ]
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "0"
+
+
+def _matches(template: dict) -> str:
+    """yes, or no with the first shape (roles) and turn where the training text before a reply is not
+    what generation would see at that turn."""
+    if template["prompt_matches_generation"]:
+        return "yes"
+    first = template["mismatches"][0]
+    more = f" (+{len(template['mismatches']) - 1} shapes)" if len(template["mismatches"]) > 1 else ""
+    return f"no: {first['roles']} turn {first['first_turn']}{more}"
 
 
 # The bound counts the rows any packing of *whole* samples needs: it measures the concat

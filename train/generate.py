@@ -12,20 +12,22 @@ from pathlib import Path
 
 import click
 
-from shards.prompts import prompt_format_of, user_turn
+from shards.prompts import prompt_format_of, render_chat, user_turn
 
 
 def render(tokenizer, prompt: str, raw: bool = False) -> dict:
     """The prompt as one user turn plus the assistant header, by the tokenizer's own chat template.
 
     The tokenizer saved with a checkpoint is the one prep saved with the shards, and it
-    records the prompt format prep used (`shards.prompts`): an Alpaca-trained model gets
+    records the prompt format and the template's options prep used (`shards.prompts`): an Alpaca-trained model gets
     the seed's preamble around the question, as every training prompt had. `raw` sends
     the text unchanged.
     """
     text = prompt if raw else user_turn(prompt_format_of(tokenizer), prompt)
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         return_tensors="pt", return_dict=True)
+    # The template's options and date as prep recorded them (shards.prompts.render_chat); the specials it
+    # writes (bos, headers) are parsed as tokens, as apply_chat_template(tokenize=True) does.
+    rendered = render_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
+    return tokenizer(rendered, add_special_tokens=False, return_tensors="pt")
 
 
 def reply_ids(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
