@@ -49,10 +49,9 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
                                  batch_size=config.batch_size, prompt_format=config.prompt_format)
-    tokenizer = load_tokenizer(config.tokenizer)
-    if config.chat_template is not None:
+    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
+    if config.chat_template is not None:  # after ChatML's tokens are added to a tokenizer without a template
         tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
-    tokenizer = ensure_chat_format(tokenizer)
     set_template_options(tokenizer, config.template_kwargs, _template_date(config, tokenizer.chat_template))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))

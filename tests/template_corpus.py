@@ -1,0 +1,186 @@
+"""Every chat template of the corpus through prep's encoder, each mask checked by an oracle that
+knows nothing of how the encoder builds it.
+
+    python -m tests.template_corpus                     # one line per template: accepted or why not
+    python -m tests.template_corpus --readme docs/prep.md   # the families table, between its markers
+
+The oracle (`oracle_problems`) renders the conversation with its real contents and decodes the
+encoder's ids: the whole must decode to the render, and each run of supervised tokens must be,
+for each reply the template renders, the render's text from the end of the generation prompt
+(where that prompt is a prefix of the render; else from after the previous message) through the
+reply and the first special token after it. Nothing of another message may be supervised.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, message_fields, special_tokens
+from shards.prompts import render_chat
+from tests import real_tokenizers as corpus
+
+SYSTEM_MULTI_TURN = (
+    ("system", "Answer in one short sentence."),
+    ("user", "What is the capital of France?"),
+    ("assistant", "Paris is the capital of France."),
+    ("user", "And of Italy?"),
+    ("assistant", "Rome, of course."),
+)
+ONE_TURN = (("user", "Name a primary colour."), ("assistant", "Blue."))
+REASONING = (("user", "What is 2 + 3?"), ("assistant", "The sum is 5.", "Two plus three makes five."))
+CONVERSATIONS = {"system-2-turns": SYSTEM_MULTI_TURN, "1-turn": ONE_TURN, "reasoning": REASONING}
+
+
+@dataclass
+class Result:
+    stem: str
+    vocab: str | None  # None: the stand-in tokenizer
+    accepted: bool
+    reason: str  # the refusal's one line, or "" when accepted
+    end_of_turn: str = ""
+    system_message: str = "keep"  # the policy under which the system conversation was accepted
+    dropped: str = ""
+    prompt_matches_generation: bool = True
+    problems: tuple = ()  # oracle failures: an accepted template with a wrong mask
+
+
+def _decoded_between(tokenizer, ids: list[int], a: int, b: int) -> str:
+    """The text of ids[a:b] as it reads inside the whole (decoding a piece alone can drop a leading space)."""
+    before = tokenizer.decode(ids[:a], clean_up_tokenization_spaces=False)
+    upto = tokenizer.decode(ids[:b], clean_up_tokenization_spaces=False)
+    return upto[len(before):] if upto.startswith(before) else tokenizer.decode(ids[a:b], clean_up_tokenization_spaces=False)
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for i, bit in enumerate(mask + [0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def _messages(conversation) -> list[dict]:
+    out = []
+    for m in conversation:
+        role, content, reasoning = message_fields(m)
+        out.append({"role": role, "content": content, **({"reasoning_content": reasoning} if reasoning else {})})
+    return out
+
+
+def oracle_problems(tokenizer, conversation, ids: list[int], mask: list[int]) -> list[str]:
+    """What is wrong with (ids, mask) for `conversation` (after --system-message); [] when exact."""
+    messages = _messages(conversation)
+    render = render_chat(tokenizer, messages)
+    whole = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    if whole != render:
+        return [f"ids decode to {whole[-120:]!r}, the template renders {render[-120:]!r}"]
+    specials = re.compile("|".join(map(re.escape, special_tokens(tokenizer))))
+    expected, cursor = [], 0
+    for k, message in enumerate(messages):
+        text = message["content"].strip()
+        found = render.find(text, cursor)
+        if found < 0:
+            continue  # a message the template leaves out
+        end = found + len(text)
+        if message["role"] != "assistant":
+            cursor = end
+            continue
+        prompt = render_chat(tokenizer, messages[:k], add_generation_prompt=True)
+        start = len(prompt) if render.startswith(prompt) else None
+        closer = specials.search(render, end)
+        if closer is None:
+            return [f"reply {k} has no special token after it"]
+        expected.append((start, cursor, found, closer.end()))
+        cursor = closer.end()
+    spans = [_decoded_between(tokenizer, ids, a, b) for a, b in _runs(mask)]
+    if len(spans) != len(expected):
+        return [f"{len(spans)} supervised spans {spans!r} for {len(expected)} rendered replies"]
+    problems = []
+    for span, (start, after, found, stop) in zip(spans, expected):
+        if start is not None and span != render[start:stop]:
+            problems.append(f"supervised {span!r}, expected {render[start:stop]!r}")
+        elif start is None and not (render[found:stop] in span and span in render[after:stop]):
+            problems.append(f"supervised {span!r} is not the reply {render[found:stop]!r} plus template text")
+    return problems
+
+
+def _encode(tokenizer, conversation, system_message: str):
+    encoder = ConversationEncoder(tokenizer, system_message=system_message)
+    ids, mask, offsets = encoder.encode([conversation])
+    bad = encoder.check_prompts([conversation], ids, offsets)
+    if bad is not None:
+        raise ChatFormatError(bad[1])
+    return encoder, encoder.prepare(conversation), ids.tolist(), mask.tolist()
+
+
+def run_template(stem: str) -> Result:
+    """Encode each conversation with the template and its tokenizer; refusals are results, wrong masks problems."""
+    vocab = corpus.TEMPLATES.get(stem)
+    tokenizer = ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem))
+    result = Result(stem, vocab, True, "")
+    problems, dropped = [], set()
+    for name, conversation in CONVERSATIONS.items():
+        for policy in ("keep", "fold"):  # a template that refuses a system turn may take it folded
+            try:
+                encoder, prepared, ids, mask = _encode(tokenizer, conversation, policy)
+                break
+            except ChatFormatError as e:
+                if policy == "fold" or not any(m[0] == "system" for m in conversation):
+                    return Result(stem, vocab, False, str(e).splitlines()[0])
+        if policy == "fold":
+            result.system_message = "fold"
+        problems += [f"{name}: {p}" for p in oracle_problems(tokenizer, prepared, ids, mask)]
+        dropped |= set(encoder.dropped)
+        result.prompt_matches_generation &= not encoder.mismatches
+        result.end_of_turn = tokenizer.convert_ids_to_tokens(encoder.end_of_turn_id)
+    result.dropped = ", ".join(sorted(dropped))
+    result.problems = tuple(problems)
+    return result
+
+
+def run_corpus() -> list[Result]:
+    return [run_template(stem) for stem in sorted(corpus.TEMPLATES)]
+
+
+def table(results: list[Result]) -> str:
+    from sftcli import markdown_table
+
+    rows = []
+    for r in results:
+        status = "yes" if r.accepted and not r.problems else "WRONG MASK" if r.accepted else "refused"
+        notes = [] if r.accepted else [r.reason.replace("|", "\\|")]
+        if r.accepted:
+            notes += [f"system message {r.system_message}" if r.system_message != "keep" else ""]
+            notes += [f"leaves out: {r.dropped}" if r.dropped else ""]
+            notes += ["" if r.prompt_matches_generation else "a training prompt differs from generation's"]
+        rows.append([r.stem, r.vocab or "stand-in (GPT-2 BPE + the template's tokens)", status,
+                     f"`{r.end_of_turn}`" if r.accepted else "-", "; ".join(n for n in notes if n)])
+    accepted = sum(r.accepted and not r.problems for r in results)
+    head = (f"{accepted} of {len(results)} templates accepted with exact masks ({accepted / len(results):.0%}), "
+            "each checked by the oracle in tests/template_corpus.py. Supervised: each reply, the template's text "
+            "between the generation prompt and it, and the end-of-turn token.\n\n")
+    return head + markdown_table(["template", "tokenizer", "accepted", "end of turn", "notes"], rows)
+
+
+def main(argv: list[str]) -> int:
+    results = run_corpus()
+    if "--readme" in argv:
+        path = argv[argv.index("--readme") + 1]
+        text = open(path, encoding="utf-8").read()
+        start, end = "<!-- template-families -->", "<!-- /template-families -->"
+        if start not in text:
+            raise SystemExit(f"{path}: no {start} marker to write the table under")
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1] if end in rest else rest
+        open(path, "w", encoding="utf-8").write(f"{head}{start}\n{table(results)}\n{end}{tail}")
+    else:
+        print(table(results))
+    return 0 if all(not r.problems for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
