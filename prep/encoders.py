@@ -2,7 +2,11 @@
 
 For byte-level BPE tokenizers that tiktoken can express (GPT-2's, and those that split
 with one regex before byte-level BPE, as Llama 3 and Qwen2 do), tiktoken's batch API
-encodes the same texts faster. Its ranks are built from the tokenizer's own vocabulary
+encodes the same texts faster. tiktoken looks a whole pre-token up in the vocabulary before
+merging, which is what Llama 3's `ignore_merges` does; for the others it gives the same ids
+as long as every vocabulary token is what its own merges make, as in vocabularies built by
+tiktoken's algorithm (GPT-2's, Qwen's). A Unicode normalizer (Qwen2's NFC) is applied first,
+by the tokenizer's own normalizer object (`NormalizedEncoding`). Its ranks are built from the tokenizer's own vocabulary
 (offline; nothing is downloaded), and the first `CHECK_TEXTS` texts of every run are
 encoded both ways: any difference, or a tokenizer tiktoken cannot express, falls back to
 the fast tokenizer with one line on stderr. So the shards are byte-identical either way,
@@ -23,6 +27,7 @@ from sftcli import UserError
 EncoderChoice = Literal["auto", "tiktoken", "tokenizers"]
 ENCODER_CHOICES: tuple[str, ...] = get_args(EncoderChoice)
 CHECK_TEXTS = 1000
+UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")  # normalizers tiktoken can run behind (`NormalizedEncoding`)
 # ByteLevel(use_regex=True)'s split: GPT-2's pattern, as tiktoken's own "gpt2" encoding spells it.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -66,34 +71,52 @@ def tiktoken_encoding(tokenizer):
     except ImportError:
         raise ValueError("tiktoken is not installed (pip install tiktoken)") from None
     backend = tokenizer.backend_tokenizer
-    spec = json.loads(backend.to_str())
-    model = spec["model"]
-    if model.get("type") != "BPE" or spec.get("normalizer") or model.get("byte_fallback") or model.get("dropout"):
+    model = backend.model
+    if type(model).__name__ != "BPE" or model.byte_fallback or model.dropout not in (None, 0.0):
         raise ValueError("it is not a plain byte-level BPE")
+    forms = [step.get("type") for step in _steps(_component(backend, "normalizer"), "normalizers")]
+    if any(form not in UNICODE_FORMS for form in forms):
+        raise ValueError(f"its normalizer ({', '.join(map(str, forms))}) is not a Unicode normalization form")
     if any(not token.special for token in tokenizer.added_tokens_decoder.values()):
         raise ValueError("it has added non-special tokens, which the fast tokenizer matches inside text")
-    pattern = _pattern(spec)
+    pattern = _pattern({"pre_tokenizer": _component(backend, "pre_tokenizer")})
     decoder = _byte_decoder()
     try:
         ranks = {bytes(decoder[c] for c in token): rank for token, rank in backend.get_vocab(with_added_tokens=False).items()}
     except KeyError:
         raise ValueError("its vocabulary is not spelled in byte-level characters") from None
-    return tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    encoding = tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    return NormalizedEncoding(encoding, backend.normalizer) if forms else encoding
 
 
-def prefix_rule(backend) -> str | None:
-    """How a SentencePiece-style tokenizer marks the start of text with "▁": "section" (every text
-    between special tokens: a Prepend normalizer, or Metaspace prepend_scheme always), "first" (only
-    the start of the whole input: Metaspace prepend_scheme first), or None (no such mark)."""
-    spec = json.loads(backend.to_str())
-    normalizers = _steps(spec.get("normalizer"), "normalizers")
-    if any(step.get("type") == "Prepend" for step in normalizers):
-        return "section"
-    for step in _steps(spec.get("pre_tokenizer"), "pretokenizers"):
-        if step.get("type") == "Metaspace":
-            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
-            return {"always": "section", "first": "first"}.get(scheme)
-    return None
+class NormalizedEncoding:
+    """A tiktoken Encoding behind the tokenizer's Unicode normalizer (NFC, ...), which the fast
+    tokenizer applies to the whole text before splitting it (special-token strings and non-special
+    added tokens are not split off here: see `TextEncoder`, `tiktoken_encoding`). The normalizer
+    object itself runs, so its Unicode version is the fast tokenizer's; ASCII text is left as is
+    (every normalization form leaves it unchanged)."""
+
+    def __init__(self, encoding, normalizer):
+        self.encoding, self.normalizer = encoding, normalizer
+
+    def normalize(self, text: str) -> str:
+        return text if text.isascii() else self.normalizer.normalize_str(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(self.normalize(text))
+
+    def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = 8) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch([self.normalize(t) for t in texts], num_threads=num_threads)
+
+    def __getattr__(self, name):
+        return getattr(self.encoding, name)
+
+
+def _component(backend, kind: str) -> dict | None:
+    """The backend's normalizer or pre_tokenizer as its JSON spec (reading only that part: the
+    whole tokenizer's JSON takes seconds to write for a 150k vocabulary)."""
+    part = getattr(backend, kind)
+    return json.loads(part.__getstate__()) if part is not None else None
 
 
 def _steps(component: dict | None, key: str) -> list[dict]:
@@ -102,20 +125,39 @@ def _steps(component: dict | None, key: str) -> list[dict]:
     return component.get(key, []) if component.get("type") == "Sequence" else [component]
 
 
-def _without_prefix(backend):
-    """A copy of `backend` that does not mark the start of text: for text that continues a section."""
+def prefix_rule(backend) -> str | None:
+    """How a SentencePiece-style tokenizer marks the start of text with "▁": "section" (every text
+    between special tokens: a Prepend normalizer, or Metaspace prepend_scheme always), "first" (only
+    the start of the whole input: Metaspace prepend_scheme first), or None (no such mark)."""
+    if any(step.get("type") == "Prepend" for step in _steps(_component(backend, "normalizer"), "normalizers")):
+        return "section"
+    for step in _steps(_component(backend, "pre_tokenizer"), "pretokenizers"):
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            return {"always": "section", "first": "first"}.get(scheme)
+    return None
+
+
+def _without_prefix(backend) -> dict:
+    """The backend's normalizer and pre_tokenizer without the start-of-text mark, for text that
+    continues a section; swapped in while such texts are encoded (`TextEncoder._tokenizers`)."""
     from tokenizers import Tokenizer
 
-    spec = json.loads(backend.to_str())
-    for key, steps_key in (("normalizer", "normalizers"), ("pre_tokenizer", "pretokenizers")):
-        steps = [step for step in _steps(spec.get(key), steps_key) if step.get("type") != "Prepend"]
+    parts = {}
+    for kind, steps_key in (("normalizer", "normalizers"), ("pre_tokenizer", "pretokenizers")):
+        spec = _component(backend, kind)
+        steps = [step for step in _steps(spec, steps_key) if step.get("type") != "Prepend"]
         for step in steps:
             if step.get("type") == "Metaspace":
                 step["prepend_scheme"] = "never"
                 step.pop("add_prefix_space", None)
-        if spec.get(key):
-            spec[key] = {"type": "Sequence", steps_key: steps} if steps else None
-    return Tokenizer.from_str(json.dumps(spec))
+        # tokenizers builds a component only as part of a tokenizer: a stub around it.
+        stub = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "post_processor": None,
+                "decoder": None, "model": {"type": "WordLevel", "vocab": {"x": 0}, "unk_token": "x"},
+                "normalizer": None, "pre_tokenizer": None}
+        stub[kind] = {"type": "Sequence", steps_key: steps} if steps else None
+        parts[kind] = getattr(Tokenizer.from_str(json.dumps(stub)), kind)
+    return parts
 
 
 class TextEncoder:
@@ -149,20 +191,25 @@ class TextEncoder:
         print(f"prep: encoding with the fast tokenizer ({why})", file=sys.stderr)
         self._tiktoken, self.name = None, "tokenizers"
 
-    def _tokenizers(self, texts: list[str], backend=None) -> list[list[int]]:
-        backend = backend or self._backend
+    def _tokenizers(self, texts: list[str], continued: bool = False) -> list[list[int]]:
+        backend = self._backend
+        saved = {kind: getattr(backend, kind) for kind in self._continuing} if continued else {}
         backend.encode_special_tokens = True
         try:
+            for kind, part in (self._continuing.items() if continued else ()):
+                setattr(backend, kind, part)
             return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
         finally:
             backend.encode_special_tokens = False
+            for kind, part in saved.items():
+                setattr(backend, kind, part)
 
     def encode(self, texts: list[str], continued: list[bool] | None = None) -> list[list[int]]:
         if self._continuing is not None and continued is not None and any(continued):
             out: list = [None] * len(texts)
-            for flag, backend in ((False, self._backend), (True, self._continuing)):
+            for flag in (False, True):
                 where = [i for i, c in enumerate(continued) if c == flag]
-                for i, ids in zip(where, self._tokenizers([texts[i] for i in where], backend)):
+                for i, ids in zip(where, self._tokenizers([texts[i] for i in where], flag)):
                     out[i] = ids
             return out
         if self._tiktoken is None:

@@ -26,7 +26,7 @@ from prep import packing
 from prep.config import PrepConfig
 from prep.readers import DataError
 from prep.records import combined_fingerprint, read_conversations
-from prep.template import ConversationEncoder, ensure_chat_format, load_tokenizer
+from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, load_tokenizer
 from sftcli import UserError, command_line
 from shards import format as fmt
 from shards.folders import staged_folder
@@ -97,8 +97,8 @@ def _template_date(config: PrepConfig, template: str) -> str | None:
 
 def _template_record(config: PrepConfig, tokenizer, encoder: ConversationEncoder) -> TemplateRecord:
     kwargs, date = template_options(tokenizer)
-    mismatches = [PromptMismatch(roles=",".join(role for role, _ in shape), first_turn=turn, conversations=n)
-                  for shape, (turn, n) in sorted(encoder.mismatches.items())]
+    mismatches = [PromptMismatch(roles=",".join(roles), first_turn=turn, conversations=n)
+                  for roles, (turn, n) in sorted(encoder.mismatches.items())]
     return TemplateRecord(
         sha256=hashlib.sha256(tokenizer.chat_template.encode()).hexdigest(), kwargs=kwargs, date=date,
         system_message=config.system_message, dropped_messages=dict(sorted(encoder.dropped.items())),
@@ -159,9 +159,14 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
                 batch = batch[: config.limit - read]
             if not batch:
                 break
-            conversations = [c.messages for c in batch]
-            ids, mask, offsets = encoder.encode(conversations)
-            bad = encoder.check_prompts(conversations, ids, offsets)  # the template on real contents must agree
+            conversations, tools = [c.messages for c in batch], [c.tools for c in batch]
+            try:
+                ids, mask, offsets = encoder.encode(conversations, tools)
+            except ChatFormatError as e:  # name the record whose shape the template cannot take
+                if getattr(e, "position", None) is None:
+                    raise
+                raise ChatFormatError(f"{batches.locate(batch[e.position].index)}: {e}") from None
+            bad = encoder.check_prompts(conversations, ids, offsets, tools)  # the template on real contents must agree
             if bad is not None:
                 raise PrepError(
                     f"{batches.locate(batch[bad[0]].index)}: with tokenizer {config.tokenizer!r}, {bad[1]}, so its "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import collections
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -35,11 +36,13 @@ from prep.tables import csv_records, parquet_records
 from shards.format import sha256_file
 from shards.prompts import user_turn
 
-SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
-ROLES = (SYSTEM, USER, ASSISTANT)
+SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
+ROLES = (SYSTEM, USER, ASSISTANT, TOOL)
 # ShareGPT's speaker names, as TRL, Axolotl and LLaMA-Factory read them.
-REASONING_KEYS = ("reasoning_content", "thinking")  # an assistant turn's reasoning, as transformers reads it
-SHAREGPT_ROLES = {"system": SYSTEM, "human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
+REASONING_KEYS = ("reasoning_content", "thinking")
+TOOL_MESSAGE_KEYS = ("tool_call_id", "name")  # what a tool turn may say of the call it answers  # an assistant turn's reasoning, as transformers reads it
+SHAREGPT_ROLES = {"system": SYSTEM, "human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT,
+                  "function_call": ASSISTANT, "observation": TOOL, "tool": TOOL}
 
 # Keys of `bad_counts`: why a record was skipped under skip_bad.
 REASONS = (
@@ -72,8 +75,9 @@ class Conversation:
 
     index: int
     line: int | None
-    messages: tuple[tuple[str, str], ...]
+    messages: tuple[tuple, ...]
     alpaca: bool = False
+    tools: str | None = None  # the record's tool schemas, as JSON
 
 
 def read_conversations(
@@ -141,6 +145,7 @@ class ConversationReader:
                     if isinstance(record, Bad):
                         raise record
                     messages, alpaca = conversation(record, prompt_format)
+                    tools_of(record)  # a bad `tools` field is a bad record too
                 except Bad as bad:
                     if not skip_bad:
                         raise DataError(f"{source.name}: {_where(source, index, line)}: {bad.detail}. {_SKIP_HINT}",
@@ -150,7 +155,7 @@ class ConversationReader:
                         bad_counts[bad.reason] += 1
                     continue
                 good += 1
-                batch.append(Conversation(offset + index, line, messages, alpaca))
+                batch.append(Conversation(offset + index, line, messages, alpaca, tools_of(record)))
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []
@@ -216,7 +221,7 @@ def _where(source: Source, index: int, line: int | None) -> str:
     return f"record {index} (starts on line {start})" if start is not None else f"record {index}"
 
 
-def conversation(record: Any, prompt_format: str = "alpaca") -> tuple[tuple[tuple[str, str], ...], bool]:
+def conversation(record: Any, prompt_format: str = "alpaca") -> tuple[tuple[tuple, ...], bool]:
     """The record's turns, and whether it was an Alpaca record; raises `Bad` naming the field."""
     if not isinstance(record, dict):
         raise Bad("not_an_object", f"the record is {json_type(record)}, expected a JSON object")
@@ -267,10 +272,19 @@ def _turns(turns: Any, name: str, role_key: str, content_key: str,
                 f"field '{field}.{role_key}' is {given!r}, expected one of {', '.join(map(repr, roles))}{hint}",
             )
         role = roles[given]
-        # An empty user or system turn is odd but trainable; an empty reply is not.
-        content = _text(turn[content_key], f"{field}.{content_key}", nonempty=role == ASSISTANT)
+        calls = _tool_calls(turn, field, given, content_key)
+        # An empty user or system turn is odd but trainable; an empty reply is not, unless it calls a tool.
+        if calls is not None and given == "function_call":
+            content = ""
+        elif calls is not None and turn.get(content_key) is None:
+            content = ""
+        else:
+            content = _text(turn[content_key], f"{field}.{content_key}", nonempty=role == ASSISTANT and calls is None)
         reasoning = _reasoning(turn, field, role)
-        messages.append((role, content) if reasoning is None else (role, content, reasoning))
+        extras = {"tool_calls": calls} if calls is not None else {}
+        extras.update({k: turn[k] for k in TOOL_MESSAGE_KEYS if role == TOOL and isinstance(turn.get(k), str)})
+        message = (role, content, reasoning, json.dumps(extras)) if extras else (role, content, reasoning)
+        messages.append(message if len(message) > 3 or reasoning is not None else (role, content))
     if not any(m[0] == ASSISTANT for m in messages):
         raise Bad(
             "no_assistant_turn",
@@ -283,6 +297,57 @@ def _turns(turns: Any, name: str, role_key: str, content_key: str,
             "the last turn must be the assistant's reply: add it or drop the trailing turn",
         )
     return tuple(messages)
+
+
+def _tool_calls(turn: dict, field: str, given: str, content_key: str) -> list | None:
+    """An assistant turn's tool calls in the shape chat templates read ([{type, function: {name,
+    arguments: object}}]); ShareGPT's function_call turn is one call, its value {name, arguments}."""
+    if given == "function_call":
+        raw = turn.get(content_key)
+        try:
+            call = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError as e:
+            raise Bad("not_a_string", f"field '{field}.{content_key}' of a function_call turn is not JSON ({e})") from None
+        calls, where = ([call] if isinstance(call, dict) else call), f"{field}.{content_key}"
+    elif turn.get("tool_calls") is not None:
+        calls, where = turn["tool_calls"], f"{field}.tool_calls"
+    else:
+        return None
+    if not isinstance(calls, list) or not calls:
+        raise Bad("not_a_list", f"field '{where}' is {json_type(calls)}, expected a non-empty list of tool calls")
+    return [_tool_call(call, f"{where}[{i}]") for i, call in enumerate(calls)]
+
+
+def _tool_call(call: Any, where: str) -> dict:
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise Bad("missing_field", f"field '{where}' needs a function name: {{\"name\": ..., \"arguments\": {{...}}}}")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise Bad("not_a_string", f"field '{where}.arguments' is a string that is not JSON ({e})") from None
+    if not isinstance(arguments, dict):
+        raise Bad("not_an_object", f"field '{where}.arguments' is {json_type(arguments)}, expected an object")
+    out = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out
+
+
+def tools_of(record: Any) -> str | None:
+    """A chat or ShareGPT record's `tools` (a list of JSON schemas, or a JSON string of one) as JSON."""
+    raw = record.get("tools") if isinstance(record, dict) and "instruction" not in record else None
+    if raw is None or raw == "":
+        return None
+    try:
+        tools = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as e:
+        raise Bad("not_a_list", f"field 'tools' is a string that is not JSON ({e})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise Bad("not_a_list", f"field 'tools' is {json_type(tools)}, expected a list of tool JSON schemas")
+    return json.dumps(tools) if tools else None
 
 
 def _reasoning(turn: dict, field: str, role: str) -> str | None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import re
 import sys
@@ -45,7 +46,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from prep.encoders import TextEncoder
-from prep.records import ASSISTANT, SYSTEM, USER
+from prep.records import ASSISTANT, SYSTEM, TOOL, USER
 from sftcli import UserError
 from shards.prompts import render_chat
 
@@ -65,6 +66,7 @@ LossOn = Literal["assistant", "all"]
 SystemMessage = Literal["keep", "fold", "drop", "error"]
 CHECKS_PER_SHAPE = 4
 CONTENT, REASONING = "c", "r"  # the two supervised fields a message has: its content and its reasoning
+_TOOLS = "\x00tools"  # the shape's last entry, when the conversation has tools
 _MARK = re.compile("\x00(\\d+)([cr])\x00")  # a placeholder; NUL never occurs in validated records
 # Whitespace put around every placeholder in a second render: what the template leaves of it tells how it strips.
 _PAD_LEFT, _PAD_RIGHT = "\n\t\n", "\n \n"
@@ -127,8 +129,13 @@ def special_tokens(tokenizer) -> list[str]:
 
 
 def message_fields(message: tuple) -> tuple[str, str, str | None]:
-    """(role, content, reasoning or None) of a conversation's message: (role, content[, reasoning])."""
+    """(role, content, reasoning or None) of a conversation's message: (role, content[, reasoning[, extras]])."""
     return message[0], message[1], message[2] if len(message) > 2 else None
+
+
+def message_extras(message: tuple) -> dict:
+    """A message's other fields (an assistant's `tool_calls`; a tool turn's `tool_call_id`, `name`)."""
+    return json.loads(message[3]) if len(message) > 3 and message[3] else {}
 
 
 def _strip(text: str, left: str, right: str) -> str:
@@ -148,6 +155,7 @@ class _Plan:
     dropped: tuple[str, ...] = ()  # roles of the messages the template does not render ("reasoning" for reasoning)
     first_mismatch: int | None = None  # the first assistant turn whose training prompt generation would not see
     matches: dict = field(default_factory=dict)  # assistant turn -> whether its prompt is the generation prompt
+    closers: list = field(default_factory=list)  # the special ids that closed its replies
 
     @property
     def supervised(self) -> list[bool]:
@@ -197,8 +205,10 @@ class ConversationEncoder:
         self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
         self.dropped: collections.Counter = collections.Counter()
         self.mismatches: dict[tuple, list[int]] = {}
+        self._closers: set[int] = set()  # what closes a plain reply: where a reply with tool calls closes too
         # Where generation must stop: the end of an assistant turn, from the template itself.
-        self.end_of_turn_id = self.plan(((USER, False), (ASSISTANT, False))).end_of_turn
+        plain = self.plan(((USER, False, None, False), (ASSISTANT, False, None, False)))
+        self.end_of_turn_id, self._closers = plain.end_of_turn, set(plain.closers)
         if self.end_of_turn_id is None:
             self.end_of_turn_id = self.eos_id
 
@@ -211,13 +221,17 @@ class ConversationEncoder:
         """The template over placeholders: the whole conversation, or the generation prompt before turn `upto`."""
         left, right = (_PAD_LEFT, _PAD_RIGHT) if pad else ("", "")
         messages = []
-        for i, (role, has_reasoning) in enumerate(shape[:upto]):
-            message = {"role": role, "content": f"{left}\x00{i}{CONTENT}\x00{right}"}
+        roles, tools = _split_shape(shape)
+        for i, (role, has_reasoning, extras, call_only) in enumerate(roles[:upto]):
+            # A reply that only calls tools has no content: templates test for one (`if message.content`).
+            content = "" if call_only else f"{left}\x00{i}{CONTENT}\x00{right}"
+            message = {"role": role, "content": content, **json.loads(extras or "{}")}
             if has_reasoning:
                 message["reasoning_content"] = f"{left}\x00{i}{REASONING}\x00{right}"
             messages.append(message)
         try:
-            return render_chat(self.tokenizer, messages, add_generation_prompt=upto is not None)
+            return render_chat(self.tokenizer, messages, add_generation_prompt=upto is not None,
+                               **({"tools": json.loads(tools)} if tools else {}))
         except Exception as e:  # a template's raise_exception, or a template bug: its words, in one line
             what = f"the generation prompt before turn {upto}" if upto is not None else "the conversation"
             raise ChatFormatError(
@@ -229,20 +243,23 @@ class ConversationEncoder:
     def plan(self, shape: tuple) -> _Plan:
         if shape in self._plans:
             return self._plans[shape]
+        roles, tools = _split_shape(shape)
+        self._check_tools(shape)
         full = self._render(shape)
         marks = list(_MARK.finditer(full))
         found = [(int(m.group(1)), m.group(2)) for m in marks]
         for (i, which), n in collections.Counter(found).items():
-            if n > 1 and shape[i][0] == ASSISTANT:
+            if n > 1 and roles[i][0] == ASSISTANT:
                 raise ChatFormatError(f"the chat template renders assistant turn {i} of roles {_roles(shape)} "
                                       f"{n} times, so no mask can say which copy is learned; use another template")
-        dropped = tuple(role for i, (role, has_reasoning) in enumerate(shape) if (i, CONTENT) not in found)
-        dropped += tuple("reasoning" for i, (_, has_reasoning) in enumerate(shape)
+        dropped = tuple(role for i, (role, _, _, call_only) in enumerate(roles)
+                        if (i, CONTENT) not in found and not call_only)
+        dropped += tuple("reasoning" for i, (_, has_reasoning, _, _) in enumerate(roles)
                          if has_reasoning and (i, CONTENT) in found and (i, REASONING) not in found)
         strips = self._strips(shape, full, marks)
         starts, matches = {}, {}
-        for k, (role, _) in enumerate(shape):
-            if role == ASSISTANT and any(i == k for i, _ in found):
+        for k, (role, _, _, call_only) in enumerate(roles):
+            if role == ASSISTANT and (call_only or any(i == k for i, _ in found)):
                 starts[k], matches[k] = self._reply_start(shape, k, full, marks)
         self._check_system(shape, found, dropped)
         items = self._items(full, marks, starts, strips)
@@ -263,7 +280,8 @@ class ConversationEncoder:
         const_ids = dict(zip(const_texts, self._encode_plain(list(const_texts.values()),
                                                              [continued[i] for i in const_texts]))) if const_texts else {}
         first_mismatch = next((k for k in sorted(matches) if not matches[k]), None)
-        plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches)
+        plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches,
+                     closers)
         self._plans[shape] = plan
         self._notice(shape, plan)
         return plan
@@ -298,19 +316,41 @@ class ConversationEncoder:
         placeholder (the end of the last turn and the assistant header) is matched against the
         render's text before the reply; what follows the match (a think block, a space) is learned."""
         prompt = self._render(shape, upto=k)
-        first = min(m.start() for m in marks if int(m.group(1)) == k)
-        previous = max((m.end() for m in marks if m.end() <= first), default=0)
+        own = [m.start() for m in marks if int(m.group(1)) == k]
+        # A reply that only calls tools has no placeholder: its text runs up to the next message's.
+        first = min(own) if own else next((m.start() for m in marks if int(m.group(1)) > k), len(full))
+        previous = max((m.end() for m in marks if m.end() <= first and int(m.group(1)) < k), default=0)
         prompt_marks = list(_MARK.finditer(prompt))
         tail = prompt[prompt_marks[-1].end():] if prompt_marks else prompt
-        start = previous + len(os.path.commonprefix([full[previous:first], tail]))
+        between = full[previous:first]
+        start = previous + len(os.path.commonprefix([between, tail]))
+        if start - previous < len(tail):  # the prompt closes the last turn otherwise: find its header in the render
+            matched = between[: start - previous]
+            ends = [m.end() for m in self._special_re.finditer(matched)] if self._special_re else []
+            start = previous + max(ends + [matched.rfind("\n") + 1])  # never mid-word: after a newline or a special
+            for special in (self._special_re.finditer(tail) if self._special_re else ()):
+                header = tail[special.start():]
+                if header in between:
+                    start = previous + between.index(header) + len(header)
+                    break
         for special in (self._special_re.finditer(full, previous, first) if self._special_re else ()):
             if special.start() < start < special.end():  # never cut a special token's text
                 start = special.start()
         return start, prompt == full[:start]
 
+    def _check_tools(self, shape: tuple) -> None:
+        """Tool calls, tool turns or tools given to a template that never mentions tools: refused."""
+        roles, tools = _split_shape(shape)
+        uses = tools or any(role == TOOL or "tool_calls" in (extras or "") for role, _, extras, _ in roles)
+        if uses and "tool" not in (self.tokenizer.chat_template or ""):
+            raise ChatFormatError("the chat template has no tool support (it never mentions tools), so tool calls and "
+                                  "tool turns cannot be rendered; leave tool records out (or --skip-bad), or give "
+                                  "--chat-template FILE with a template that renders them")
+
     def _check_system(self, shape: tuple, found: list, dropped: tuple) -> None:
         """--system-message error: refuse a template that drops or moves the system message."""
-        if self.system_message != "error" or not shape or shape[0][0] != SYSTEM:
+        roles, _ = _split_shape(shape)
+        if self.system_message != "error" or not roles or roles[0][0] != SYSTEM:
             return
         if SYSTEM in dropped or found[0] != (0, CONTENT):
             what = "drops" if SYSTEM in dropped else "moves"
@@ -350,19 +390,23 @@ class ConversationEncoder:
         if self.loss_on == "all":
             return [True] * len(items), []
         begins = {pos: k for k, pos in starts.items()}
-        last = {k: max(i for i, (kind, value, _) in enumerate(items) if kind == "mark" and value[0] == k)
+        last = {k: max((i for i, (kind, value, _) in enumerate(items) if kind == "mark" and value[0] == k), default=None)
                 for k in starts}
         supervised, closers = [], []
         active, closing = None, False
+        # A reply with tool calls closes at the token that closes plain replies ([ARGS] or [TOOL_CALLS] may come first).
+        roles, _ = _split_shape(shape)
+        calls = {k: "tool_calls" in (roles[k][2] or "") and bool(self._closers) for k in starts}
         for n, (kind, value, pos) in enumerate(items):
             if active is None and pos in begins:
-                active, closing = begins.pop(pos), False
+                active = begins.pop(pos)
+                closing = last[active] is None  # a reply that only calls tools closes at the next closer
             if kind == "mark" and active is not None and value[0] != active:
                 raise self._unclosed(shape)
             supervised.append(active is not None)
-            if kind == "special" and closing:
+            if kind == "special" and closing and (not calls[active] or value in self._closers):
                 closers.append(value)
-                active = None
+                active, closing = None, False
             if active is not None and n == last[active]:
                 closing = True
         if active is not None:
@@ -400,12 +444,18 @@ class ConversationEncoder:
             return ((USER, f"{conversation[0][1]}\n\n{conversation[1][1]}"),) + tuple(conversation[2:])
         return tuple(conversation)
 
-    def shape(self, conversation: tuple) -> tuple:
-        return tuple((m[0], len(m) > 2 and m[2] is not None) for m in conversation)
+    def shape(self, conversation: tuple, tools: str | None = None) -> tuple:
+        """What the plan depends on: each message's role, whether it has reasoning, its other fields
+        (tool calls are rendered by the template as they are), and the conversation's tools."""
+        entries = tuple((m[0], len(m) > 2 and m[2] is not None, m[3] if len(m) > 3 else None,
+                         m[0] == ASSISTANT and m[1] == "" and len(m) > 3 and "tool_calls" in (m[3] or ""))
+                        for m in conversation)
+        return entries + ((_TOOLS, False, tools, False),) if tools else entries
 
-    def encode(self, conversations: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode(self, conversations: list[tuple], tools: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Encode a batch (after `prepare`). Returns flat `ids` (int64), flat `mask` (uint8) and
-        `offsets` (sample i is ids[offsets[i]:offsets[i+1]]).
+        `offsets` (sample i is ids[offsets[i]:offsets[i+1]]). `tools`: each conversation's tools (JSON) or None.
+        A ChatFormatError raised for a conversation carries its place in the batch as `position`.
 
         >>> enc = ConversationEncoder(ensure_chat_format(load_tokenizer("gpt2")))
         >>> ids, mask, offsets = enc.encode([(("user", "Hi"), ("assistant", "Yo"))])
@@ -415,13 +465,20 @@ class ConversationEncoder:
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\\n'
         """
         conversations = [self.prepare(conv) for conv in conversations]
-        plans = [self.plan(self.shape(conv)) for conv in conversations]
+        shapes = [self.shape(conv, t) for conv, t in zip(conversations, tools or [None] * len(conversations))]
+        plans = []
+        for position, shape in enumerate(shapes):
+            try:
+                plans.append(self.plan(shape))
+            except ChatFormatError as e:
+                e.position = position
+                raise
         texts: list[str] = []
         continued: list[bool] = []
-        for conv, plan in zip(conversations, plans):
+        for conv, plan, shape in zip(conversations, plans, shapes):
             self.dropped.update(plan.dropped)
             if plan.first_mismatch is not None:
-                self.mismatches.setdefault(self.shape(conv), [plan.first_mismatch, 0])[1] += 1
+                self.mismatches.setdefault(_roles(shape), [plan.first_mismatch, 0])[1] += 1
             for i, seg in enumerate(plan.segments):
                 if seg[0] == "text" and i not in plan.const_ids:
                     texts.append(_fill(seg[1], conv))
@@ -447,7 +504,8 @@ class ConversationEncoder:
         offsets = np.concatenate([[0], piece_ends[np.cumsum(pieces_per_sample) - 1]]) if len(plans) else np.zeros(1, np.int64)
         return ids, mask, offsets.astype(np.int64)
 
-    def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray) -> tuple[int, str] | None:
+    def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray,
+                      tools: list | None = None) -> tuple[int, str] | None:
         """Render the first `CHECKS_PER_SHAPE` conversations of every shape with their real contents
         and compare: the template's text with the plan's (a template that looks inside contents
         renders them differently from placeholders), and each generation prompt's tokens, alone as
@@ -457,7 +515,8 @@ class ConversationEncoder:
         """
         for k, conv in enumerate(conversations):
             conv = self.prepare(conv)
-            shape = self.shape(conv)
+            conv_tools = tools[k] if tools else None
+            shape = self.shape(conv, conv_tools)
             if self._checked[shape] >= CHECKS_PER_SHAPE:
                 continue
             if self._special_re and any(self._special_re.search(t) for m in conv for t in m[1:] if t):
@@ -465,11 +524,12 @@ class ConversationEncoder:
             self._checked[shape] += 1
             plan = self.plan(shape)
             messages = [_message(m) for m in conv]
-            if render_chat(self.tokenizer, messages) != plan.text(conv, self._spelling):
+            options = {"tools": json.loads(conv_tools)} if conv_tools else {}
+            if render_chat(self.tokenizer, messages, **options) != plan.text(conv, self._spelling):
                 return k, "the chat template renders its contents differently from placeholders (it looks inside them)"
             row = list(ids[offsets[k]:offsets[k + 1]])
             for turn in (t for t, ok in plan.matches.items() if ok):
-                text = render_chat(self.tokenizer, messages[:turn], add_generation_prompt=True)
+                text = render_chat(self.tokenizer, messages[:turn], add_generation_prompt=True, **options)
                 alone = self._backend.encode(text, add_special_tokens=False).ids
                 if row[: len(alone)] != alone:
                     return k, "its rendered prompt tokenizes differently on its own than inside the conversation"
@@ -478,7 +538,8 @@ class ConversationEncoder:
 
 def _message(message: tuple) -> dict:
     role, content, reasoning = message_fields(message)
-    return {"role": role, "content": content, **({"reasoning_content": reasoning} if reasoning is not None else {})}
+    return {"role": role, "content": content, **({"reasoning_content": reasoning} if reasoning is not None else {}),
+            **message_extras(message)}
 
 
 def _cut(full: str, a: int, b: int, cuts: list[int]) -> list[tuple]:
@@ -487,5 +548,12 @@ def _cut(full: str, a: int, b: int, cuts: list[int]) -> list[tuple]:
     return [("text", full[x:y], x) for x, y in zip(edges, edges[1:]) if y > x]
 
 
+def _split_shape(shape: tuple) -> tuple[tuple, str | None]:
+    """(the messages' (role, has_reasoning, extras, call_only) entries, the tools' JSON or None) of a shape."""
+    if shape and shape[-1][0] == _TOOLS:
+        return shape[:-1], shape[-1][2]
+    return shape, None
+
+
 def _roles(shape: tuple) -> tuple:
-    return tuple(role for role, _ in shape)
+    return tuple(entry[0] for entry in _split_shape(shape)[0])

@@ -12,12 +12,13 @@ reply and the first special token after it. Nothing of another message may be su
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
 
 from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, message_fields, special_tokens
-from shards.prompts import render_chat
+from shards.prompts import render_chat, set_template_options
 from tests import real_tokenizers as corpus
 
 SYSTEM_MULTI_TURN = (
@@ -29,6 +30,12 @@ SYSTEM_MULTI_TURN = (
 )
 ONE_TURN = (("user", "Name a primary colour."), ("assistant", "Blue."))
 REASONING = (("user", "What is 2 + 3?"), ("assistant", "The sum is 5.", "Two plus three makes five."))
+# Templates that close the last reply only when told they render training data: the option their authors
+# give for it, passed as a user passes it (--chat-template-kwargs).
+TRAINING_OPTIONS = {
+    "Apriel-1.6-15b-Thinker-fixed": {"training_prompt": True},
+    "tencent-Hy3": {"is_training": True},
+}
 CONVERSATIONS = {"system-2-turns": SYSTEM_MULTI_TURN, "1-turn": ONE_TURN, "reasoning": REASONING}
 
 
@@ -50,6 +57,12 @@ def _decoded_between(tokenizer, ids: list[int], a: int, b: int) -> str:
     before = tokenizer.decode(ids[:a], clean_up_tokenization_spaces=False)
     upto = tokenizer.decode(ids[:b], clean_up_tokenization_spaces=False)
     return upto[len(before):] if upto.startswith(before) else tokenizer.decode(ids[a:b], clean_up_tokenization_spaces=False)
+
+
+def _covered(render: str, offsets: list[tuple[int, int]]) -> str:
+    """The render's characters that a run of tokens covers (a SentencePiece "▁" it added covers none)."""
+    spans = [(a, b) for a, b in offsets if b > a]
+    return render[spans[0][0]:spans[-1][1]] if spans else ""
 
 
 def _runs(mask: list[int]) -> list[tuple[int, int]]:
@@ -75,8 +88,12 @@ def oracle_problems(tokenizer, conversation, ids: list[int], mask: list[int]) ->
     """What is wrong with (ids, mask) for `conversation` (after --system-message); [] when exact."""
     messages = _messages(conversation)
     render = render_chat(tokenizer, messages)
+    # Where the ids are the tokenizer's own for the render, each token's characters come from its offsets;
+    # else (a BPE merge across a prompt/reply cut) the ids must at least decode to the render.
+    reference = tokenizer.backend_tokenizer.encode(render, add_special_tokens=False)
+    offsets = reference.offsets if reference.ids == ids else None
     whole = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
-    if whole != render:
+    if offsets is None and whole != render:
         return [f"ids decode to {whole[-120:]!r}, the template renders {render[-120:]!r}"]
     specials = re.compile("|".join(map(re.escape, special_tokens(tokenizer))))
     expected, cursor = [], 0
@@ -96,7 +113,8 @@ def oracle_problems(tokenizer, conversation, ids: list[int], mask: list[int]) ->
             return [f"reply {k} has no special token after it"]
         expected.append((start, cursor, found, closer.end()))
         cursor = closer.end()
-    spans = [_decoded_between(tokenizer, ids, a, b) for a, b in _runs(mask)]
+    spans = [_decoded_between(tokenizer, ids, a, b) if offsets is None else _covered(render, offsets[a:b])
+             for a, b in _runs(mask)]
     if len(spans) != len(expected):
         return [f"{len(spans)} supervised spans {spans!r} for {len(expected)} rendered replies"]
     problems = []
@@ -108,36 +126,41 @@ def oracle_problems(tokenizer, conversation, ids: list[int], mask: list[int]) ->
     return problems
 
 
-def _encode(tokenizer, conversation, system_message: str):
-    encoder = ConversationEncoder(tokenizer, system_message=system_message)
+def _encode(encoder: ConversationEncoder, conversation):
     ids, mask, offsets = encoder.encode([conversation])
     bad = encoder.check_prompts([conversation], ids, offsets)
     if bad is not None:
         raise ChatFormatError(bad[1])
-    return encoder, encoder.prepare(conversation), ids.tolist(), mask.tolist()
+    return encoder.prepare(conversation), ids.tolist(), mask.tolist()
 
 
 def run_template(stem: str) -> Result:
     """Encode each conversation with the template and its tokenizer; refusals are results, wrong masks problems."""
     vocab = corpus.TEMPLATES.get(stem)
     tokenizer = ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem))
+    set_template_options(tokenizer, TRAINING_OPTIONS.get(stem, {}), "2026-01-05")
     result = Result(stem, vocab, True, "")
-    problems, dropped = [], set()
-    for name, conversation in CONVERSATIONS.items():
-        for policy in ("keep", "fold"):  # a template that refuses a system turn may take it folded
-            try:
-                encoder, prepared, ids, mask = _encode(tokenizer, conversation, policy)
-                break
-            except ChatFormatError as e:
-                if policy == "fold" or not any(m[0] == "system" for m in conversation):
-                    return Result(stem, vocab, False, str(e).splitlines()[0])
-        if policy == "fold":
-            result.system_message = "fold"
-        problems += [f"{name}: {p}" for p in oracle_problems(tokenizer, prepared, ids, mask)]
-        dropped |= set(encoder.dropped)
-        result.prompt_matches_generation &= not encoder.mismatches
-        result.end_of_turn = tokenizer.convert_ids_to_tokens(encoder.end_of_turn_id)
-    result.dropped = ", ".join(sorted(dropped))
+    encoders: dict[str, ConversationEncoder] = {}  # one per --system-message policy (building one reads the vocab)
+    problems = []
+    try:
+        for name, conversation in CONVERSATIONS.items():
+            for policy in ("keep", "fold"):  # a template that refuses a system turn may take it folded
+                try:
+                    if policy not in encoders:
+                        encoders[policy] = ConversationEncoder(tokenizer, system_message=policy)
+                    prepared, ids, mask = _encode(encoders[policy], conversation)
+                    break
+                except ChatFormatError:
+                    if policy == "fold" or not any(m[0] == "system" for m in conversation):
+                        raise
+            if policy == "fold":
+                result.system_message = "fold"
+            problems += [f"{name}: {p}" for p in oracle_problems(tokenizer, prepared, ids, mask)]
+    except ChatFormatError as e:
+        return Result(stem, vocab, False, str(e).splitlines()[0])
+    result.dropped = ", ".join(sorted({role for e in encoders.values() for role in e.dropped}))
+    result.prompt_matches_generation = not any(e.mismatches for e in encoders.values())
+    result.end_of_turn = tokenizer.convert_ids_to_tokens(encoders["keep"].end_of_turn_id)
     result.problems = tuple(problems)
     return result
 
@@ -154,7 +177,9 @@ def table(results: list[Result]) -> str:
         status = "yes" if r.accepted and not r.problems else "WRONG MASK" if r.accepted else "refused"
         notes = [] if r.accepted else [r.reason.replace("|", "\\|")]
         if r.accepted:
-            notes += [f"system message {r.system_message}" if r.system_message != "keep" else ""]
+            options = TRAINING_OPTIONS.get(r.stem)
+            notes += [f"--chat-template-kwargs '{json.dumps(options)}'" if options else ""]
+            notes += [f"--system-message {r.system_message}" if r.system_message != "keep" else ""]
             notes += [f"leaves out: {r.dropped}" if r.dropped else ""]
             notes += ["" if r.prompt_matches_generation else "a training prompt differs from generation's"]
         rows.append([r.stem, r.vocab or "stand-in (GPT-2 BPE + the template's tokens)", status,
