@@ -102,6 +102,7 @@ def _template_record(config: PrepConfig, tokenizer, encoder: ConversationEncoder
     return TemplateRecord(
         sha256=hashlib.sha256(tokenizer.chat_template.encode()).hexdigest(), kwargs=kwargs, date=date,
         system_message=config.system_message, dropped_messages=dict(sorted(encoder.dropped.items())),
+        closed_replies=dict(sorted(encoder.closed.items())),
         prompt_matches_generation=not mismatches, mismatches=mismatches)
 
 

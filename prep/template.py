@@ -156,6 +156,7 @@ class _Plan:
     first_mismatch: int | None = None  # the first assistant turn whose training prompt generation would not see
     matches: dict = field(default_factory=dict)  # assistant turn -> whether its prompt is the generation prompt
     closers: list = field(default_factory=list)  # the special ids that closed its replies
+    appended: int | None = None  # the special id added after a last reply the template leaves open
 
     @property
     def supervised(self) -> list[bool]:
@@ -204,6 +205,7 @@ class ConversationEncoder:
         self._plans: dict[tuple, _Plan] = {}
         self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
         self.dropped: collections.Counter = collections.Counter()
+        self.closed: collections.Counter = collections.Counter()  # token added after an open last reply -> conversations
         self.mismatches: dict[tuple, list[int]] = {}
         self._closers: set[int] = set()  # what closes a plain reply: where a reply with tool calls closes too
         # Where generation must stop: the end of an assistant turn, from the template itself.
@@ -263,6 +265,9 @@ class ConversationEncoder:
                 starts[k], matches[k] = self._reply_start(shape, k, full, marks)
         self._check_system(shape, found, dropped)
         items = self._items(full, marks, starts, strips)
+        appended = self._final_closer(shape, full, marks)
+        if appended is not None:  # the template leaves the last reply open: close it as it closes the others
+            items.append(("special", appended, len(full)))
         supervised, closers = self._supervision(shape, items, starts)
         segments: list = []
         for (kind, value, _), sup in zip(items, supervised):
@@ -281,7 +286,7 @@ class ConversationEncoder:
                                                              [continued[i] for i in const_texts]))) if const_texts else {}
         first_mismatch = next((k for k in sorted(matches) if not matches[k]), None)
         plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches,
-                     closers)
+                     closers, appended)
         self._plans[shape] = plan
         self._notice(shape, plan)
         return plan
@@ -337,6 +342,26 @@ class ConversationEncoder:
             if special.start() < start < special.end():  # never cut a special token's text
                 start = special.start()
         return start, prompt == full[:start]
+
+    def _final_closer(self, shape: tuple, full: str, marks: list) -> int | None:
+        """For a conversation that ends on a reply the template leaves open (nothing but whitespace after
+        it, as Apertus and GLM render training data): the special token that closes the same reply when a
+        user turn follows (Apertus' <|assistant_end|>, GLM's <|user|>), to be added after it; else None."""
+        roles, tools = _split_shape(shape)
+        if self.loss_on == "all" or not marks or not roles or roles[-1][0] != ASSISTANT or full[marks[-1].end():].strip():
+            return None
+        if int(marks[-1].group(1)) != len(roles) - 1:
+            return None
+        extended = roles + ((USER, False, None, False),) + (((_TOOLS, False, tools, False),) if tools else ())
+        longer = self._render(extended)
+        last = [m for m in _MARK.finditer(longer) if int(m.group(1)) == len(roles) - 1]
+        special = self._special_re.search(longer, last[-1].end()) if last and self._special_re else None
+        if special is None or longer[last[-1].end():special.start()].strip():
+            return None
+        token = special.group(0)
+        print(f"prep: the chat template leaves the last reply of roles {_roles(shape)} open; it is closed with "
+              f"{token}, as the template closes a reply that a user turn follows", file=sys.stderr)
+        return self.tokenizer.convert_tokens_to_ids(token)
 
     def _check_tools(self, shape: tuple) -> None:
         """Tool calls, tool turns or tools given to a template that never mentions tools: refused."""
@@ -477,6 +502,8 @@ class ConversationEncoder:
         continued: list[bool] = []
         for conv, plan, shape in zip(conversations, plans, shapes):
             self.dropped.update(plan.dropped)
+            if plan.appended is not None:
+                self.closed[self._spelling[plan.appended]] += 1
             if plan.first_mismatch is not None:
                 self.mismatches.setdefault(_roles(shape), [plan.first_mismatch, 0])[1] += 1
             for i, seg in enumerate(plan.segments):
@@ -525,7 +552,8 @@ class ConversationEncoder:
             plan = self.plan(shape)
             messages = [_message(m) for m in conv]
             options = {"tools": json.loads(conv_tools)} if conv_tools else {}
-            if render_chat(self.tokenizer, messages, **options) != plan.text(conv, self._spelling):
+            appended = self._spelling[plan.appended] if plan.appended is not None else ""
+            if render_chat(self.tokenizer, messages, **options) + appended != plan.text(conv, self._spelling):
                 return k, "the chat template renders its contents differently from placeholders (it looks inside them)"
             row = list(ids[offsets[k]:offsets[k + 1]])
             for turn in (t for t, ok in plan.matches.items() if ok):

@@ -162,6 +162,7 @@ class TemplateRecord(_Json):
     date: str | None  # what the template's strftime_now gave (--template-date); None when it never calls it
     system_message: str  # --system-message
     dropped_messages: dict[str, int]  # messages the template left out, by role ("reasoning": replies' reasoning)
+    closed_replies: dict[str, int]  # conversations whose last reply the template left open, by the token prep added
     prompt_matches_generation: bool  # no shape below
     mismatches: list[PromptMismatch]
 

@@ -48,6 +48,7 @@ class Result:
     end_of_turn: str = ""
     system_message: str = "keep"  # the policy under which the system conversation was accepted
     dropped: str = ""
+    closed: str = ""  # the token prep adds after a last reply the template leaves open
     prompt_matches_generation: bool = True
     problems: tuple = ()  # oracle failures: an accepted template with a wrong mask
 
@@ -84,10 +85,24 @@ def _messages(conversation) -> list[dict]:
     return out
 
 
+def _final_closer(tokenizer, messages: list[dict], render: str) -> str:
+    """The special token that closes the last reply when a user turn follows, where the render leaves
+    that reply open (nothing after it); "" otherwise. Prep adds exactly this token."""
+    reply = messages[-1]["content"].strip()
+    if messages[-1]["role"] != "assistant" or not render.rstrip().endswith(reply):
+        return ""
+    longer = render_chat(tokenizer, messages + [{"role": "user", "content": "Next question?"}])
+    specials = re.compile("|".join(map(re.escape, special_tokens(tokenizer))))
+    after = longer.rfind(reply) + len(reply)
+    found = specials.search(longer, after)
+    return found.group(0) if found and not longer[after:found.start()].strip() else ""
+
+
 def oracle_problems(tokenizer, conversation, ids: list[int], mask: list[int]) -> list[str]:
     """What is wrong with (ids, mask) for `conversation` (after --system-message); [] when exact."""
     messages = _messages(conversation)
     render = render_chat(tokenizer, messages)
+    render += _final_closer(tokenizer, messages, render)
     # Where the ids are the tokenizer's own for the render, each token's characters come from its offsets;
     # else (a BPE merge across a prompt/reply cut) the ids must at least decode to the render.
     reference = tokenizer.backend_tokenizer.encode(render, add_special_tokens=False)
@@ -160,6 +175,7 @@ def run_template(stem: str) -> Result:
         return Result(stem, vocab, False, str(e).splitlines()[0])
     result.dropped = ", ".join(sorted({role for e in encoders.values() for role in e.dropped}))
     result.prompt_matches_generation = not any(e.mismatches for e in encoders.values())
+    result.closed = ", ".join(sorted({token for e in encoders.values() for token in e.closed}))
     result.end_of_turn = tokenizer.convert_ids_to_tokens(encoders["keep"].end_of_turn_id)
     result.problems = tuple(problems)
     return result
@@ -181,6 +197,7 @@ def table(results: list[Result]) -> str:
             notes += [f"--chat-template-kwargs '{json.dumps(options)}'" if options else ""]
             notes += [f"--system-message {r.system_message}" if r.system_message != "keep" else ""]
             notes += [f"leaves out: {r.dropped}" if r.dropped else ""]
+            notes += [f"leaves the last reply open: prep adds `{r.closed}`" if r.closed else ""]
             notes += ["" if r.prompt_matches_generation else "a training prompt differs from generation's"]
         rows.append([r.stem, r.vocab or "stand-in (GPT-2 BPE + the template's tokens)", status,
                      f"`{r.end_of_turn}`" if r.accepted else "-", "; ".join(n for n in notes if n)])
