@@ -88,12 +88,16 @@ DEMO_SEED_RUN := $(DEMO_DIR)/$(DEMO_SEED_MODE)-seed$(DEMO_SECOND_SEED)
 DEMO_RUNS = $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) $(if $(DEMO_SEED_MODE),$(DEMO_SEED_RUN))
 # HellaSwag-format items written for this repo (README, Data): the demo scores each run on them offline
 DEMO_EVAL_ARGS ?= --hellaswag-data train/assets/hellaswag_demo.jsonl
+# make corpus: real tokenizers for tests/test_real_tokenizers.py, built once into CORPUS_DIR (tests/real_tokenizers.py)
+CORPUS_DIR ?= $(HOME)/.cache/sftpack/llama-cpp-python-0.3.36
+export SFTPACK_CORPUS := $(CORPUS_DIR)
+CORPUS_SDIST := llama_cpp_python-0.3.36
 # make eval: lm-eval tasks on run folders (their best/), model folders or hub ids
 EVAL_RUNS ?= $(RUN)
 TASKS ?= hellaswag
 EVAL_ARGS ?=
 
-.PHONY: install test demo demo-readme shards stats train eval generate bench bench-gpu clean
+.PHONY: install test corpus demo demo-readme shards stats train eval generate bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -120,8 +124,24 @@ $(STAMP): pyproject.toml
 # sets, runs) are built once. TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= auto
 
-test: $(STAMP)
+test: $(STAMP) corpus
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests prep shards train sftcli
+
+# llama.cpp's vocab-only GGUF files (with reference ids) from the llama-cpp-python sdist on PyPI,
+# converted once to saved tokenizers; offline, one line says the corpus tests will be skipped.
+# --no-binary for this package only: with :all: pip builds the sdist's build requirements (cmake ...)
+# from source to read its metadata, 10 minutes where a wheel takes seconds.
+corpus: $(STAMP)
+	@if [ -f "$(CORPUS_DIR)/.built" ]; then exit 0; fi; mkdir -p "$(CORPUS_DIR)" || exit 1; \
+	if [ ! -f "$(CORPUS_DIR)/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then \
+	  if ! $(PY) -m pip download -q --no-binary llama-cpp-python --no-deps --timeout 20 --retries 1 \
+	      llama-cpp-python==0.3.36 -d "$(CORPUS_DIR)" >/dev/null 2>&1; then \
+	    echo "corpus: llama-cpp-python==0.3.36 sdist not downloadable (offline?); the real-tokenizer corpus tests will be skipped"; \
+	    exit 0; fi; \
+	  tar -xzf "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" -C "$(CORPUS_DIR)" --strip-components=1 --wildcards \
+	    '$(CORPUS_SDIST)/vendor/llama.cpp/models/ggml-vocab-*' && rm -f "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" || exit 1; \
+	fi; \
+	$(PY) -m tests.real_tokenizers build
 
 # The seed's experiment, CPU-sized: same data, validation split, optimizer and schedule shape for
 # the three layouts (equal supervised tokens, so each layout its own number of steps),
