@@ -5,12 +5,14 @@ with one regex before byte-level BPE, as Llama 3 and Qwen2 do), tiktoken's batch
 encodes the same texts faster. tiktoken looks a whole pre-token up in the vocabulary before
 merging, which is what Llama 3's `ignore_merges` does; for the others it gives the same ids
 as long as every vocabulary token is what its own merges make, as in vocabularies built by
-tiktoken's algorithm (GPT-2's, Qwen's). A Unicode normalizer (Qwen2's NFC) is applied first,
-by the tokenizer's own normalizer object (`NormalizedEncoding`). Its ranks are built from the tokenizer's own vocabulary
-(offline; nothing is downloaded), and the first `CHECK_TEXTS` texts of every run are
-encoded both ways: any difference, or a tokenizer tiktoken cannot express, falls back to
-the fast tokenizer with one line on stderr. So the shards are byte-identical either way,
-and the manifest records which encoder ran (`encoder`).
+tiktoken's algorithm (GPT-2's, Qwen's; tested over the whole vocabulary). A Unicode
+normalizer (Qwen2's NFC) runs first, the tokenizer's own (`NormalizedEncoding`).
+
+tiktoken's ranks are built from the tokenizer's own vocabulary (offline; nothing is
+downloaded), and the first `CHECK_TEXTS` texts of every run are encoded both ways: any
+difference, or a tokenizer tiktoken cannot express, falls back to the fast tokenizer with
+one line on stderr. So the shards are byte-identical either way, and the manifest records
+which encoder ran (`encoder`).
 
 Special-token strings inside texts are plain text for both (special tokens are inserted
 as ids by the chat-template plan, never parsed from user text).
@@ -80,12 +82,16 @@ def tiktoken_encoding(tokenizer):
     if any(not token.special for token in tokenizer.added_tokens_decoder.values()):
         raise ValueError("it has added non-special tokens, which the fast tokenizer matches inside text")
     pattern = _pattern({"pre_tokenizer": _component(backend, "pre_tokenizer")})
-    decoder = _byte_decoder()
+    # Each byte-level character to the latin-1 character of its byte; any other character to one that
+    # latin-1 cannot encode (characters outside the table are left as they are, and those above 255 cannot).
+    table = {x: "\uffff" for x in range(256)} | {ord(c): chr(b) for c, b in _byte_decoder().items()}
     try:
-        ranks = {bytes(decoder[c] for c in token): rank for token, rank in backend.get_vocab(with_added_tokens=False).items()}
-    except KeyError:
+        ranks = {token.translate(table).encode("latin-1"): rank
+                 for token, rank in backend.get_vocab(with_added_tokens=False).items()}
+    except UnicodeEncodeError:
         raise ValueError("its vocabulary is not spelled in byte-level characters") from None
-    encoding = tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    encoding = tiktoken.Encoding(name=f"sftpack-{len(ranks)}", pat_str=pattern, mergeable_ranks=ranks,
+                                 special_tokens={})
     return NormalizedEncoding(encoding, backend.normalizer) if forms else encoding
 
 
@@ -108,7 +114,9 @@ class NormalizedEncoding:
     def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = 8) -> list[list[int]]:
         return self.encoding.encode_ordinary_batch([self.normalize(t) for t in texts], num_threads=num_threads)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # the rest of tiktoken's Encoding (decode, n_vocab, ...)
+        if name == "encoding":
+            raise AttributeError(name)
         return getattr(self.encoding, name)
 
 

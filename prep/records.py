@@ -282,6 +282,8 @@ def _turns(turns: Any, name: str, role_key: str, content_key: str,
             content = _text(turn[content_key], f"{field}.{content_key}", nonempty=role == ASSISTANT and calls is None)
         reasoning = _reasoning(turn, field, role)
         extras = {"tool_calls": calls} if calls is not None else {}
+        if calls is not None and (given == "function_call" or turn.get(content_key) is None):
+            extras["content"] = None  # as the record has it: templates test `content is none` (DeepSeek) or falsiness
         extras.update({k: turn[k] for k in TOOL_MESSAGE_KEYS if role == TOOL and isinstance(turn.get(k), str)})
         message = (role, content, reasoning, json.dumps(extras)) if extras else (role, content, reasoning)
         messages.append(message if len(message) > 3 or reasoning is not None else (role, content))

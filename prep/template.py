@@ -67,7 +67,9 @@ SystemMessage = Literal["keep", "fold", "drop", "error"]
 CHECKS_PER_SHAPE = 4
 CONTENT, REASONING = "c", "r"  # the two supervised fields a message has: its content and its reasoning
 _TOOLS = "\x00tools"  # the shape's last entry, when the conversation has tools
-_MARK = re.compile("\x00(\\d+)([cr])\x00")  # a placeholder; NUL never occurs in validated records
+# A placeholder, as written or as a template's `tojson` escapes it (Llama 3.1's tool results); NUL never
+# occurs in validated records.
+_MARK = re.compile("(?:\x00|\\\\u0000)(\\d+)([cr])(?:\x00|\\\\u0000)")
 # Whitespace put around every placeholder in a second render: what the template leaves of it tells how it strips.
 _PAD_LEFT, _PAD_RIGHT = "\n\t\n", "\n \n"
 _LEFT = {"none": _PAD_LEFT, "nl": _PAD_LEFT.lstrip("\n"), "ws": ""}
@@ -175,9 +177,10 @@ def _fill(parts: list, conversation: tuple) -> str:
         if isinstance(part, str):
             out.append(part)
         else:
-            index, which, left, right = part
+            index, which, left, right, escaped = part
             _, content, reasoning = message_fields(conversation[index])
-            out.append(_strip(content if which == CONTENT else reasoning, left, right))
+            text = _strip(content if which == CONTENT else reasoning, left, right)
+            out.append(json.dumps(text, ensure_ascii=False)[1:-1] if escaped else text)
     return "".join(out)
 
 
@@ -264,6 +267,7 @@ class ConversationEncoder:
             if role == ASSISTANT and (call_only or any(i == k for i, _ in found)):
                 starts[k], matches[k] = self._reply_start(shape, k, full, marks)
         self._check_system(shape, found, dropped)
+        self._check_calls_rendered(shape, full, starts)
         items = self._items(full, marks, starts, strips)
         appended = self._final_closer(shape, full, marks)
         if appended is not None:  # the template leaves the last reply open: close it as it closes the others
@@ -305,15 +309,15 @@ class ConversationEncoder:
         lefts, rights = {}, {}
         for j, (gap, padded_gap) in enumerate(zip(
                 (full[a:b] for a, b in zip(ends, starts)), (padded[a:b] for a, b in zip(padded_ends, padded_starts)))):
-            right_options = _RIGHT if j > 0 else {"none": ""}
-            left_options = _LEFT if j < len(marks) else {"none": ""}
+            right_options = _escaped(_RIGHT, marks[j - 1]) if j > 0 else {"none": ""}
+            left_options = _escaped(_LEFT, marks[j]) if j < len(marks) else {"none": ""}
             fits = {(r, l) for r, r_text in right_options.items() for l, l_text in left_options.items()
                     if padded_gap == r_text + gap + l_text}
             if len(fits) != 1:
                 raise ChatFormatError(f"the chat template changes the whitespace around contents of roles "
                                       f"{_roles(shape)} in a way that cannot be rebuilt; use another template")
             (rights[j - 1], lefts[j]), = fits
-        return {(int(m.group(1)), m.group(2)): (lefts[j], rights[j]) for j, m in enumerate(marks)}
+        return {(int(m.group(1)), m.group(2)): (lefts[j], rights[j], m.group(0)[0] == "\\") for j, m in enumerate(marks)}
 
     def _reply_start(self, shape: tuple, k: int, full: str, marks: list) -> tuple[int, bool]:
         """Where assistant turn k's supervision starts in `full`, and whether the text before it is
@@ -362,6 +366,19 @@ class ConversationEncoder:
         print(f"prep: the chat template leaves the last reply of roles {_roles(shape)} open; it is closed with "
               f"{token}, as the template closes a reply that a user turn follows", file=sys.stderr)
         return self.tokenizer.convert_tokens_to_ids(token)
+
+    def _check_calls_rendered(self, shape: tuple, full: str, starts: dict) -> None:
+        """Refuse a template that leaves an assistant's tool calls out of the render (it expects them
+        spelled inside the content, say): they would be neither learned nor seen."""
+        roles, _ = _split_shape(shape)
+        for k, start in starts.items():
+            calls = json.loads(roles[k][2] or "{}").get("tool_calls", [])
+            end = min((s for s in starts.values() if s > start), default=len(full))
+            missing = [c["function"]["name"] for c in calls if c["function"]["name"] not in full[start:end]]
+            if missing:
+                raise ChatFormatError(f"the chat template does not render the tool calls of assistant turn {k} "
+                                      f"({', '.join(missing)}) of roles {_roles(shape)}; use --chat-template FILE "
+                                      "with a template that renders tool_calls")
 
     def _check_tools(self, shape: tuple) -> None:
         """Tool calls, tool turns or tools given to a template that never mentions tools: refused."""
@@ -574,6 +591,13 @@ def _cut(full: str, a: int, b: int, cuts: list[int]) -> list[tuple]:
     """("text", piece, pos) for full[a:b], cut at the positions in `cuts`."""
     edges = [a] + [c for c in cuts if a < c < b] + [b]
     return [("text", full[x:y], x) for x, y in zip(edges, edges[1:]) if y > x]
+
+
+def _escaped(options: dict, mark) -> dict:
+    """The whitespace options as a placeholder written through `tojson` shows them."""
+    if mark.group(0)[0] != "\\":
+        return options
+    return {name: json.dumps(text)[1:-1] for name, text in options.items()}
 
 
 def _split_shape(shape: tuple) -> tuple[tuple, str | None]:
