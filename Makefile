@@ -97,7 +97,7 @@ EVAL_RUNS ?= $(RUN)
 TASKS ?= hellaswag
 EVAL_ARGS ?=
 
-.PHONY: install test corpus demo demo-readme shards stats train eval generate bench bench-gpu clean
+.PHONY: install test corpus template-table demo demo-readme shards stats train eval generate bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -201,3 +201,7 @@ bench-gpu: $(STAMP)
 
 clean:
 	rm -rf runs reports benchmarks/work $(wildcard shards/*/)
+
+# docs/templates.md's table of llama.cpp's template corpus, from the corpus test's own run (needs `make corpus`)
+template-table: $(STAMP) corpus
+	$(PY) -m tests.template_corpus --readme docs/templates.md
