@@ -52,8 +52,11 @@ TOOL_RECORD = {
 }
 
 
-@pytest.mark.parametrize("stem", ["Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "mistralai-Mistral-Nemo-Instruct-2407",
-                                  "Mistral-Small-3.2-24B-Instruct-2506", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use"])
+@pytest.mark.parametrize("stem", [
+    "meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct",
+    "Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "Qwen3-Coder", "mistralai-Mistral-Nemo-Instruct-2407",
+    "Mistral-Small-3.2-24B-Instruct-2506", "unsloth-mistral-Devstral-Small-2507",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "deepseek-ai-DeepSeek-V3.1"])
 def test_tool_calls_are_learned_and_tool_results_are_not(stem):
     from prep.records import conversation, tools_of
     from prep.template import ConversationEncoder, ensure_chat_format
