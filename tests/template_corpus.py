@@ -162,7 +162,8 @@ def run_template(stem: str) -> Result:
             for policy in ("keep", "fold"):  # a template that refuses a system turn may take it folded
                 try:
                     if policy not in encoders:
-                        encoders[policy] = ConversationEncoder(tokenizer, system_message=policy)
+                        # the fast tokenizer: what the oracle checks is the mask; tiktoken's ids are tested apart
+                        encoders[policy] = ConversationEncoder(tokenizer, encoder="tokenizers", system_message=policy)
                     prepared, ids, mask = _encode(encoders[policy], conversation)
                     break
                 except ChatFormatError:
