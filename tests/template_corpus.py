@@ -17,7 +17,9 @@ import re
 import sys
 from dataclasses import dataclass
 
-from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, message_fields, special_tokens
+from prep.chat_plan import special_tokens
+from prep.conversations import message_fields
+from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format
 from shards.prompts import render_chat, set_template_options
 from tests import real_tokenizers as corpus
 

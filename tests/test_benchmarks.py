@@ -24,25 +24,43 @@ def records():
 
 @pytest.fixture(scope="module")
 def prep_section(tmp_path_factory, records):
-    """The prep section on 80 rows (40 records twice), TRL included (trl is in the dev extra)."""
+    """The prep section on 80 rows (40 records twice), TRL included (trl is in the dev extra), and prep with
+    Llama 3's tokenizer where the real-tokenizer corpus is built (`make corpus`)."""
     work = tmp_path_factory.mktemp("prep")
     data = common.write_copies(work / "data.jsonl", records, 2)
     doubled = common.write_copies(work / "doubled.jsonl", records, 4)
     warmup = common.write_copies(work / "warmup.jsonl", records[:4], 1)
-    result = prep_speed.measure(data, doubled, warmup, work, max_length=256, repeats=1, with_trl=True)
+    result = prep_speed.measure(data, doubled, warmup, work, max_length=256, repeats=1, with_trl=True,
+                                llama3=prep_speed.llama3_args()[0])
     return result, np.array(prep_speed.floor(data)), work
 
 
 def test_floor_prep_and_trl_see_the_same_rows_and_tokens(prep_section):
     result, lengths, _ = prep_section
+    llama3 = {"prep_llama3_same_rows": True, "prep_llama3_encoder_is_tiktoken": True} \
+        if prep_speed.llama3_args()[0] else {}
     assert result["checks"] == {"same_rows": True, "tiktoken_floor_same_sample_tokens": True,
                                 "prep_tokens_are_truncated_samples": True, "trl_same_samples": True, "trl_same_tokens": True,
-                                "trl_same_supervised_tokens": True}
+                                "trl_same_supervised_tokens": True, **llama3}
     assert result["samples"] == 80 == len(lengths)
-    assert set(result["seconds"]) == {"prep", "floor", "tiktoken_floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}"}
+    assert set(result["seconds"]) == {"prep", "floor", "tiktoken_floor", "trl_num_proc_none",
+                                      f"trl_num_proc_{len(os.sched_getaffinity(0))}", *(["prep_llama3"] if llama3 else [])}
     assert result["prep_over_floor"] > 0 and result["trl_over_prep"] > 0 and result["prep_peak_anon_mib"] > 0
-    names = {f["name"] for f in prep_speed.figures(result)}
-    assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= names
+    names = {f["name"]: f for f in prep_speed.figures(result)}
+    assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= set(names)
+    if llama3:
+        assert result["prep_llama3_over_gpt2"] > 0
+        assert names["prep_llama3_over_gpt2"]["goal"] == {"op": "<=", "value": 1.3}
+    else:
+        assert "prep_llama3_over_gpt2" not in names
+
+
+def test_the_llama3_figure_is_skipped_with_a_reason_without_the_corpus(tmp_path, monkeypatch):
+    from tests import real_tokenizers
+
+    monkeypatch.setattr(real_tokenizers, "STAMP", tmp_path / "not-built")
+    args, why = prep_speed.llama3_args()
+    assert args == [] and "make corpus" in why and "Llama 3" in why
 
 
 def test_the_floor_renders_and_tokenizes_exactly_what_prep_encodes(tmp_path, records):
