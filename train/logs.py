@@ -173,7 +173,7 @@ class Meter:
     def elapsed(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    def count(self, seconds: float, data_seconds: float, flops: float, loss_sum, supervised: int, tokens: int,
+    def count(self, *, seconds: float, data_seconds: float, flops: float, loss_sum, supervised: int, tokens: int,
               slots: int, stepped: bool, finite_loss: bool) -> None:
         """One optimizer step: `loss_sum` (a device tensor) summed over its supervised tokens."""
         p = self.progress

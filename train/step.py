@@ -21,7 +21,7 @@ import torch.distributed
 
 from shards.batch import get_rows_batch
 from shards.format import SplitArrays
-from train.attention import TORCH_FLASH, cumulative_lengths, document_ids, implementation, varlen_index
+from train.attention import AttentionPlan
 from train.head import LabelLossModel
 
 COMPILE_WIDTH_MULTIPLE = 64  # --compile pads widths to this multiple, so shapes repeat and it compiles few graphs
@@ -69,31 +69,20 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
 
 
 def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device,
-              *, flatten: bool = False, pad_to_multiple_of: int = 1, attention: str = "sdpa", pin: bool = False):
+              *, attention: AttentionPlan, flatten: bool = False, pad_to_multiple_of: int = 1, pin: bool = False):
     """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
 
-    `attention` varlen: inputs["varlen_index"] holds the regrouping of the batch's samples (None
-    when no row holds two); flex: inputs["flex_documents"] the sequence of every position;
-    flash on torch's kernel: inputs["flash_cu_seqlens"] and ["flash_max_length"].
-    With `pin` the host tensors are pinned and copied without blocking.
+    The attention plan's builder adds its path's inputs (`train.attention.resolve_attention`):
+    varlen the regrouping of the batch's samples, flex the sequence of every position, flash on
+    torch's kernel the cumulative sequence lengths. With `pin` the host tensors are pinned and
+    copied without blocking.
     """
     batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
-    shape = batch.input_ids.shape
-    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")}
-    if attention == "flex":
-        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
-    index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *shape) if attention == "varlen" else None
-    extra = {}
-    if attention == "flash" and implementation(attention) == TORCH_FLASH:
-        bounds, longest = cumulative_lengths(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
-        tensors["flash_cu_seqlens"], extra["flash_max_length"] = torch.from_numpy(bounds), longest
+    host = {**{k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")},
+            **attention.inputs(batch)}
     if pin:
-        tensors = {k: v.pin_memory() for k, v in tensors.items()}
-        index = index and index.pin_memory()
-    inputs = {k: v.to(device, non_blocking=pin) for k, v in tensors.items()}
-    if attention == "varlen":
-        inputs["varlen_index"] = index and index.to(device, non_blocking=pin)
-    return {**inputs, **extra}, batch
+        host = {k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in host.items()}
+    return {k: v.to(device, non_blocking=pin) if hasattr(v, "to") else v for k, v in host.items()}, batch
 
 
 class Prefetcher:
