@@ -87,7 +87,8 @@ def run_all(s: Settings, log=print) -> dict:
     by_mode = lambda modes, max_length: {m: shards(m, max_length) for m in modes}  # noqa: E731
     run = {  # each section: (its module, the call that measures it)
         "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
-                                                        MAX_LENGTH, scale.repeats, with_trl)),
+                                                        max_length=MAX_LENGTH, repeats=scale.repeats,
+                                                        with_trl=with_trl)),
         "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)),  # prep's sample lengths
                                                  synthetic_count=scale.synthetic_count)),
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},

@@ -58,7 +58,7 @@ def matrix(only: str = "") -> list[tuple[str, str, str, bool, bool]]:
     return [cell for cell in cells if not parts or any(part in cell[0] for part in parts)]
 
 
-def run_config(shards: Path, out: Path, steps: int, batch_size: int = BATCH_SIZE, model: str = MODEL,
+def run_config(shards: Path, out: Path, steps: int, *, batch_size: int = BATCH_SIZE, model: str = MODEL,
                attention: str = "sdpa", compile: bool = False, flatten: bool = False,  # noqa: A002
                precision: str = "fp16") -> dict:
     """One `python -m train` run of 2 x `steps` steps; the figures of its last `steps`. Dropout is off in every

@@ -170,7 +170,7 @@ def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monke
     assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
     monkeypatch.undo()
     with pytest.raises(AttentionError, match="--attention flash"):
-        gpu.run_config(tmp_path, work / "run", 1, 2, "tiny", attention="flash")
+        gpu.run_config(tmp_path, work / "run", 1, batch_size=2, model="tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):

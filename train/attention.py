@@ -195,7 +195,7 @@ def cumulative_lengths(documents: np.ndarray) -> tuple[np.ndarray, int]:
     return bounds, int(np.diff(bounds).max())
 
 
-def torch_flash_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def torch_flash_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                                   scaling: float | None = None, flash_cu_seqlens=None, flash_max_length=None,
                                   **kwargs):
     """transformers' attention-function signature, through torch's varlen flash kernel (CUDA).
@@ -218,7 +218,7 @@ def torch_flash_attention_forward(module, query, key, value, attention_mask, dro
 _compiled_flex = None
 
 
-def flex_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def flex_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                            scaling: float | None = None, flex_block_mask=None, **kwargs):
     """transformers' attention-function signature, through torch's flex_attention (compiled on CUDA).
 
@@ -400,7 +400,7 @@ def varlen_batch(index: VarlenIndex | None):
 
 
 @torch.compiler.disable
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def varlen_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                              scaling: float | None = None, varlen_index: VarlenIndex | None = None, **kwargs):
     """transformers' attention-function signature: [rows, heads, length, dim] in, ([rows, length, heads, dim], None) out.
 

@@ -92,8 +92,8 @@ class Run:
         DDP averages gradients over processes; times world_size makes the sum over all. A skipped
         update leaves the schedule where it was (as Hugging Face's Trainer).
         """
-        loss_sum = backward(self.ddp, self.loss_model, batches, self.dist.world_size / max(supervised, 1),
-                            self.autocast, self.scaler)
+        loss_sum = backward(self.ddp, self.loss_model, batches, loss_scale=self.dist.world_size / max(supervised, 1),
+                            autocast=self.autocast, scaler=self.scaler)
         lr = self.scheduler.get_last_lr()[0]
         grad_norm, stepped, finite_loss = update(self.model, self.optimizer, self.scaler, self.config.grad_clip,
                                                  torch.isfinite(loss_sum))
@@ -135,8 +135,8 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     torch.manual_seed(config.seed + dist.rank)  # dropout
     progress = (load_checkpoint(Path(config.out) / "last", optimizer, scheduler, scaler, dist) if config.resume
                 else Progress())
-    order = RowOrder(train_split.num_rows, config.batch_size, config.seed, config.shuffle,
-                     progress.epoch, progress.position)
+    order = RowOrder(train_split.num_rows, config.batch_size, seed=config.seed, shuffle=config.shuffle,
+                     epoch=progress.epoch, position=progress.position)
     ddp = loss_model if dist.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
         loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     batch_options = dict(pad_token_id=shard_set.manifest.pad_token_id, flatten=config.flatten,

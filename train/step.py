@@ -1,7 +1,7 @@
 """One training step's parts: draw (collate in a background thread), backward, update; and the processes.
 
     batches = prefetcher.next()                 # this step's micro-batches, collated while the last step ran
-    loss_sum = backward(ddp, loss_model, batches, 1 / supervised_tokens, autocast, scaler)
+    loss_sum = backward(ddp, loss_model, batches, loss_scale=1 / supervised_tokens, autocast=autocast, scaler=scaler)
     grad_norm, stepped, finite_loss = update(model, optimizer, scaler, grad_clip, torch.isfinite(loss_sum))
 
 Benchmarks call the same three: `get_batch`, `backward` (it takes a plain Hugging Face model
@@ -64,12 +64,12 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     ((None, False), (torch.bfloat16, False))
     """
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"  # the seed's choice on GPU
+        precision = "fp16" if device.type == "cuda" else "fp32"  # the source article's choice on GPU
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
 
 
-def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device,
-              *, attention: AttentionPlan, flatten: bool = False, pad_to_multiple_of: int = 1, pin: bool = False):
+def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, *, isolation: bool, device: torch.device,
+              attention: AttentionPlan, flatten: bool = False, pad_to_multiple_of: int = 1, pin: bool = False):
     """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
 
     The attention plan's builder adds its path's inputs (`train.attention.resolve_attention`):
@@ -106,7 +106,7 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def backward(ddp, model, batches: list, loss_scale: float, autocast, scaler) -> torch.Tensor:
+def backward(ddp, model, batches: list, *, loss_scale: float, autocast, scaler) -> torch.Tensor:
     """Forward and backward over one optimizer step's micro-batches; returns their summed token loss.
 
     Each micro-batch's summed loss is multiplied by `loss_scale` (1 / the step's supervised
