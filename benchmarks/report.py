@@ -12,12 +12,12 @@ import operator
 from sftcli import markdown_table
 
 OPS = {"<=": (operator.le, "≤"), "<": (operator.lt, "<"), ">=": (operator.ge, "≥"), ">": (operator.gt, ">")}
-PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat seed": "concat_seed_rows", "packed": "packed_rows",
+PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat greedy": "concat_greedy_rows", "packed": "packed_rows",
                    "padding": "padding_rows", "lower bound": "lower_bound_rows",
-                   "bfd over bound": "concat_rows_over_bound", "seed over bound": "concat_seed_rows_over_bound"}
+                   "bfd over bound": "concat_rows_over_bound", "greedy over bound": "concat_greedy_rows_over_bound"}
 
 
-def figure(section: str, name: str, value, unit: str = "", goal: tuple[str, float] | None = None, note: str = "",
+def figure(section: str, name: str, value, unit: str = "", *, goal: tuple[str, float] | None = None, note: str = "",
            passed: bool | None = None) -> dict:
     """`passed`: the verdict of a figure without a goal (a check); a goal decides it otherwise."""
     if goal is not None and value is not None:
