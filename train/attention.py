@@ -12,6 +12,11 @@
                          torch 2.13 has no flex backward on CPU, so it trains on CUDA only
     --attention auto     flash where it runs, else varlen (printed once at start)
 
+A run resolves its choice once, `resolve_attention(...) -> AttentionPlan`: the path taken, the
+attn_implementation the model loads with, the per-batch builder of the path's inputs (which
+`train.step.get_batch` calls), and the one-line reason when the path cannot run here (the device,
+the precision, the model's attention dropout).
+
 `varlen` reaches the model through transformers' AttentionInterface: the index tensors
 (built once per batch, with numpy, by `varlen_index`; samples sorted by length and cut into
 at most GROUPS passes, so a short sample is not padded to the batch's longest) are set for
