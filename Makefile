@@ -30,52 +30,21 @@ PROMPT ?= Give three tips for staying healthy.
 DEMO_DIR ?= runs/demo
 DEMO_MODES ?= padding packed concat
 DEMO_MAX_LENGTH ?= 256
-# The demo's model and schedule: every layout trains on the same number of supervised tokens
-# (DEMO_SUPERVISED_TOKENS; `python -m shards steps` turns it into each layout's optimizer steps,
-# with warm-up 1/DEMO_WARMUP_DIVISOR of them and DEMO_EVALS evaluations), so the schedules match
-# in tokens and the report compares the layouts at equal supervised tokens seen. Why these values:
-# - the `tiny-untied` shape (train/model.py): `tiny` (2 layers, 64 wide) with an LM head of its own.
-#   A CPU step is dominated by the 50k-token LM head, which runs only on labelled positions, so a
-#   step costs about the same per supervised token in every layout: equal tokens is also equal
-#   compute. Wider (n_embd 128) or narrower (32) models learned no faster per CPU second, nor did
-#   4 layers per token (7.074 vs 7.035 at 86k). Untying the head was the lever: at 180k tokens
-#   (unigram baseline 7.217; packed's own 7.186) the tied `tiny` got concat 6.724 and 6.803 (two
-#   seeds), padding 6.760, packed 6.831 (0.36 to 0.49 below the baseline); `tiny-untied`, same data,
-#   schedule and seeds, got concat 6.715 and 6.725, padding 6.588, packed 6.672 (0.49 to 0.63 below).
-#   At 64 dimensions one matrix serving as both the input and the output embedding learned slower.
-# - batch 2 rows at a peak learning rate of 4e-3: more updates per supervised token. Single concat
-#   runs of the tied model (best validation loss; unigram baseline 7.217):
-#     120k tokens: batch 2 at 4e-3 6.890, at 3e-3 6.931; batch 4 at 6e-3 6.975;
-#     170k tokens: batch 2 at 4e-3 6.723, at 6e-3 6.854; batch 4 at 6e-3 6.912.
-#   AdamW beta2 0.95 (nanoGPT's) did not help (6.703 and 6.951 for two concat seeds, against 6.737
-#   and 6.878). Rows of 512 (batch 1, the same tokens a step) did worse for concat (0.32 below the
-#   baseline against 0.49) and about as well for packed (0.39 against 0.36).
-# - dropout 0: under two epochs the model is under-fitting, where dropout only slows the fit.
-# - 190k supervised tokens (about two epochs of the sample) and 3 evaluations a run (one, with its
-#   checkpoints, costs about 6 s of a 250 s run): what four runs, prep, the lm-eval step and the
-#   report fit into 10 minutes on 2 idle cores with a margin, runs two at a time (below). 200k
-#   tokens with 4 evaluations took 558 s and 596 s in two runs (the machine's speed varies), all
-#   four runs 0.55 to 0.64 below the baseline; three padding seeds there gave 0.55, 0.60, 0.61
-#   below. The fused AdamW (train/step.py) made room for it: torch's default CPU update took a
-#   quarter of a `tiny-untied` step.
+# The demo's model and schedule (docs/demo.md: the trials behind each value)
 DEMO_MODEL ?= tiny-untied
 DEMO_SUPERVISED_TOKENS ?= 190000
 DEMO_BATCH_SIZE ?= 2
 DEMO_LEARNING_RATE ?= 4e-3
 DEMO_WARMUP_DIVISOR ?= 20
 DEMO_EVALS ?= 3
-# One layout is trained again with another seed: the report's seed-to-seed spread, the scale
-# below which it calls no difference between layouts. Empty DEMO_SEED_MODE skips it.
+# the layout trained again with DEMO_SECOND_SEED (the report's seed-to-seed spread); empty: none
 DEMO_SEED_MODE ?= concat
 DEMO_SECOND_SEED ?= 1338
 DEMO_PREP_ARGS ?=
 DEMO_REPORT_ARGS ?=
 DEMO_TRAIN_ARGS ?= --model $(DEMO_MODEL) --batch-size $(DEMO_BATCH_SIZE) --learning-rate $(DEMO_LEARNING_RATE) \
 	--dropout 0 --log-interval 5 --no-progress --eval-batch-size 16
-# Preps and runs go DEMO_JOBS at a time, each run on DEMO_THREADS torch threads (the cores shared
-# out): on 2 cores, two 1-thread runs did 1.4x the steps of one 2-thread run in the same wall
-# time (a trial of whole 80-step commands, alternated), start-up and evaluation included. The
-# report says which runs shared the machine when it gives their throughput.
+# preps and runs DEMO_JOBS at a time, each run on DEMO_THREADS torch threads (docs/demo.md: why)
 DEMO_JOBS ?= 2
 DEMO_THREADS ?= $(shell $(PY) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
 	else os.cpu_count(); print(max(1, n // $(DEMO_JOBS)))")
@@ -194,7 +163,7 @@ generate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
-	$(PY) -m benchmarks --markdown benchmarks/results.json --readme README.md
+	$(PY) -m benchmarks --markdown benchmarks/results.json --readme README.md --readme docs/benchmarks.md
 
 bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu

@@ -2,7 +2,7 @@
 
     python -m benchmarks --quick               # small inputs, a smoke run (benchmarks/work/results-quick.json)
     python -m benchmarks --sections packing    # some sections only
-    python -m benchmarks --markdown benchmarks/results.json --readme README.md   # the table into the README
+    python -m benchmarks --markdown benchmarks/results.json --readme README.md --readme docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def run_all(s: Settings, log=print) -> dict:
     by_mode = lambda modes, max_length: {m: shards(m, max_length) for m in modes}  # noqa: E731
     run = {  # each section: (its module, the call that measures it)
         "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
-                                                        MAX_LENGTH, scale.repeats, with_trl, llama3)),
+                                                        max_length=MAX_LENGTH, repeats=scale.repeats,
+                                                        with_trl=with_trl, llama3=llama3)),
         "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)),  # prep's sample lengths
                                                  synthetic_count=scale.synthetic_count)),
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},
@@ -112,10 +113,11 @@ def run_all(s: Settings, log=print) -> dict:
 @click_options(Settings)
 @click.option("--markdown", "markdown_of", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="print the Markdown table of an existing results JSON and exit (measures nothing)")
-@click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="with --markdown: put the table between this file's bench-results markers instead of printing it")
+@click.option("--readme", "readmes", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="with --markdown: put the goals' table between this file's bench-headline markers and the whole "
+                   "table between its bench-results markers (either or both) instead of printing it; repeatable")
 @main_errors()
-def main(markdown_of, readme, **options) -> None:
+def main(markdown_of, readmes, **options) -> None:
     """Measure prep, packing, loading, training and kernels side by side; print a table, write results JSON."""
     from benchmarks import report
 
@@ -124,13 +126,25 @@ def main(markdown_of, readme, **options) -> None:
         results = run_all(settings, log=lambda line: click.echo(line, err=True))
         click.echo(report.markdown(results) + f"\n{settings.out}")
         return
-    table = report.markdown(json.loads(markdown_of.read_text()))
-    if readme is None:
-        click.echo(table, nl=False)
-    else:
-        from train.report import update_readme_section
+    results = json.loads(markdown_of.read_text())
+    if not readmes:
+        click.echo(report.markdown(results), nl=False)
+    for readme in readmes:
+        write_tables(readme, results, markdown_of)
 
-        update_readme_section(readme, "bench-results", f"`python -m benchmarks --markdown {markdown_of}`:\n\n{table}")
+
+def write_tables(readme: Path, results: dict, source: Path) -> None:
+    """The goals' table between `readme`'s bench-headline markers, the whole one between its bench-results markers."""
+    from benchmarks import report
+    from train.report import update_readme_section
+
+    tables = {"bench-headline": report.headline(results), "bench-results": report.markdown(results)}
+    found = [name for name in tables if f"<!-- {name}:start -->" in readme.read_text()]
+    if not found:
+        raise click.ClickException(f"{readme}: no '<!-- bench-headline:start -->' or '<!-- bench-results:start -->' "
+                                   "markers to replace")
+    for name in found:
+        update_readme_section(readme, name, f"`python -m benchmarks --markdown {source}`:\n\n{tables[name]}")
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,29 +126,34 @@ def in_process(function, **kwargs) -> dict:
 
 
 class Setup:
-    """Open shards -> row order -> `batch()`; with `with_model`, tokenizer -> model -> optimizer -> `step()`:
-    `python -m train`'s own collation, backward and update, in fp32 on the CPU, AdamW as the loop makes it."""
+    """Open shards -> row order -> `batch()`; with `with_model`, the run `python -m train` builds (`train.setup.build`:
+    tokenizer, model, optimizer, schedule, in fp32 on the CPU) -> `step()`, the loop's own backward and update."""
 
     def __init__(self, shards: Path, batch_size: int = 16, seed: int = 0, attention: str = "sdpa",
                  flatten: bool = False):
+        import torch
+
         from shards.format import ShardSet
+        from train.attention import resolve_attention
+        from train.config import TrainConfig
         from train.data import RowOrder
 
-        self.seed, self.attention, self.flatten = seed, attention, flatten
+        # warm-up 0: the peak learning rate from the first step, as a benchmark's few steps need
+        self.config = TrainConfig(shards=Path(shards), out=Path(tempfile.gettempdir()) / "sftpack-benchmark-run",
+                                  batch_size=batch_size, seed=seed, attention=attention, flatten=flatten,
+                                  warmup_steps=0, precision="fp32")
         self.shard_set = ShardSet.open(shards)
         self.split = self.shard_set.split("train")
         self.order = RowOrder(self.split.num_rows, batch_size, seed=seed, shuffle=True)
+        self.attention = resolve_attention(attention, torch.device("cpu"), flatten=flatten)
 
     def with_model(self, model: str = "tiny", label_head: bool = True) -> "Setup":
         """`label_head` False: the reference path, full B x L x V logits and their cross-entropy."""
         import torch
-        from transformers import AutoTokenizer
 
-        from train.attention import IMPLEMENTATIONS, register_attention
-        from train.config import TrainConfig
         from train.head import LabelLossModel, token_losses
-        from train.model import load_model
-        from train.step import make_optimizer
+        from train.setup import build
+        from train.step import Dist
 
         class FullHeadLoss(LabelLossModel):
             def forward(self, input_ids, position_ids, labels, **extra):
@@ -157,12 +161,11 @@ class Setup:
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).logits
                 return token_losses(logits, labels).sum()
 
-        register_attention()
-        tokenizer = AutoTokenizer.from_pretrained(str(self.shard_set.tokenizer_dir))
-        self.model = load_model(model, tokenizer, seed=self.seed, attention=IMPLEMENTATIONS[self.attention])
-        self.loss_model = (LabelLossModel if label_head else FullHeadLoss)(self.model).train()
-        self.optimizer = make_optimizer(self.model, TrainConfig())
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32: `update` still goes through a scaler
+        self.run = build(dataclasses.replace(self.config, model=model), Dist(), device=torch.device("cpu"))
+        if not label_head:
+            self.run.loss_model = self.run.ddp = FullHeadLoss(self.run.model)
+        self.run.loss_model.train()
+        self.model, self.optimizer = self.run.model, self.run.optimizer
         return self
 
     def batch(self, rows=None):
@@ -173,19 +176,13 @@ class Setup:
 
         rows = self.order.next_rows() if rows is None else rows
         return get_batch(self.split, rows, self.shard_set.manifest.pad_token_id, isolation=True,
-                         device=torch.device("cpu"), flatten=self.flatten, attention=self.attention)
+                         device=torch.device("cpu"), flatten=self.config.flatten, attention=self.attention)
 
     def step(self, drawn) -> float:
-        """One optimizer step on a `batch()`; returns the mean loss per supervised token."""
-        import torch
-
-        from train.step import backward, update
-
+        """One optimizer step of the loop (`Run.step`) on a `batch()`; returns the mean loss per supervised token."""
         inputs, batch = drawn
-        scale = 1 / max(batch.supervised_tokens, 1)
-        loss = backward(self.loss_model, self.loss_model, [(inputs, None)], scale, nullcontext, self.scaler)
-        update(self.model, self.optimizer, self.scaler, 1.0, torch.isfinite(loss))
-        return loss.item() * scale
+        loss = self.run.step([(inputs, batch)], batch.supervised_tokens)[0]
+        return loss.item() / max(batch.supervised_tokens, 1)
 
 
 def new_results(*configs) -> dict:

@@ -24,6 +24,7 @@ from sftcli import choices_of, click_options, opt
 from train.attention import AttentionError, resolve_attention
 from train.config import TrainConfig
 from train.report import load_run
+from train.step import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 # The matrix: layout x --attention x --compile x --flatten, gpt2-124m at 16 x 1024 in fp16 (issue 14); the
@@ -57,13 +58,14 @@ def matrix(only: str = "") -> list[tuple[str, str, str, bool, bool]]:
     return [cell for cell in cells if not parts or any(part in cell[0] for part in parts)]
 
 
-def run_config(shards: Path, out: Path, steps: int, batch_size: int = BATCH_SIZE, model: str = MODEL,
+def run_config(shards: Path, out: Path, steps: int, *, batch_size: int = BATCH_SIZE, model: str = MODEL,
                attention: str = "sdpa", compile: bool = False, flatten: bool = False,  # noqa: A002
                precision: str = "fp16") -> dict:
     """One `python -m train` run of 2 x `steps` steps; the figures of its last `steps`. Dropout is off in every
     configuration: flash and flex have none. The run folder is removed afterwards (a checkpoint is ~1.5 GB)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolve_attention(attention, device, training=True, isolation=True, flatten=flatten)  # refuses with its line
+    autocast_dtype = resolve_precision(precision, device)[0]  # with --dropout 0, as the command below
+    resolve_attention(attention, device, flatten=flatten, precision=autocast_dtype).check()  # refuses with its line
     shutil.rmtree(out, ignore_errors=True)
     command = common.python_module(
         "train", "--shards", shards, "--out", out, "--model", model, "--batch-size", batch_size, "--dropout", 0,

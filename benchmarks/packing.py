@@ -23,14 +23,14 @@ def run(lengths: np.ndarray, max_lengths=MAX_LENGTHS, repeats: int = 5, syntheti
         truncated = np.minimum(lengths, max_length)
         bound = lower_bound_rows(truncated, max_length)
         bfd_rows = pack_concat(truncated, max_length).num_rows
-        seed_rows = pack_concat(truncated, max_length, packer="seed").num_rows
+        greedy_rows = pack_concat(truncated, max_length, packer="greedy").num_rows
         many = np.minimum(np.random.default_rng(seed).choice(lengths, synthetic_count), max_length)
         pack_concat(many, max_length)  # warm-up
         results[max_length] = {
-            "samples": len(lengths), "concat_bfd_rows": bfd_rows, "concat_seed_rows": seed_rows,
+            "samples": len(lengths), "concat_bfd_rows": bfd_rows, "concat_greedy_rows": greedy_rows,
             "packed_rows": pack_packed(truncated, max_length).num_rows,
             "padding_rows": pack_padding(truncated, max_length).num_rows, "lower_bound_rows": bound,
-            "concat_rows_over_bound": bfd_rows / bound - 1, "concat_seed_rows_over_bound": seed_rows / bound - 1,
+            "concat_rows_over_bound": bfd_rows / bound - 1, "concat_greedy_rows_over_bound": greedy_rows / bound - 1,
             "concat_bfd_seconds": median(clock(pack_concat, truncated, max_length)[0] for _ in range(repeats)),
             "synthetic_samples": synthetic_count,
             "synthetic_concat_bfd_seconds": median(clock(pack_concat, many, max_length)[0]

@@ -117,7 +117,7 @@ def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict
             "supervised_tokens": int((column("labels").to_numpy(zero_copy_only=False) != -100).sum())}
 
 
-def measure(data: Path, doubled: Path, warmup: Path, work: Path, max_length: int, repeats: int,
+def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: int, repeats: int,
             with_trl: bool, llama3: list[str] | None = None) -> dict:
     """Seconds and memory of prep, the floors and TRL over `data`; checks that they saw the same samples (the
     floor's counts are prep's sample lengths, as tested: prep's tokens must be them truncated). `llama3`:

@@ -12,12 +12,12 @@ import operator
 from sftcli import markdown_table
 
 OPS = {"<=": (operator.le, "≤"), "<": (operator.lt, "<"), ">=": (operator.ge, "≥"), ">": (operator.gt, ">")}
-PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat seed": "concat_seed_rows", "packed": "packed_rows",
+PACKING_COLUMNS = {"concat bfd": "concat_bfd_rows", "concat greedy": "concat_greedy_rows", "packed": "packed_rows",
                    "padding": "padding_rows", "lower bound": "lower_bound_rows",
-                   "bfd over bound": "concat_rows_over_bound", "seed over bound": "concat_seed_rows_over_bound"}
+                   "bfd over bound": "concat_rows_over_bound", "greedy over bound": "concat_greedy_rows_over_bound"}
 
 
-def figure(section: str, name: str, value, unit: str = "", goal: tuple[str, float] | None = None, note: str = "",
+def figure(section: str, name: str, value, unit: str = "", *, goal: tuple[str, float] | None = None, note: str = "",
            passed: bool | None = None) -> dict:
     """`passed`: the verdict of a figure without a goal (a check); a goal decides it otherwise."""
     if goal is not None and value is not None:
@@ -66,16 +66,27 @@ def figures_table(figures: list[dict]) -> str:
                             verdict[f["passed"]]] for f in figures])
 
 
-def markdown(results: dict) -> str:
-    """The results as the Markdown the README shows (`python -m benchmarks --markdown results.json`)."""
+def _measured(results: dict) -> list[str]:
+    """When, how long, under what load, on which machine and library versions."""
     m, v = results["machine"], results["versions"]
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "tokenizers", "pyarrow", "trl", "tiktoken")
                      if v.get(k))
     quick = " (--quick: small inputs, not comparable)" if results["settings"].get("quick") else ""
-    lines = [f"Measured {results['finished'][:16].replace('T', ' ')} UTC in {results['seconds']:.0f} s{quick}; "
-             f"load average {results['load_average']['start']} → {results['load_average']['end']}.",
-             f"Machine: {m['platform']}; {m.get('cuda') or m['processor']}, {m['cpus_usable']} CPUs; "
-             f"{m['memory_gib']} GiB; Python {m['python']}; {libs}.", "", figures_table(results["figures"]), ""]
+    return [f"Measured {results['finished'][:16].replace('T', ' ')} UTC in {results['seconds']:.0f} s{quick}; "
+            f"load average {results['load_average']['start']} → {results['load_average']['end']}.",
+            f"Machine: {m['platform']}; {m.get('cuda') or m['processor']}, {m['cpus_usable']} CPUs; "
+            f"{m['memory_gib']} GiB; Python {m['python']}; {libs}."]
+
+
+def headline(results: dict) -> str:
+    """The figures with a goal, and when and where they were measured: the README's table."""
+    goals = [f for f in results["figures"] if f["goal"] is not None]
+    return "\n".join([*_measured(results), "", figures_table(goals)]) + "\n"
+
+
+def markdown(results: dict) -> str:
+    """The results as the Markdown docs/benchmarks.md shows (`python -m benchmarks --markdown results.json`)."""
+    lines = [*_measured(results), "", figures_table(results["figures"]), ""]
     lines += [f"- `{f['name']}`: {f['note']}" for f in results["figures"] if f.get("note")]
     packing = results["sections"].get("packing")
     if packing:

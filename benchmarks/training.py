@@ -37,7 +37,7 @@ def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 
     attention `python -m train` picks by default here (`--attention auto`)."""
     import torch
 
-    attention = resolve_attention("auto", torch.device("cpu"), training=True, isolation=True, flatten=False)
+    attention = resolve_attention("auto", torch.device("cpu")).name
     setups = {mode: Setup(shards, batch_size, seed, attention=attention).with_model(model)
               for mode, shards in shards_by_mode.items()}
     plans = {mode: quantile_batches(setup, steps) for mode, setup in setups.items()}

@@ -12,6 +12,7 @@ import sys
 import click
 
 from prep.config import PrepConfig
+from prep.packing import packer_name
 from sftcli import click_options, main_errors
 
 
@@ -23,7 +24,7 @@ def main(**kwargs):
     from prep.pipeline import run
     from shards.stats import format_table, shard_set_stats
 
-    config = PrepConfig(**kwargs).validate()
+    config = PrepConfig(**{**kwargs, "packer": packer_name(kwargs["packer"])}).validate()
     command = "python -m prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run(config, command=command)
     print(format_table([shard_set_stats(config.out_dir, config.stats_batch_size)]))

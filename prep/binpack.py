@@ -220,7 +220,7 @@ def repaired(sizes: np.ndarray, capacity: int, bins: np.ndarray) -> np.ndarray:
 
 
 def longest_then_shortest(sizes: np.ndarray, capacity: int) -> np.ndarray:
-    """Bin of each item (sizes sorted increasing), the seed article's two-pointer greedy: the
+    """Bin of each item (sizes sorted increasing), the source article's two-pointer greedy (`--packer greedy`): the
     longest item left opens a bin, then the shortest left join it while they fit.
 
     >>> longest_then_shortest(np.array([2, 3, 4, 5, 6]), capacity=10).tolist()

@@ -34,7 +34,8 @@ class PrepConfig:
         "TRL's 'wrapped'), concat (bin-pack whole samples: TRL's 'bfd')")
     max_length: int = _opt(256, "tokens per row (the seed's context_length)")
     packer: Packer = _opt(
-        "bfd", "concat packer: bfd (best-fit-decreasing + repair) or seed (the seed's two-pointer greedy)")
+        "bfd", "concat packer: bfd (best-fit-decreasing + repair) or greedy (the source article's two-pointer "
+        "greedy; seed: its deprecated old name)")
     prompt_format: PromptFormat = _opt(
         "alpaca", "user turn of Alpaca records: alpaca (the seed's preamble) or none (the instruction as is); "
         "recorded for generation")

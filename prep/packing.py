@@ -16,6 +16,7 @@ Three layouts of the same samples, all as a `Layout` (rows of pieces of samples)
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -26,8 +27,10 @@ from prep import binpack
 
 # The three layouts; the field's names for them: packed is TRL's "wrapped", concat its "bfd".
 Mode = Literal["padding", "packed", "concat"]
-Packer = Literal["bfd", "seed"]  # bfd: best-fit decreasing + repair; seed: the seed article's two-pointer greedy
+# bfd: best-fit decreasing + repair; greedy: the source article's two-pointer greedy; seed: greedy's old name
+Packer = Literal["bfd", "greedy", "seed"]
 PACKERS = get_args(Packer)
+DEPRECATED_PACKERS = {"seed": "greedy"}  # old name -> new name, accepted for one release
 
 
 @dataclass(frozen=True, eq=False)  # no field-wise ==: it would compare arrays elementwise
@@ -111,17 +114,31 @@ def pack_packed(lengths: ArrayLike, max_length: int) -> Layout:
     return Layout(row_offsets, sample, piece_starts - sample_starts[sample], piece_stops - sample_starts[sample])
 
 
+def packer_name(packer: str) -> str:
+    """The packer's current name: a deprecated alias is replaced, with a one-line notice on stderr.
+
+    >>> packer_name("bfd")
+    'bfd'
+    """
+    if packer not in DEPRECATED_PACKERS:
+        return packer
+    new = DEPRECATED_PACKERS[packer]
+    print(f"note: --packer {packer} is deprecated; it is now --packer {new} (the same packing)", file=sys.stderr)
+    return new
+
+
 def pack_concat(lengths: ArrayLike, max_length: int, packer: str = "bfd") -> Layout:
     """Whole samples bin-packed into rows of at most `max_length` tokens; no sample is split.
 
     packer "bfd": best-fit decreasing over all samples, then a repair that repacks by minimum
-    bin slack and keeps whichever packing has fewer rows. packer "seed": the longest remaining
-    sample opens a row, the shortest remaining ones fill it while they fit.
+    bin slack and keeps whichever packing has fewer rows. packer "greedy" (the source article's;
+    "seed" is its deprecated name): the longest remaining sample opens a row, the shortest
+    remaining ones fill it while they fit.
 
     >>> layout = pack_concat([5, 3, 2, 4, 6], max_length=10)
     >>> [layout.sample[a:b].tolist() for a, b in zip(layout.row_offsets[:-1], layout.row_offsets[1:])]
     [[4, 3], [0, 1, 2]]
-    >>> pack_concat([5, 3, 2, 4, 6], max_length=10, packer="seed").row_lengths().tolist()
+    >>> pack_concat([5, 3, 2, 4, 6], max_length=10, packer="greedy").row_lengths().tolist()
     [8, 8, 4]
     >>> pack_concat([5, 11], max_length=10)
     Traceback (most recent call last):
@@ -129,15 +146,16 @@ def pack_concat(lengths: ArrayLike, max_length: int, packer: str = "bfd") -> Lay
     ValueError: sample 1 has length 11 > max_length 10; truncate or drop it before packing whole samples
     """
     lengths = _checked_lengths(lengths, max_length, must_fit=True)
+    packer = packer_name(packer)
     if packer == "bfd":
         order = _longest_first(lengths, max_length)
         sizes = lengths[order]
         bins = binpack.repaired(sizes, max_length, binpack.best_fit_decreasing(sizes, max_length))
-    elif packer == "seed":
+    elif packer == "greedy":
         order = np.argsort(lengths, kind="stable")
         bins = binpack.longest_then_shortest(lengths[order], max_length)
     else:
-        raise ValueError(f"packer must be one of {PACKERS}, got {packer!r}")
+        raise ValueError(f"packer must be one of bfd, greedy, got {packer!r}")
     return _whole_sample_rows(order, bins, lengths)
 
 

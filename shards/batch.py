@@ -37,7 +37,7 @@ class Batch:
         return self.input_ids.size
 
 
-def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: bool = True, *,
+def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, *, isolation: bool = True,
             flatten: bool = False, pad_to_multiple_of: int = 1) -> Batch:
     """Pad rows to the longest one; make labels and per-segment position ids.
 
@@ -51,7 +51,7 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: boo
     between segments (it reads a new sequence wherever positions do not go up by one).
     Padding continues the last segment's positions, so a row with one segment stays
     one sequence (and keeps the fast causal kernel). With isolation off, positions
-    run 0..length-1 over the whole row, as in the seed.
+    run 0..length-1 over the whole row, as in the source article.
 
     `flatten` joins the rows into one row (padding-free, as TRL's padding_free and
     DataCollatorWithFlattening): positions restart at every sample, or at every input
@@ -94,18 +94,25 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, isolation: boo
     sequences_per_row = segments_per_row if isolation else (np.array([len(row_lengths)]) if flatten
                                                              else np.ones(rows, dtype=np.int64))
     sequence_starts = _flat_starts(sequence_lengths, sequences_per_row, lengths, width)
-    if flatten and width > lengths[0]:  # the padding tail: its own sequence, positions from 0
-        restarts, restart_lengths = np.append(sequence_starts, lengths[0]), np.append(sequence_lengths,
-                                                                                       width - lengths[0])
-    else:
-        restarts, restart_lengths = sequence_starts, sequence_lengths
-    # A running sum of +1 steps, with a step back to 0 at every sequence that does not open its row.
-    steps = np.ones((rows, width), dtype=np.int64)
-    later = restarts % width > 0
-    steps.flat[restarts[later]] = 1 - restart_lengths[np.flatnonzero(later) - 1]
-    position_ids = np.cumsum(steps, axis=1) - 1
+    position_ids = _position_ids(sequence_starts, sequence_lengths, (rows, width), int(lengths[0]) if flatten else None)
     return Batch(input_ids, labels, position_ids, int(lengths.sum()), int(loss_mask.sum()),
                  sequence_starts, sequence_lengths)
+
+
+def _position_ids(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int],
+                  flat_length: int | None) -> np.ndarray:
+    """Positions that go up by one and restart at 0 with every sequence (flat `starts`, `lengths`).
+
+    `flat_length`: a flattened row's real tokens; its padding tail after them is a sequence of its own.
+    """
+    rows, width = shape
+    if flat_length is not None and width > flat_length:  # the padding tail: its own sequence, positions from 0
+        starts, lengths = np.append(starts, flat_length), np.append(lengths, width - flat_length)
+    # A running sum of +1 steps, with a step back to 0 at every sequence that does not open its row.
+    steps = np.ones((rows, width), dtype=np.int64)
+    later = starts % width > 0
+    steps.flat[starts[later]] = 1 - lengths[np.flatnonzero(later) - 1]
+    return np.cumsum(steps, axis=1) - 1
 
 
 def _flat_starts(segment_lengths: np.ndarray, segments_per_row: np.ndarray, row_lengths: np.ndarray,

@@ -5,7 +5,7 @@ the manifest (`prompt_format`) and in the saved tokenizer (`save_prompt_format`)
 `train.generate` / `train.report` render a question with the same function, so a
 checkpoint is asked questions the way it was trained:
 
-    alpaca  the seed's preamble: "Below is an instruction ...\\n" + instruction
+    alpaca  the source article's preamble: "Below is an instruction ...\\n" + instruction
             (+ ". Here are the inputs: " + input)
     none    the text unchanged (chat-shaped data: the user wrote the turn)
 
@@ -43,8 +43,8 @@ def user_turn(prompt_format: str, instruction: str, input_text: str = "") -> str
         return instruction if input_text == "" else f"{instruction}\n\n{input_text}"
     if prompt_format != "alpaca":
         raise ValueError(f"unknown prompt format {prompt_format!r}; expected one of {', '.join(PROMPT_FORMATS)}")
-    # The seed tests `input != ""`, not `.strip()`: a whitespace-only input is
-    # still appended, so the prompts (and the token counts) match the seed's.
+    # The source article tests `input != ""`, not `.strip()`: a whitespace-only input is
+    # still appended, so the prompts (and the token counts) match the source article's.
     if input_text != "":
         return ALPACA_PREAMBLE + f"{instruction}. Here are the inputs: {input_text}"
     return ALPACA_PREAMBLE + instruction

@@ -188,7 +188,7 @@ def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monke
     assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
     monkeypatch.undo()
     with pytest.raises(AttentionError, match="--attention flash"):
-        gpu.run_config(tmp_path, work / "run", 1, 2, "tiny", attention="flash")
+        gpu.run_config(tmp_path, work / "run", 1, batch_size=2, model="tiny", attention="flash")
 
 
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
@@ -214,6 +214,17 @@ def test_markdown_table_shows_each_figure_its_goal_and_verdict(tmp_path):
     path.write_text(json.dumps(results))
     outcome = CliRunner().invoke(bench_main, ["--markdown", str(path)])
     assert outcome.exit_code == 0 and outcome.output == text
+    # --readme: the goals' table between the bench-headline markers, the whole one between bench-results'
+    front, manual = tmp_path / "README.md", tmp_path / "benchmarks.md"
+    front.write_text("top\n<!-- bench-headline:start -->\nold\n<!-- bench-headline:end -->\nend\n")
+    manual.write_text("<!-- bench-results:start -->\n<!-- bench-results:end -->\n")
+    outcome = CliRunner().invoke(bench_main, ["--markdown", str(path), "--readme", str(front), "--readme", str(manual)])
+    assert outcome.exit_code == 0 and outcome.output == ""
+    assert "`prep_over_floor`" in front.read_text() and "`batch_ms_256`" not in front.read_text()
+    assert front.read_text().startswith("top\n") and "old" not in front.read_text()
+    assert "`batch_ms_256`" in manual.read_text() and "Not measured" in manual.read_text()
+    outcome = CliRunner().invoke(bench_main, ["--markdown", str(path), "--readme", str(path)])
+    assert outcome.exit_code == 1 and "no '<!-- bench-headline:start -->'" in outcome.output
 
 
 def test_settings_reject_bad_options_in_one_line():

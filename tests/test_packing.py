@@ -103,7 +103,7 @@ def test_concat_bfd_literal():
 
 
 def test_concat_seed_literal():
-    layout = pack_concat([5, 3, 2, 4, 6], max_length=10, packer="seed")
+    layout = pack_concat([5, 3, 2, 4, 6], max_length=10, packer="greedy")
     assert rows_of(layout) == [[(2, 0, 2), (4, 0, 6)], [(1, 0, 3), (0, 0, 5)], [(3, 0, 4)]]
 
 
@@ -121,7 +121,7 @@ def test_shuffle_literal():
 
 
 def test_empty_lengths():
-    for layout in (pack_padding([], 8), pack_packed([], 8), pack_concat([], 8), pack_concat([], 8, packer="seed")):
+    for layout in (pack_padding([], 8), pack_packed([], 8), pack_concat([], 8), pack_concat([], 8, packer="greedy")):
         assert layout.num_rows == 0 and layout.row_offsets.tolist() == [0] and layout.samples_split() == 0
     assert shuffle_rows(pack_concat([], 8), seed=0).num_rows == 0
 
@@ -195,7 +195,7 @@ def test_concat_packs_every_sample_once_within_bounds(seed, max_length):
     bound = lower_bound_rows(lengths, max_length)
     assert math.ceil(lengths.sum() / max_length) <= bound <= len(lengths)
     rows = {}
-    for packer in ("bfd", "seed"):
+    for packer in ("bfd", "greedy"):
         layout = pack_concat(lengths, max_length, packer=packer)
         assert_well_formed(layout, max_length)
         assert np.array_equal(np.sort(layout.sample), np.arange(len(lengths)))
@@ -203,7 +203,7 @@ def test_concat_packs_every_sample_once_within_bounds(seed, max_length):
         assert layout.samples_split() == 0
         assert layout.num_rows >= bound
         rows[packer] = layout.num_rows
-    assert rows["bfd"] <= rows["seed"]
+    assert rows["bfd"] <= rows["greedy"]
     assert rows["bfd"] <= best_fit_decreasing_rows(lengths, max_length)
 
 
@@ -281,3 +281,11 @@ def test_lower_bound_rows_is_martello_toth_l2(seed):
     if seed % 3 == 0:  # many items near C/2 and C - k, where the thresholds matter
         lengths = np.clip(rng.normal(capacity / 2, capacity / 8, len(lengths)).round(), 1, capacity).astype(np.int64)
     assert lower_bound_rows(lengths, capacity) == martello_toth_l2(lengths.tolist(), capacity)
+
+
+def test_seed_is_greedys_deprecated_name(capsys):
+    """`--packer seed` (the old name) packs as `greedy` does, with a one-line notice on stderr."""
+    old = pack_concat([5, 3, 2, 4, 6], max_length=10, packer="seed")
+    assert capsys.readouterr().err == "note: --packer seed is deprecated; it is now --packer greedy (the same packing)\n"
+    new = pack_concat([5, 3, 2, 4, 6], max_length=10, packer="greedy")
+    assert old.row_lengths().tolist() == new.row_lengths().tolist() and capsys.readouterr().err == ""

@@ -43,7 +43,7 @@ def llama(attention: str):
 
 
 def batch_of(rows: list, isolation: bool = True, **options):
-    return collate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], PAD, isolation, **options)
+    return collate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], PAD, isolation=isolation, **options)
 
 
 def inputs_of(batch, varlen: bool, flex: bool = False) -> dict:

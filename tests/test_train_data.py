@@ -52,7 +52,7 @@ def test_collate_matches_the_token_by_token_reference(mode, isolation):
     rows = pack(synthetic_samples(40, seed=3, min_length=3, max_length=30), mode, max_length=48)
     for _ in range(20):
         chosen = [rows[i] for i in rng.choice(len(rows), size=min(5, len(rows)), replace=False)]
-        batch = collate([r[0] for r in chosen], [r[1] for r in chosen], [r[2] for r in chosen], PAD, isolation)
+        batch = collate([r[0] for r in chosen], [r[1] for r in chosen], [r[2] for r in chosen], PAD, isolation=isolation)
         expected = reference_collate(chosen, PAD, isolation)
         for key, value in expected.items():
             np.testing.assert_array_equal(getattr(batch, key), value, err_msg=key)

@@ -11,6 +11,7 @@ from shards.format import ShardSet
 from tests.train_helpers import one_thread, write_shard_set  # noqa: F401 - a fixture
 from train import flops
 from train.model import NAMED_CONFIGS, padded_vocab_size
+from train.attention import resolve_attention
 from train.step import get_batch
 
 
@@ -40,7 +41,7 @@ def test_attended_squares_follow_each_kernel(tmp_path):
     """Dense sdpa computes each row's full square; varlen a square per regrouped sample; flex per sample."""
     split = ShardSet.open(write_shard_set(tmp_path / "concat", "concat", max_length=64)).split("train")
     rows = np.arange(2)
-    by = {a: get_batch(split, rows, 0, isolation=True, device=torch.device("cpu"), attention=a)
+    by = {a: get_batch(split, rows, 0, isolation=True, device=torch.device("cpu"), attention=resolve_attention(a, torch.device("cpu")))
           for a in ("sdpa", "varlen", "flex")}
     _, batch = by["flex"]
     width, lengths = batch.input_ids.shape[1], batch.sequence_lengths

@@ -22,7 +22,7 @@ def forward(model, inputs: dict) -> torch.Tensor:
 
 
 def per_token_losses(model, rows: list, isolation: bool) -> np.ndarray:
-    batch = collate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], PAD, isolation)
+    batch = collate([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], PAD, isolation=isolation)
     inputs = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids")}
     with torch.no_grad():
         losses = token_losses(forward(model, inputs), torch.from_numpy(batch.labels))

@@ -21,7 +21,7 @@ from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thre
 from train.__main__ import main
 from train.config import TrainConfig
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
-from train import head, loop
+from train import head, loop, setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,7 +161,7 @@ def test_overflowing_gradients_are_skipped_counted_and_logged(shards, tmp_path, 
     monkeypatch.setattr(head, "head_loss", overflow_on_third_call)
     # The fp16 GradScaler, on fp32 compute: CPU fp16 kernels are 8x slower, and the
     # scaler's skip is what is under test. Without a scaler (fp32/bf16) the loop skips itself.
-    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: (None, scaler))
+    monkeypatch.setattr(setup, "resolve_precision", lambda precision, device: (None, scaler))
     summary = loop.train(tiny_config(shards, tmp_path / "fp16", max_steps=5, eval_interval=5))
     records = read_metrics(tmp_path / "fp16")
     assert [r["overflow_skipped_steps"] for r in records] == [0, 0, 1, 1, 1]

@@ -12,6 +12,11 @@
                          torch 2.13 has no flex backward on CPU, so it trains on CUDA only
     --attention auto     flash where it runs, else varlen (printed once at start)
 
+A run resolves its choice once, `resolve_attention(...) -> AttentionPlan`: the path taken, the
+attn_implementation the model loads with, the per-batch builder of the path's inputs (which
+`train.step.get_batch` calls), and the one-line reason when the path cannot run here (the device,
+the precision, the model's attention dropout).
+
 `varlen` reaches the model through transformers' AttentionInterface: the index tensors
 (built once per batch, with numpy, by `varlen_index`; samples sorted by length and cut into
 at most GROUPS passes, so a short sample is not padded to the batch's longest) are set for
@@ -33,6 +38,7 @@ import contextvars
 import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,27 +66,84 @@ def implementation(attention: str) -> str:
     return IMPLEMENTATIONS[attention]
 
 
-def resolve_attention(choice: str, device: torch.device, training: bool, isolation: bool, flatten: bool) -> str:
-    """The path a run takes (`auto` resolved); one clear line where the choice cannot run here."""
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What a resolved --attention means for a run, decided once (`resolve_attention`).
+
+    name: the path taken (`auto` resolved): sdpa, eager, varlen, flash or flex.
+    implementation: transformers' attn_implementation, which the model is loaded with.
+    inputs: the per-batch builder, `inputs(batch)` -> the attention inputs of a collated
+        `shards.batch.Batch` beside its ids, positions and labels (host tensors, or None / ints).
+    refusal: why this path cannot run here with these options (None: it can); `check()` raises it.
+    """
+
+    name: str
+    implementation: str
+    inputs: Callable[..., dict]
+    refusal: str | None = None
+
+    def check(self) -> "AttentionPlan":
+        if self.refusal:
+            raise AttentionError(self.refusal)
+        return self
+
+
+def _no_inputs(batch) -> dict:
+    return {}
+
+
+def _varlen_inputs(batch) -> dict:
+    return {"varlen_index": varlen_index(batch.sequence_starts, batch.sequence_lengths, *batch.input_ids.shape)}
+
+
+def _flex_inputs(batch) -> dict:
+    documents = document_ids(batch.sequence_starts, batch.sequence_lengths, *batch.input_ids.shape)
+    return {"flex_documents": torch.from_numpy(documents)}
+
+
+def _torch_flash_inputs(batch) -> dict:
+    bounds, longest = cumulative_lengths(document_ids(batch.sequence_starts, batch.sequence_lengths,
+                                                      *batch.input_ids.shape))
+    return {"flash_cu_seqlens": torch.from_numpy(bounds), "flash_max_length": longest}
+
+
+_INPUTS = {VARLEN: _varlen_inputs, FLEX: _flex_inputs, TORCH_FLASH: _torch_flash_inputs}
+
+
+def resolve_attention(choice: str, device: torch.device, *, training: bool = True, isolation: bool = True,
+                      flatten: bool = False, precision: torch.dtype | None = None,
+                      dropout: float = 0.0) -> AttentionPlan:
+    """The plan of the path a run takes (`auto` resolved), with the one clear line why it cannot run here, if so.
+
+    `precision`: the autocast dtype (None: fp32); `dropout`: the model's attention dropout
+    (`attention_dropout(config)`), which the flex and torch-flash kernels do not have.
+
+    >>> plan = resolve_attention("auto", torch.device("cpu"))
+    >>> plan.name, plan.implementation, plan.refusal
+    ('varlen', 'sftpack_varlen', None)
+    """
     flash_ready = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
     torch_flash_ready = device.type == "cuda" and importlib.util.find_spec("torch.nn.attention.varlen") is not None
-    if choice == "auto":
-        # flash isolates samples only within one flattened sequence (transformers reads packing from
-        # position ids at batch size 1 only); varlen isolates them in any batch.
-        return "flash" if flash_ready and (flatten or not isolation) else "varlen"
-    if choice == "flash":
-        if not (flash_ready or torch_flash_ready):
-            raise AttentionError("--attention flash: needs a CUDA device and the flash-attn package (pip install "
-                                 "flash-attn) or a torch with torch.nn.attention.varlen; use --attention varlen, "
-                                 "the same per-sample attention")
-        if flash_ready and isolation and not flatten:
-            raise AttentionError("--attention flash: isolates samples only in one flattened sequence "
-                                 "(transformers reads packing from position ids at batch size 1); add --flatten, "
-                                 "or use --attention varlen")
-    if choice == "flex" and training and device.type != "cuda":
-        raise AttentionError("--attention flex: torch 2.13's flex_attention has no backward on CPU, so it cannot "
-                             "train here (it can validate); use --attention varlen, the same per-sample attention")
-    return choice
+    # auto: flash isolates samples only within one flattened sequence (transformers reads packing from
+    # position ids at batch size 1 only); varlen isolates them in any batch.
+    name = choice if choice != "auto" else "flash" if flash_ready and (flatten or not isolation) else "varlen"
+    refusal = None
+    if choice == "flash" and not (flash_ready or torch_flash_ready):
+        refusal = ("--attention flash: needs a CUDA device and the flash-attn package (pip install flash-attn) or a "
+                   "torch with torch.nn.attention.varlen; use --attention varlen, the same per-sample attention")
+    elif choice == "flash" and flash_ready and isolation and not flatten:
+        refusal = ("--attention flash: isolates samples only in one flattened sequence (transformers reads packing "
+                   "from position ids at batch size 1); add --flatten, or use --attention varlen")
+    elif choice == "flex" and training and device.type != "cuda":
+        refusal = ("--attention flex: torch 2.13's flex_attention has no backward on CPU, so it cannot train here "
+                   "(it can validate); use --attention varlen, the same per-sample attention")
+    elif implementation(name) in (FLEX, TORCH_FLASH) and dropout > 0:
+        refusal = (f"--attention {name}: its kernel has no attention dropout, and the model uses {dropout}; pass "
+                   f"--dropout 0, or use --attention varlen")
+    elif name == "flash" and precision is None:
+        refusal = ("--attention flash: flash kernels compute in fp16/bf16 only; use --precision auto, fp16 or bf16, "
+                   "or --attention varlen")
+    return AttentionPlan(name, implementation(name), _INPUTS.get(implementation(name), _no_inputs), refusal)
 
 
 def register_attention() -> None:
@@ -137,7 +200,7 @@ def cumulative_lengths(documents: np.ndarray) -> tuple[np.ndarray, int]:
     return bounds, int(np.diff(bounds).max())
 
 
-def torch_flash_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def torch_flash_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                                   scaling: float | None = None, flash_cu_seqlens=None, flash_max_length=None,
                                   **kwargs):
     """transformers' attention-function signature, through torch's varlen flash kernel (CUDA).
@@ -160,7 +223,7 @@ def torch_flash_attention_forward(module, query, key, value, attention_mask, dro
 _compiled_flex = None
 
 
-def flex_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def flex_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                            scaling: float | None = None, flex_block_mask=None, **kwargs):
     """transformers' attention-function signature, through torch's flex_attention (compiled on CUDA).
 
@@ -342,7 +405,7 @@ def varlen_batch(index: VarlenIndex | None):
 
 
 @torch.compiler.disable
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+def varlen_attention_forward(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                              scaling: float | None = None, varlen_index: VarlenIndex | None = None, **kwargs):
     """transformers' attention-function signature: [rows, heads, length, dim] in, ([rows, length, heads, dim], None) out.
 

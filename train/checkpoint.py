@@ -56,7 +56,7 @@ def barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
-def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig,
+def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig, *,
                     optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None) -> None:
     """A Hugging Face folder (safetensors + tokenizer); with an optimizer, also all that --resume needs.
 

@@ -28,12 +28,12 @@ RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_int
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # ---- what to train on, what to train, where to write (defaults: the seed's where it had one)
+    # ---- what to train on, what to train, where to write (defaults: the source article's where it had one)
     shards: Path = opt(None, "shard set folder written by `python -m prep`", required=True)
     out: Path = opt(Path("runs/train"), "run folder: config.json, metrics.jsonl, tb/, best/, last/, summary.json")
     model: str = opt("tiny", "named random-init config (tiny, tiny-untied, gpt2-124m), a local model folder, or a "
                              "hub id")
-    # ---- the loop: the seed's defaults
+    # ---- the loop: the source article's defaults
     batch_size: int = opt(16, "rows per micro-batch, summed over all processes (each takes batch_size / N)")
     grad_accum: int = opt(1, "micro-batches per optimizer step; the loss is normalised over the whole step")
     max_steps: int = opt(10000, "optimizer steps of the whole run; the learning rate decays to 0 at this step")
@@ -42,7 +42,7 @@ class TrainConfig:
     adam_beta1: float = opt(0.9, "AdamW beta1 (torch's and the Trainer's default)")
     adam_beta2: float = opt(0.999, "AdamW beta2 (torch's and the Trainer's default; nanoGPT uses 0.95)")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
-    weight_decay: float = opt(0.01, "AdamW weight decay (torch's default, which the seed used implicitly)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (torch's default, which the source article used implicitly)")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
     eval_batch_size: int | None = opt(None, "rows per validation batch, summed over all processes [--batch-size]")
     eval_interval: int = opt(300, "evaluate on the whole val split and save best/ and last/ every this many steps")
@@ -51,8 +51,8 @@ class TrainConfig:
         "auto", "auto: fp16 autocast + GradScaler on CUDA, fp32 on CPU; or force one")
     # ---- batching
     isolation: Literal["on", "off"] = opt(
-        "on", "on: positions restart and attention stops at every segment; off: the seed's cross-sample attention")
-    shuffle: bool = opt(True, "seeded per-epoch permutation of the rows (--no-shuffle: file order, like the seed)")
+        "on", "on: positions restart and attention stops at every segment; off: the source article's cross-sample attention")
+    shuffle: bool = opt(True, "seeded per-epoch permutation of the rows (--no-shuffle: file order, like the source article)")
     seed: int = opt(1337, "seed of the row permutation, random init and dropout")
     # ---- model set-up
     pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
@@ -68,7 +68,8 @@ class TrainConfig:
     verify: bool = opt(False, "also check each shard file's sha256 before training")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
     stop_after: int | None = opt(None, "stop (after saving last/) at this step; the schedule still runs to --max-steps")
-    max_nan_steps: int = opt(10, "stop with an error after more than this many consecutive steps with a NaN loss")
+    max_nan_steps: int = opt(10, "stop with an error after more than this many consecutive steps with a NaN/inf "
+                                  "loss, or more than this many consecutive skipped updates (inf/NaN gradients)")
     progress: bool = opt(True, "show a tqdm bar (it hides itself when stderr is not a terminal)")
 
     def validate(self) -> "TrainConfig":

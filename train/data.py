@@ -35,7 +35,7 @@ class RowOrder:
     is (epoch, position): position counts micro-batches already drawn this epoch.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int, shuffle: bool, epoch: int = 0, position: int = 0):
+    def __init__(self, num_rows: int, batch_size: int, *, seed: int, shuffle: bool, epoch: int = 0, position: int = 0):
         self.num_rows, self.batch_size, self.seed, self.shuffle = num_rows, batch_size, seed, shuffle
         self.batches_per_epoch = num_rows // batch_size
         self.epoch, self.position = epoch, position

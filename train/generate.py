@@ -19,8 +19,8 @@ def render(tokenizer, prompt: str, raw: bool = False) -> dict:
     """The prompt as one user turn plus the assistant header, by the tokenizer's own chat template.
 
     The tokenizer saved with a checkpoint is the one prep saved with the shards, and it
-    records the prompt format and the template's options prep used (`shards.prompts`): an Alpaca-trained model gets
-    the seed's preamble around the question, as every training prompt had. `raw` sends
+    records the prompt format and the template's options prep used (`shards.prompts`): an Alpaca-trained
+    model gets the source article's preamble around the question, as every training prompt had. `raw` sends
     the text unchanged.
     """
     text = prompt if raw else user_turn(prompt_format_of(tokenizer), prompt)
@@ -30,7 +30,7 @@ def render(tokenizer, prompt: str, raw: bool = False) -> dict:
     return tokenizer(rendered, add_special_tokens=False, return_tensors="pt")
 
 
-def reply_ids(model, tokenizer, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
+def reply_ids(model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
               top_p: float = 1.0, seed: int = 0, raw: bool = False, repetition_penalty: float = 1.0):
     """Generated token ids after the prompt, up to and including the end-of-turn token; greedy at temperature 0.
     `repetition_penalty` above 1 makes every token already in the prompt or the reply less likely
@@ -71,7 +71,7 @@ def generate(model_dir: Path, prompt: str, **options) -> str:
 @click.option("--repetition-penalty", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="above 1, tokens already in the prompt or the reply are less likely (1.2-1.3 is usual)")
 @click.option("--raw", is_flag=True, help="send PROMPT as the user turn unchanged (no Alpaca preamble)")
-def main(model_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+def main(*, model_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int,
          repetition_penalty: float, raw: bool) -> None:
     """Print the model's reply to PROMPT (MODEL_DIR: a run's best/ or last/ folder)."""
     if not (model_dir / "config.json").is_file():

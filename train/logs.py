@@ -161,7 +161,7 @@ class Meter:
         self.loss, self.supervised, self.tokens, self.slots = 0.0, 0, 0, 0
         self.seconds, self.data_seconds, self.flops = 0.0, 0.0, 0.0
 
-    def rates(self, tokens: int, supervised: int, slots: int, flops: float, data_seconds: float,
+    def rates(self, *, tokens: int, supervised: int, slots: int, flops: float, data_seconds: float,
               seconds: float) -> dict:
         """The throughput figures of steps that took `seconds` (a train record's window, or the whole run)."""
         seconds = max(seconds, 1e-9)
@@ -173,7 +173,7 @@ class Meter:
     def elapsed(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    def count(self, seconds: float, data_seconds: float, flops: float, loss_sum, supervised: int, tokens: int,
+    def count(self, *, seconds: float, data_seconds: float, flops: float, loss_sum, supervised: int, tokens: int,
               slots: int, stepped: bool, finite_loss: bool) -> None:
         """One optimizer step: `loss_sum` (a device tensor) summed over its supervised tokens."""
         p = self.progress
@@ -198,8 +198,8 @@ class Meter:
         loss = loss_sum / max(self.supervised, 1)
         values = dict(kind="train", step=p.step, epoch=p.epoch, loss=loss, learning_rate=learning_rate,
                       grad_norm=grad_norm, tokens=p.tokens, supervised_tokens=p.supervised_tokens,
-                      **self.rates(self.tokens, self.supervised, self.slots, self.flops, self.data_seconds,
-                                   self.seconds),
+                      **self.rates(tokens=self.tokens, supervised=self.supervised, slots=self.slots, flops=self.flops,
+                                   data_seconds=self.data_seconds, seconds=self.seconds),
                       overflow_skipped_steps=p.overflow_skipped_steps, nan_loss_steps=p.nan_loss_steps,
                       elapsed_seconds=self.elapsed())
         self.logger.log({k: values[k] for k in TRAIN_KEYS})
@@ -223,7 +223,8 @@ class Meter:
             **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
                                                "batch_size", "grad_accum")},
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
-            **self.rates(p.tokens, p.supervised_tokens, p.slots, p.flops, p.data_seconds, p.train_seconds),
+            **self.rates(tokens=p.tokens, supervised=p.supervised_tokens, slots=p.slots, flops=p.flops,
+                         data_seconds=p.data_seconds, seconds=p.train_seconds),
             matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
             peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             mode=manifest.mode,

@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
 from sftcli import UserError
 
 # Random-initialised shapes that need no network. `tiny` is for CPU tests (positions as long as
@@ -48,27 +50,43 @@ def padded_vocab_size(num_tokens: int, multiple: int) -> int:
     return -(-num_tokens // multiple) * multiple
 
 
-def load_model(name: str, tokenizer: PreTrainedTokenizerBase, pad_vocab_to: int = 1, seed: int = 0,
+def _overrides(dropout: float | None) -> dict:
+    return {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+
+
+def _cannot_load(name: str, error: Exception) -> ModelError:
+    local = " (no such folder)" if not Path(name).exists() and "/" in name else ""
+    return ModelError(f"cannot load model {name!r}{local}: {str(error).splitlines()[0]}; use a local folder, a hub id "
+                      f"reachable from here, or a named config: {', '.join(NAMED_CONFIGS)}")
+
+
+def model_config(name: str, dropout: float | None = None) -> PretrainedConfig:
+    """The configuration `load_model(name, dropout=dropout)` gives its model, read without the weights
+    (the attention plan checks the model's dropout before the model is built)."""
+    if name in NAMED_CONFIGS:
+        return GPT2Config(**NAMED_CONFIGS[name], **_overrides(dropout))
+    try:
+        return AutoConfig.from_pretrained(name, **_overrides(dropout))
+    except (OSError, ValueError) as e:
+        raise _cannot_load(name, e) from None
+
+
+def load_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: int = 1, seed: int = 0,
                dropout: float | None = None, attention: str = "sdpa",
                end_of_turn_token_id: int | None = None) -> PreTrainedModel:
     """Build or load the model in fp32, size its embeddings to the tokenizer, set its special ids."""
     logging.getLogger("transformers.modeling_utils").addFilter(_NO_PADDING_WARNING)  # a set: adding twice is a no-op
     vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)
-    overrides = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     if name in NAMED_CONFIGS:
         torch.manual_seed(seed)  # the random init is part of the run, like the data order
-        config = GPT2Config(vocab_size=vocab_size, **NAMED_CONFIGS[name], **overrides)
+        config = GPT2Config(vocab_size=vocab_size, **NAMED_CONFIGS[name], **_overrides(dropout))
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, attn_implementation=attention,
-                                                         **overrides)
+                                                         **_overrides(dropout))
         except (OSError, ValueError) as e:
-            local = " (no such folder)" if not Path(name).exists() and "/" in name else ""
-            raise ModelError(
-                f"cannot load model {name!r}{local}: {str(e).splitlines()[0]}; use a local folder, a hub id "
-                f"reachable from here, or a named config: {', '.join(NAMED_CONFIGS)}"
-            ) from None
+            raise _cannot_load(name, e) from None
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
     set_special_tokens(model, tokenizer, end_of_turn_token_id)

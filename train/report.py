@@ -104,7 +104,7 @@ DECODINGS = {"greedy": dict(temperature=0.0),
 
 
 def generations(runs: list[dict], max_new_tokens: int) -> dict[str, dict[tuple[str, str], str]]:
-    """Each run's best checkpoint answering the seed's prompts: its reply per (prompt, decoding name)."""
+    """Each run's best checkpoint answering the source article's prompts: its reply per (prompt, decoding name)."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -174,7 +174,7 @@ def runs_line(runs: list[dict]) -> str:
             "validation loss over the same validation split for every run.")
 
 
-def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, readme: Path | None = None,
+def write_report(run_folders: list[Path], out: Path, *, max_new_tokens: int = 64, readme: Path | None = None,
                  started: float | None = None, base_eval: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(f) for f in run_folders]
@@ -223,10 +223,11 @@ def write_report(run_folders: list[Path], out: Path, max_new_tokens: int = 64, r
 @click.option("--base-eval", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="eval.json of the base model (python -m train.eval MODEL --out FILE): its row comes first")
 @main_errors()
-def main(runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, started: float | None,
+def main(*, runs: tuple[Path, ...], out: Path, max_new_tokens: int, readme: Path | None, started: float | None,
          base_eval: Path | None) -> None:
     """Write a comparison report of the training runs RUNS (folders of `python -m train`)."""
-    path = write_report(list(runs), out, max_new_tokens, readme, started, base_eval)
+    path = write_report(list(runs), out, max_new_tokens=max_new_tokens, readme=readme, started=started,
+                        base_eval=base_eval)
     click.echo(f"report: {path}")
 
 

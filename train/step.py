@@ -1,7 +1,7 @@
 """One training step's parts: draw (collate in a background thread), backward, update; and the processes.
 
     batches = prefetcher.next()                 # this step's micro-batches, collated while the last step ran
-    loss_sum = backward(ddp, loss_model, batches, 1 / supervised_tokens, autocast, scaler)
+    loss_sum = backward(ddp, loss_model, batches, loss_scale=1 / supervised_tokens, autocast=autocast, scaler=scaler)
     grad_norm, stepped, finite_loss = update(model, optimizer, scaler, grad_clip, torch.isfinite(loss_sum))
 
 Benchmarks call the same three: `get_batch`, `backward` (it takes a plain Hugging Face model
@@ -21,7 +21,7 @@ import torch.distributed
 
 from shards.batch import get_rows_batch
 from shards.format import SplitArrays
-from train.attention import TORCH_FLASH, cumulative_lengths, document_ids, implementation, varlen_index
+from train.attention import AttentionPlan
 from train.head import LabelLossModel
 
 COMPILE_WIDTH_MULTIPLE = 64  # --compile pads widths to this multiple, so shapes repeat and it compiles few graphs
@@ -64,36 +64,25 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     ((None, False), (torch.bfloat16, False))
     """
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"  # the seed's choice on GPU
+        precision = "fp16" if device.type == "cuda" else "fp32"  # the source article's choice on GPU
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
 
 
-def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, isolation: bool, device: torch.device,
-              *, flatten: bool = False, pad_to_multiple_of: int = 1, attention: str = "sdpa", pin: bool = False):
+def get_batch(split: SplitArrays, rows: np.ndarray, pad_token_id: int, *, isolation: bool, device: torch.device,
+              attention: AttentionPlan, flatten: bool = False, pad_to_multiple_of: int = 1, pin: bool = False):
     """Collate rows of the memory-mapped split; return model inputs (on `device`), and the Batch with its counts.
 
-    `attention` varlen: inputs["varlen_index"] holds the regrouping of the batch's samples (None
-    when no row holds two); flex: inputs["flex_documents"] the sequence of every position;
-    flash on torch's kernel: inputs["flash_cu_seqlens"] and ["flash_max_length"].
-    With `pin` the host tensors are pinned and copied without blocking.
+    The attention plan's builder adds its path's inputs (`train.attention.resolve_attention`):
+    varlen the regrouping of the batch's samples, flex the sequence of every position, flash on
+    torch's kernel the cumulative sequence lengths. With `pin` the host tensors are pinned and
+    copied without blocking.
     """
     batch = get_rows_batch(split, rows, pad_token_id, isolation, flatten=flatten, pad_to_multiple_of=pad_to_multiple_of)
-    shape = batch.input_ids.shape
-    tensors = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")}
-    if attention == "flex":
-        tensors["flex_documents"] = torch.from_numpy(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
-    index = varlen_index(batch.sequence_starts, batch.sequence_lengths, *shape) if attention == "varlen" else None
-    extra = {}
-    if attention == "flash" and implementation(attention) == TORCH_FLASH:
-        bounds, longest = cumulative_lengths(document_ids(batch.sequence_starts, batch.sequence_lengths, *shape))
-        tensors["flash_cu_seqlens"], extra["flash_max_length"] = torch.from_numpy(bounds), longest
+    host = {**{k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "position_ids", "labels")},
+            **attention.inputs(batch)}
     if pin:
-        tensors = {k: v.pin_memory() for k, v in tensors.items()}
-        index = index and index.pin_memory()
-    inputs = {k: v.to(device, non_blocking=pin) for k, v in tensors.items()}
-    if attention == "varlen":
-        inputs["varlen_index"] = index and index.to(device, non_blocking=pin)
-    return {**inputs, **extra}, batch
+        host = {k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in host.items()}
+    return {k: v.to(device, non_blocking=pin) if hasattr(v, "to") else v for k, v in host.items()}, batch
 
 
 class Prefetcher:
@@ -117,7 +106,7 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def backward(ddp, model, batches: list, loss_scale: float, autocast, scaler) -> torch.Tensor:
+def backward(ddp, model, batches: list, *, loss_scale: float, autocast, scaler) -> torch.Tensor:
     """Forward and backward over one optimizer step's micro-batches; returns their summed token loss.
 
     Each micro-batch's summed loss is multiplied by `loss_scale` (1 / the step's supervised
