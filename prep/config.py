@@ -32,15 +32,15 @@ class PrepConfig:
     mode: Mode = _opt(
         "concat", "row layout: padding (one sample a row), packed (concatenate and cut every max-length tokens: "
         "TRL's 'wrapped'), concat (bin-pack whole samples: TRL's 'bfd')")
-    max_length: int = _opt(256, "tokens per row (the seed's context_length)")
+    max_length: int = _opt(256, "tokens per row (the source article's context_length)")
     packer: Packer = _opt(
         "bfd", "concat packer: bfd (best-fit-decreasing + repair) or greedy (the source article's two-pointer "
         "greedy; seed: its deprecated old name)")
     prompt_format: PromptFormat = _opt(
-        "alpaca", "user turn of Alpaca records: alpaca (the seed's preamble) or none (the instruction as is); "
+        "alpaca", "user turn of Alpaca records: alpaca (the source article's preamble) or none (the instruction as is); "
         "recorded for generation")
     loss_on: LossOn = _opt(
-        "assistant", "tokens with loss: assistant (each reply + the template's end-of-turn token) or all (the seed's code)")
+        "assistant", "tokens with loss: assistant (each reply + the template's end-of-turn token) or all (the source article's code)")
     system_message: SystemMessage = _opt(
         "keep", "a system message: keep (as the template renders it), fold (prepend it to the first user turn, "
         "for templates that drop it), drop, or error (stop where the template drops or moves it)")
@@ -52,7 +52,7 @@ class PrepConfig:
         "recorded by the first build of --out, else today")
     overlong: Literal["truncate", "drop", "error"] = _opt(
         "truncate", "sample longer than max-length in padding/concat and validation rows: truncate, drop or error")
-    val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the seed) kept for validation, always padding mode")
+    val_ratio: float = _opt(0.1, "fraction of records (the last ones, as the source article) kept for validation, always padding mode")
     seed: int = _opt(0, "seed of the concat row shuffle")
     skip_bad: bool = _opt(False, "skip bad records (counted by reason in the manifest) instead of stopping")
     limit: int | None = _opt(None, "read only the first N records (quick runs)")
