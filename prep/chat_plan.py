@@ -26,7 +26,10 @@ render: a template that moves the system message or drops earlier reasoning trai
 prompt that generation at that turn would not see, which is recorded per shape
 (`mismatches`) and said in one line. A message the template drops is counted per role
 (`dropped`) and said in one line. Templates that strip contents (`| trim`, `.strip('\\n')`)
-are detected and the contents stripped the same way. Refused, in one line each: a
+are detected and the contents stripped the same way. A last reply the template leaves open
+(Apertus, GLM) is closed with the token that closes the same reply when a user turn follows.
+Tool calls are learned as part of their turn (up to the token that closes a plain reply), tool
+results never. Refused, in one line each: a
 template that cannot render the conversation, that renders a reply twice, or that closes
 a reply with no special token (nothing would tell the model, or generation, where a
 reply ends; `--loss-on all` supervises everything instead).
