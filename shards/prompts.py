@@ -107,12 +107,8 @@ def fixed_date(date: str | None):
 
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False, **extra) -> str:
-    """The tokenizer's chat template over `messages` with the options prep recorded (text, not ids).
-
-    >>> from prep.template import ensure_chat_format, load_tokenizer
-    >>> render_chat(ensure_chat_format(load_tokenizer("gpt2")), [{"role": "user", "content": "Hi"}], True)
-    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
-    """
+    """The tokenizer's chat template over `messages` with the options prep recorded (text, not ids):
+    `--chat-template-kwargs` and the `--template-date` its strftime_now gives (tests/test_template_options.py)."""
     kwargs, date = template_options(tokenizer)
     options = {**kwargs, **extra}
     with fixed_date(date):
