@@ -131,7 +131,6 @@ class Planner:
         plain = self.plan(PLAIN)
         self.end_of_turn, self._closers = plain.end_of_turn, set(plain.closers)
 
-
     def _render(self, shape: tuple, upto: int | None = None, pad: bool = False) -> str:
         """The template over placeholders: the whole conversation, or the generation prompt before turn `upto`."""
         left, right = (_PAD_LEFT, _PAD_RIGHT) if pad else ("", "")
@@ -197,7 +196,7 @@ class Planner:
         const_texts = {i: "".join(seg[1]) for i, seg in enumerate(segments)
                        if seg[0] == "text" and all(isinstance(p, str) for p in seg[1])}
         const_ids = dict(zip(const_texts, self.text.encode(list(const_texts.values()),
-                                                             [continued[i] for i in const_texts]))) if const_texts else {}
+                                                           [continued[i] for i in const_texts]))) if const_texts else {}
         first_mismatch = next((k for k in sorted(matches) if not matches[k]), None)
         plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches,
                      closers, appended)

@@ -41,6 +41,8 @@ def message_dict(message: tuple) -> dict:
 def prepare(conversation: tuple, system_message: str) -> tuple:
     """The conversation after --system-message: fold prepends a leading system message to the
     first user turn; drop removes system messages; keep and error leave it."""
+    if system_message in ("keep", "error"):
+        return conversation
     if system_message == "drop":
         return tuple(m for m in conversation if m[0] != SYSTEM)
     if (system_message == "fold" and len(conversation) > 1 and conversation[0][0] == SYSTEM
@@ -53,9 +55,12 @@ def shape(conversation: tuple, tools: str | None = None) -> tuple:
     """What the plan depends on: each message's role, whether it has reasoning, its other fields
     (tool calls are rendered by the template as they are), whether it is a reply that only calls
     tools, and the conversation's tools."""
-    entries = tuple((m[0], len(m) > 2 and m[2] is not None, m[3] if len(m) > 3 else None,
-                     m[0] == ASSISTANT and m[1] == "" and len(m) > 3 and "tool_calls" in (m[3] or ""))
-                    for m in conversation)
+    if all(len(m) == 2 for m in conversation):  # the common case, once per record: keep it cheap
+        entries = tuple((m[0], False, None, False) for m in conversation)
+    else:
+        entries = tuple((m[0], len(m) > 2 and m[2] is not None, m[3] if len(m) > 3 else None,
+                         m[0] == ASSISTANT and m[1] == "" and len(m) > 3 and "tool_calls" in (m[3] or ""))
+                        for m in conversation)
     return entries + ((TOOLS, False, tools, False),) if tools else entries
 
 
