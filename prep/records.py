@@ -145,7 +145,7 @@ class ConversationReader:
                     if isinstance(record, Bad):
                         raise record
                     messages, alpaca = conversation(record, prompt_format)
-                    tools_of(record)  # a bad `tools` field is a bad record too
+                    tools = tools_of(record)  # a bad `tools` field is a bad record too
                 except Bad as bad:
                     if not skip_bad:
                         raise DataError(f"{source.name}: {_where(source, index, line)}: {bad.detail}. {_SKIP_HINT}",
@@ -155,7 +155,7 @@ class ConversationReader:
                         bad_counts[bad.reason] += 1
                     continue
                 good += 1
-                batch.append(Conversation(offset + index, line, messages, alpaca, tools_of(record)))
+                batch.append(Conversation(offset + index, line, messages, alpaca, tools))
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []
