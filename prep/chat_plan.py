@@ -28,8 +28,8 @@ prompt that generation at that turn would not see, which is recorded per shape
 (`dropped`) and said in one line. Templates that strip contents (`| trim`, `.strip('\\n')`)
 are detected and the contents stripped the same way. A last reply the template leaves open
 (Apertus, GLM) is closed with the token that closes the same reply when a user turn follows.
-Tool calls are learned as part of their turn (up to the token that closes a plain reply), tool
-results never. Refused, in one line each: a
+Tool calls are learned as part of their turn, up to the token that hands the turn to the tool
+(prep/tool_turns.py), tool results never. Refused, in one line each: a
 template that cannot render the conversation, that renders a reply twice, or that closes
 a reply with no special token (nothing would tell the model, or generation, where a
 reply ends; `--loss-on all` supervises everything instead).
@@ -43,23 +43,17 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from prep.conversations import PLAIN, TOOLS, message_fields, shape_roles, split_shape
-from prep.records import ASSISTANT, SYSTEM, TOOL, USER
-from sftcli import UserError
+from prep import tool_turns
+from prep.tool_turns import MARK
+from prep.conversations import PLAIN, TOOLS, ChatFormatError, message_fields, shape_roles, split_shape
+from prep.records import ASSISTANT, SYSTEM, USER
 from shards.prompts import render_chat
 
 CONTENT, REASONING = "c", "r"  # the two supervised fields a message has: its content and its reasoning
-# A placeholder, as written or as a template's `tojson` escapes it (Llama 3.1's tool results); NUL never
-# occurs in validated records.
-_MARK = re.compile("(?:\x00|\\\\u0000)(\\d+)([cr])(?:\x00|\\\\u0000)")
 # Whitespace put around every placeholder in a second render: what the template leaves of it tells how it strips.
 _PAD_LEFT, _PAD_RIGHT = "\n\t\n", "\n \n"
 _LEFT = {"none": _PAD_LEFT, "nl": _PAD_LEFT.lstrip("\n"), "ws": ""}
 _RIGHT = {"none": _PAD_RIGHT, "nl": _PAD_RIGHT.rstrip("\n"), "ws": ""}
-
-
-class ChatFormatError(UserError):
-    """The chat template cannot give exact loss-mask boundaries."""
 
 
 def special_tokens(tokenizer) -> list[str]:
@@ -127,11 +121,14 @@ class Planner:
         self.special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
         self.spelling = {tokenizer.convert_tokens_to_ids(t): t for t in specials}
         self._plans: dict[tuple, _Plan] = {}
-        self._closers: set[int] = set()  # what closes a plain reply: where a reply with tool calls closes too
+        self.adaptations: tuple = ()  # what the template needs of tool messages (tool_turns.ADAPTATIONS)
+        self.closers: set[int] = set()  # what closes a plain reply: where a reply with tool calls closes too
+        self.added_re = tool_turns.added_tokens_re(tokenizer)
+        self.opener = tool_turns.turn_opener(self)
         plain = self.plan(PLAIN)
-        self.end_of_turn, self._closers = plain.end_of_turn, set(plain.closers)
+        self.end_of_turn, self.closers = plain.end_of_turn, set(plain.closers)
 
-    def _render(self, shape: tuple, upto: int | None = None, pad: bool = False) -> str:
+    def render(self, shape: tuple, upto: int | None = None, pad: bool = False) -> str:
         """The template over placeholders: the whole conversation, or the generation prompt before turn `upto`."""
         left, right = (_PAD_LEFT, _PAD_RIGHT) if pad else ("", "")
         messages = []
@@ -143,24 +140,41 @@ class Planner:
             if has_reasoning:
                 message["reasoning_content"] = f"{left}\x00{i}{REASONING}\x00{right}"
             messages.append(message)
+        options = {"add_generation_prompt": upto is not None, **({"tools": json.loads(tools)} if tools else {})}
         try:
-            return render_chat(self.tokenizer, messages, add_generation_prompt=upto is not None,
-                               **({"tools": json.loads(tools)} if tools else {}))
+            return self._render_adapted(messages, options)
         except Exception as e:  # a template's raise_exception, or a template bug: its words, in one line
             what = f"the generation prompt before turn {upto}" if upto is not None else "the conversation"
+            fix = ("--chat-template FILE with a template that takes OpenAI-style tools and tool_calls" if tools or
+                   tool_turns.has_calls(messages) else "--system-message fold or drop if it refuses a system turn, or "
+                   "--chat-template FILE with a template that accepts these roles")
             raise ChatFormatError(
                 f"the chat template cannot render {what} of roles {shape_roles(shape)} ({type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); use --system-message fold or drop "
-                "if it refuses a system turn, or --chat-template FILE with a template that accepts these roles"
-            ) from None
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); use {fix}") from None
+
+    def _render_adapted(self, messages: list[dict], options: dict) -> str:
+        """render_chat, adapting tool messages as the template needs (tool_turns.ADAPTATIONS): the adaptations
+        that make a failing render work are kept for every later render, and for check_prompts."""
+        first_error = None
+        for extra in tool_turns.more_adaptations(self.adaptations):
+            try:
+                text = render_chat(self.tokenizer, tool_turns.adapt(messages, self.adaptations + extra), **options)
+            except Exception as e:
+                first_error = first_error or e  # the template's words for the messages as given
+                if not tool_turns.has_calls(messages):
+                    raise
+                continue
+            self.adaptations += extra
+            return text
+        raise first_error
 
     def plan(self, shape: tuple) -> _Plan:
         if shape in self._plans:
             return self._plans[shape]
         roles, tools = split_shape(shape)
-        self._check_tools(shape)
-        full = self._render(shape)
-        marks = list(_MARK.finditer(full))
+        tool_turns.check_tools(self.tokenizer, shape)
+        full = self.render(shape)
+        marks = list(MARK.finditer(full))
         found = [(int(m.group(1)), m.group(2)) for m in marks]
         for (i, which), n in collections.Counter(found).items():
             if n > 1 and roles[i][0] == ASSISTANT:
@@ -176,12 +190,13 @@ class Planner:
             if role == ASSISTANT and (call_only or any(i == k for i, _ in found)):
                 starts[k], matches[k] = self._reply_start(shape, k, full, marks)
         self._check_system(shape, found, dropped)
-        self._check_calls_rendered(shape, full, starts)
-        items = self._items(full, marks, starts, strips)
+        tool_turns.check_calls_rendered(shape, full, starts)
+        ends = tool_turns.call_ends(self, shape, full, marks, starts)
+        items = self._items(full, marks, sorted(set(starts.values()) | set(ends.values())), strips)
         appended = self._final_closer(shape, full, marks)
         if appended is not None:  # the template leaves the last reply open: close it as it closes the others
             items.append(("special", appended, len(full)))
-        supervised, closers = self._supervision(shape, items, starts)
+        supervised, closers = self._supervision(shape, items, starts, ends)
         segments: list = []
         for (kind, value, _), sup in zip(items, supervised):
             if kind == "special":
@@ -206,8 +221,8 @@ class Planner:
 
     def _strips(self, shape: tuple, full: str, marks: list) -> dict[tuple, tuple[str, str]]:
         """(left, right) strip of every rendered placeholder, from a render with whitespace around each."""
-        padded = self._render(shape, pad=True)
-        padded_marks = list(_MARK.finditer(padded))
+        padded = self.render(shape, pad=True)
+        padded_marks = list(MARK.finditer(padded))
         if [m.group(0) for m in padded_marks] != [m.group(0) for m in marks]:
             raise ChatFormatError(f"the chat template renders roles {shape_roles(shape)} differently when contents "
                                   "start or end with whitespace, so its output cannot be rebuilt from the contents")
@@ -233,12 +248,12 @@ class Planner:
         exactly the generation prompt for turn k. The generation prompt's text after its last
         placeholder (the end of the last turn and the assistant header) is matched against the
         render's text before the reply; what follows the match (a think block, a space) is learned."""
-        prompt = self._render(shape, upto=k)
+        prompt = self.render(shape, upto=k)
         own = [m.start() for m in marks if int(m.group(1)) == k]
         # A reply that only calls tools has no placeholder: its text runs up to the next message's.
         first = min(own) if own else next((m.start() for m in marks if int(m.group(1)) > k), len(full))
         previous = max((m.end() for m in marks if m.end() <= first and int(m.group(1)) < k), default=0)
-        prompt_marks = list(_MARK.finditer(prompt))
+        prompt_marks = list(MARK.finditer(prompt))
         tail = prompt[prompt_marks[-1].end():] if prompt_marks else prompt
         between = full[previous:first]
         start = previous + len(os.path.commonprefix([between, tail]))
@@ -266,8 +281,8 @@ class Planner:
         if int(marks[-1].group(1)) != len(roles) - 1:
             return None
         extended = roles + ((USER, False, None, False),) + (((TOOLS, False, tools, False),) if tools else ())
-        longer = self._render(extended)
-        last = [m for m in _MARK.finditer(longer) if int(m.group(1)) == len(roles) - 1]
+        longer = self.render(extended)
+        last = [m for m in MARK.finditer(longer) if int(m.group(1)) == len(roles) - 1]
         special = self.special_re.search(longer, last[-1].end()) if last and self.special_re else None
         if special is None or longer[last[-1].end():special.start()].strip():
             return None
@@ -275,28 +290,6 @@ class Planner:
         print(f"prep: the chat template leaves the last reply of roles {shape_roles(shape)} open; it is closed with "
               f"{token}, as the template closes a reply that a user turn follows", file=sys.stderr)
         return self.tokenizer.convert_tokens_to_ids(token)
-
-    def _check_calls_rendered(self, shape: tuple, full: str, starts: dict) -> None:
-        """Refuse a template that leaves an assistant's tool calls out of the render (it expects them
-        spelled inside the content, say): they would be neither learned nor seen."""
-        roles, _ = split_shape(shape)
-        for k, start in starts.items():
-            calls = json.loads(roles[k][2] or "{}").get("tool_calls", [])
-            end = min((s for s in starts.values() if s > start), default=len(full))
-            missing = [c["function"]["name"] for c in calls if c["function"]["name"] not in full[start:end]]
-            if missing:
-                raise ChatFormatError(f"the chat template does not render the tool calls of assistant turn {k} "
-                                      f"({', '.join(missing)}) of roles {shape_roles(shape)}; use --chat-template FILE "
-                                      "with a template that renders tool_calls")
-
-    def _check_tools(self, shape: tuple) -> None:
-        """Tool calls, tool turns or tools given to a template that never mentions tools: refused."""
-        roles, tools = split_shape(shape)
-        uses = tools or any(role == TOOL or "tool_calls" in (extras or "") for role, _, extras, _ in roles)
-        if uses and "tool" not in (self.tokenizer.chat_template or ""):
-            raise ChatFormatError("the chat template has no tool support (it never mentions tools), so tool calls and "
-                                  "tool turns cannot be rendered; leave tool records out (or --skip-bad), or give "
-                                  "--chat-template FILE with a template that renders them")
 
     def _check_system(self, shape: tuple, found: list, dropped: tuple) -> None:
         """--system-message error: refuse a template that drops or moves the system message."""
@@ -309,10 +302,9 @@ class Planner:
                 f"the chat template {what} the system message of roles {shape_roles(shape)} (--system-message error); "
                 "use --system-message fold to prepend it to the first user turn, drop to leave it out, or keep")
 
-    def _items(self, full: str, marks: list, starts: dict, strips: dict) -> list[tuple]:
+    def _items(self, full: str, marks: list, cuts: list, strips: dict) -> list[tuple]:
         """The render as ("special", id, pos) | ("text", str, pos) | ("mark", (i, field, l, r), pos),
-        text cut at every reply start."""
-        cuts = sorted(set(starts.values()))
+        text cut at `cuts` (every reply start and tool-call end)."""
         items: list[tuple] = []
         pos = 0
         # Walk the render: placeholders, special tokens and text in order.
@@ -335,9 +327,10 @@ class Planner:
         items.extend(_cut(full, pos, b, cuts))
         return items
 
-    def _supervision(self, shape: tuple, items: list[tuple], starts: dict) -> tuple[list[bool], list[int]]:
+    def _supervision(self, shape: tuple, items: list[tuple], starts: dict, ends: dict) -> tuple[list[bool], list[int]]:
         """Per item, whether it is a label: from each reply's start through its last placeholder and
-        up to and including the first special token after it (the end of turn). Also the closing ids."""
+        up to and including the first special token after it (the end of turn), or for a reply that
+        calls tools up to `ends` (prep/tool_turns.py). Also the ids that close plain replies."""
         if self.loss_on == "all":
             return [True] * len(items), []
         begins = {pos: k for k, pos in starts.items()}
@@ -345,26 +338,25 @@ class Planner:
                 for k in starts}
         supervised, closers = [], []
         active, closing = None, False
-        # A reply with tool calls closes at the token that closes plain replies ([ARGS] or [TOOL_CALLS] may come first).
-        roles, _ = split_shape(shape)
-        calls = {k: "tool_calls" in (roles[k][2] or "") and bool(self._closers) for k in starts}
         for n, (kind, value, pos) in enumerate(items):
+            if active in ends and pos >= ends[active]:  # a reply that calls tools hands over to the tool here
+                active, closing = None, False
             if active is None and pos in begins:
                 active = begins.pop(pos)
-                closing = last[active] is None  # a reply that only calls tools closes at the next closer
+                closing = last[active] is None and active not in ends
             if kind == "mark" and active is not None and value[0] != active:
-                raise self._unclosed(shape)
+                raise self.unclosed(shape)
             supervised.append(active is not None)
-            if kind == "special" and closing and (not calls[active] or value in self._closers):
+            if kind == "special" and closing:
                 closers.append(value)
                 active, closing = None, False
-            if active is not None and n == last[active]:
+            if active is not None and n == last[active] and active not in ends:
                 closing = True
         if active is not None:
-            raise self._unclosed(shape)
+            raise self.unclosed(shape)
         return supervised, closers
 
-    def _unclosed(self, shape: tuple) -> ChatFormatError:
+    def unclosed(self, shape: tuple) -> ChatFormatError:
         return ChatFormatError(
             f"the chat template closes an assistant turn with no special token (roles {shape_roles(shape)}), so the "
             "loss mask cannot tell where a reply ends, nor generation where to stop; use a template that ends "

@@ -15,10 +15,15 @@ from __future__ import annotations
 import json
 
 from prep.records import ASSISTANT, SYSTEM, USER
+from sftcli import UserError
 
 TOOLS = "\x00tools"  # the shape's last entry, when the conversation has tools
 # The shape of a one-turn conversation: its plan says which token ends a reply.
 PLAIN = ((USER, False, None, False), (ASSISTANT, False, None, False))
+
+
+class ChatFormatError(UserError):
+    """The chat template cannot give exact loss-mask boundaries."""
 
 
 def message_fields(message: tuple) -> tuple[str, str, str | None]:

@@ -167,7 +167,7 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
                 if getattr(e, "position", None) is None:
                     raise
                 raise ChatFormatError(f"{batches.locate(batch[e.position].index)}: {e}") from None
-            bad = encoder.check_prompts(conversations, ids, offsets, tools)  # the template on real contents must agree
+            bad = encoder.check_prompts(conversations, ids, offsets, tools, mask)  # the template on real contents must agree
             if bad is not None:
                 raise PrepError(
                     f"{batches.locate(batch[bad[0]].index)}: with tokenizer {config.tokenizer!r}, {bad[1]}, so its "

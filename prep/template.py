@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -19,6 +20,7 @@ import numpy as np
 from prep.conversations import message_dict, prepare, shape as shape_of, shape_roles
 from prep.chat_plan import ChatFormatError, Planner, _fill  # noqa: F401 - ChatFormatError: prep's callers import it here
 from prep.encoders import TextEncoder
+from prep.tool_turns import adapt
 from shards.prompts import render_chat
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
@@ -170,13 +172,16 @@ class ConversationEncoder:
         return ids, mask, offsets.astype(np.int64)
 
     def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray,
-                      tools: list | None = None) -> tuple[int, str] | None:
+                      tools: list | None = None, mask: np.ndarray | None = None) -> tuple[int, str] | None:
         """Render the first `CHECKS_PER_SHAPE` conversations of every shape with their real contents
         and compare: the template's text with the plan's (a template that looks inside contents
         renders them differently from placeholders), and each generation prompt's tokens, alone as
         generation tokenizes them, with the conversation's. Returns (position, reason) of the first
         mismatching conversation. Conversations whose text holds a special-token string are skipped:
         on its own the tokenizer would parse it as a control token, which the conversation rightly does not.
+        With `mask`, a difference where an earlier reply starts (BPE merges Qwen3.5's `<think>\n` with the
+        `\n</think>` of a reply without reasoning when generation re-tokenizes the history) is not an
+        error: that turn's prompt is recorded as differing from generation's, as the planner does for text.
         """
         for k, conv in enumerate(conversations):
             conv = self.prepare(conv)
@@ -188,7 +193,7 @@ class ConversationEncoder:
                 continue
             self._checked[shape] += 1
             plan = self.plan(shape)
-            messages = [message_dict(m) for m in conv]
+            messages = adapt([message_dict(m) for m in conv], self.planner.adaptations)
             options = {"tools": json.loads(conv_tools)} if conv_tools else {}
             appended = self.planner.spelling[plan.appended] if plan.appended is not None else ""
             if render_chat(self.tokenizer, messages, **options) + appended != plan.text(conv, self.planner.spelling):
@@ -198,5 +203,33 @@ class ConversationEncoder:
                 text = render_chat(self.tokenizer, messages[:turn], add_generation_prompt=True, **options)
                 alone = self._backend.encode(text, add_special_tokens=False).ids
                 if row[: len(alone)] != alone:
-                    return k, "its rendered prompt tokenizes differently on its own than inside the conversation"
+                    if not self._merged_at_reply_start(row, alone, mask, offsets[k]):
+                        return k, "its rendered prompt tokenizes differently on its own than inside the conversation"
+                    self._record_mismatch(plan, shape, turn, conversations, tools)
         return None
+
+    @staticmethod
+    def _merged_at_reply_start(row: list, alone: list, mask: np.ndarray | None, offset: int) -> bool:
+        """Whether the first token where `row` and `alone` differ is next to a change of the loss mask."""
+        if mask is None:
+            return False
+        d = next(i for i, (a, b) in enumerate(zip(row + [None], alone + [None])) if a != b)
+        bits = mask[offset + max(d - 1, 0): offset + d + 2]
+        return d > 0 and len(set(bits.tolist())) > 1
+
+    def _record_mismatch(self, plan, shape: tuple, turn: int, conversations, tools: list | None) -> None:
+        """Turn `turn` of `shape` trains on a prompt that generation tokenizes otherwise: recorded, said once."""
+        plan.matches[turn] = False
+        if plan.first_mismatch is not None and plan.first_mismatch <= turn:
+            return
+        counted = plan.first_mismatch is not None
+        plan.first_mismatch = turn
+        roles = shape_roles(shape)
+        entry = self.mismatches.setdefault(roles, [turn, 0])
+        entry[0] = turn
+        if not counted:  # the batch's conversations of this shape were encoded before the check
+            entry[1] += sum(self.shape(self.prepare(c), t) == shape
+                            for c, t in zip(conversations, tools or [None] * len(conversations)))
+        print(f"prep: the generation prompt for turn {turn} of roles {roles} tokenizes otherwise than the "
+              "conversation where an earlier reply starts; masks follow the conversation (recorded as "
+              "prompt_matches_generation: false)", file=sys.stderr)

@@ -39,6 +39,19 @@ TRAINING_OPTIONS = {
     "tencent-Hy3": {"is_training": True},
 }
 CONVERSATIONS = {"system-2-turns": SYSTEM_MULTI_TURN, "1-turn": ONE_TURN, "reasoning": REASONING}
+# A tool call, its result and the reply after it (OpenAI/Hugging Face chat format).
+TOOL_RECORD = {
+    "messages": [
+        {"role": "system", "content": "You can look up the weather."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call12345", "type": "function", "function": {
+            "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "temperature=18C sky=clear", "tool_call_id": "call12345", "name": "get_weather"},
+        {"role": "assistant", "content": "It is 18 degrees and clear in Paris."}],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                                  "parameters": {"type": "object", "required": ["city"],
+                                                                 "properties": {"city": {"type": "string"}}}}}],
+}
 
 
 @dataclass
@@ -53,6 +66,38 @@ class Result:
     closed: str = ""  # the token prep adds after a last reply the template leaves open
     prompt_matches_generation: bool = True
     problems: tuple = ()  # oracle failures: an accepted template with a wrong mask
+    hand_over: str = ""  # the token that ends a reply calling a tool (TOOL_RECORD), "" where refused
+    tools: str = ""  # why TOOL_RECORD was refused, or what is wrong with its mask
+
+
+def tool_spans(tokenizer, record: dict):
+    """The supervised texts of `record` (a chat record with tools), the end-of-turn token and the encoder."""
+    from prep.records import conversation, tools_of
+
+    messages, _ = conversation(record)
+    tools = tools_of(record)
+    encoder = ConversationEncoder(tokenizer, encoder="tokenizers")
+    ids, mask, offsets = encoder.encode([messages], [tools])
+    bad = encoder.check_prompts([messages], ids, offsets, [tools], mask)
+    if bad is not None:
+        raise ChatFormatError(bad[1])
+    end = tokenizer.convert_ids_to_tokens(encoder.end_of_turn_id)
+    return [tokenizer.decode(ids[a:b]) for a, b in _runs(mask.tolist())], end, encoder
+
+
+def _tool_check(tokenizer) -> tuple[str, str]:
+    """(hand-over token, "") for TOOL_RECORD learned as it should be: the call through its hand-over, then the
+    reply through its end of turn, nothing of the user or the tool result; else ("", why not)."""
+    try:
+        spans, end, encoder = tool_spans(tokenizer, TOOL_RECORD)
+    except ChatFormatError as e:
+        return "", str(e).splitlines()[0]
+    call, reply = spans[0], spans[-1]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(call, add_special_tokens=False)["input_ids"])
+    if (len(spans) != 2 or "get_weather" not in call or "Paris" not in call or "temperature=18C" in "".join(spans)
+            or not reply.endswith(end) or not reply[: -len(end)].rstrip().endswith("It is 18 degrees and clear in Paris.")):
+        return "", f"WRONG MASK: {spans}"
+    return tokens[-1], ""
 
 
 def _decoded_between(tokenizer, ids: list[int], a: int, b: int) -> str:
@@ -181,6 +226,7 @@ def run_template(stem: str) -> Result:
     result.closed = ", ".join(sorted({token for e in encoders.values() for token in e.closed}))
     result.end_of_turn = tokenizer.convert_ids_to_tokens(encoders["keep"].end_of_turn_id)
     result.problems = tuple(problems)
+    result.hand_over, result.tools = _tool_check(tokenizer)
     return result
 
 
@@ -202,13 +248,20 @@ def table(results: list[Result]) -> str:
             notes += [f"leaves out: {r.dropped}" if r.dropped else ""]
             notes += [f"leaves the last reply open: prep adds `{r.closed}`" if r.closed else ""]
             notes += ["" if r.prompt_matches_generation else "a training prompt differs from generation's"]
+        tools = f"`{r.hand_over}`" if r.hand_over else "-" if not r.accepted else "refused" if "WRONG" not in r.tools \
+            else "WRONG MASK"
         rows.append([r.stem, r.vocab or "stand-in (GPT-2 BPE + the template's tokens)", status,
-                     f"`{r.end_of_turn}`" if r.accepted else "-", "; ".join(n for n in notes if n)])
+                     f"`{r.end_of_turn}`" if r.accepted else "-", tools, "; ".join(n for n in notes if n)])
     accepted = sum(r.accepted and not r.problems for r in results)
+    calls = sum(bool(r.hand_over) for r in results)
     head = (f"{accepted} of {len(results)} templates accepted with exact masks ({accepted / len(results):.0%}), "
             "each checked by the oracle in tests/template_corpus.py. Supervised: each reply, the template's text "
-            "between the generation prompt and it, and the end-of-turn token.\n\n")
-    return head + markdown_table(["template", "tokenizer", "accepted", "end of turn", "notes"], rows)
+            f"between the generation prompt and it, and the end-of-turn token. {calls} of them also learn a tool call "
+            "(`tool call`: the token that hands the turn to the tool; the refusals' reasons are in the next "
+            "table).\n\n")
+    refusals = [[r.stem, r.tools.replace("|", "\\|")] for r in results if r.accepted and not r.hand_over]
+    return (head + markdown_table(["template", "tokenizer", "accepted", "end of turn", "tool call", "notes"], rows)
+            + "\n\nTool calls refused:\n\n" + markdown_table(["template", "why"], refusals))
 
 
 def main(argv: list[str]) -> int:

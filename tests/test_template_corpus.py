@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests import real_tokenizers as corpus
-from tests.template_corpus import CONVERSATIONS, _runs, oracle_problems, run_corpus
+from prep.template import ensure_chat_format
+from tests.template_corpus import CONVERSATIONS, TOOL_RECORD, oracle_problems, run_corpus, tool_spans
 
 pytestmark = pytest.mark.skipif(not corpus.available(), reason=f"no real-tokenizer corpus at {corpus.CORPUS_DIR}; "
                                 "run `make corpus` (it needs PyPI once) to build it")
@@ -38,43 +39,58 @@ def test_named_family_with_its_real_vocabulary(family, results):
     assert result.end_of_turn, family
 
 
-TOOL_RECORD = {
-    "messages": [
-        {"role": "system", "content": "You can look up the weather."},
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "call12345", "type": "function", "function": {
-            "name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "temperature=18C sky=clear", "tool_call_id": "call12345", "name": "get_weather"},
-        {"role": "assistant", "content": "It is 18 degrees and clear in Paris."}],
-    "tools": [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
-                                                  "parameters": {"type": "object", "required": ["city"],
-                                                                 "properties": {"city": {"type": "string"}}}}}],
+# Each template's hand-over token, read off its own documentation and render: what ends the calling reply.
+HAND_OVER = {
+    "meta-llama-Llama-3.1-8B-Instruct": "<|eot_id|>", "meta-llama-Llama-3.2-3B-Instruct": "<|eot_id|>",
+    "meta-llama-Llama-3.3-70B-Instruct": "<|eot_id|>", "Qwen-Qwen2.5-7B-Instruct": "<|im_end|>",
+    "Qwen-Qwen3-0.6B": "<|im_end|>", "Qwen3-Coder": "<|im_end|>", "Qwen3.5-4B": "<|im_end|>",
+    "mistralai-Mistral-Nemo-Instruct-2407": "</s>", "Mistral-Small-3.2-24B-Instruct-2506": "</s>",
+    "unsloth-mistral-Devstral-Small-2507": "</s>", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "<|im_end|>",
+    "deepseek-ai-DeepSeek-V3.1": "<｜end▁of▁sentence｜>", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "<｜end▁of▁sentence｜>",
+    "openai-gpt-oss-120b": "<|call|>",  # the harmony format's hand-over to a tool
+    "google-gemma-4-31B-it": "<|tool_response>",  # Gemma 4 writes the result inside the model's turn
+    "GLM-4.6": "<|observation|>", "upstage-Solar-Open-100B": "<|calls|>", "Cohere2MoE": "<|END_OF_TURN_TOKEN|>",
+    "ibm-granite-granite-4.0": "<|end_of_text|>",
+    "meetkai-functionary-medium-v3.2": "<|eot_id|>",  # takes arguments as JSON text
 }
 
 
-@pytest.mark.parametrize("stem", [
-    "meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct",
-    "Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "Qwen3-Coder", "mistralai-Mistral-Nemo-Instruct-2407",
-    "Mistral-Small-3.2-24B-Instruct-2506", "unsloth-mistral-Devstral-Small-2507",
-    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "deepseek-ai-DeepSeek-V3.1"])
-def test_tool_calls_are_learned_and_tool_results_are_not(stem):
-    from prep.records import conversation, tools_of
-    from prep.template import ConversationEncoder, ensure_chat_format
-
+def _tool_spans(stem: str, record: dict):
     vocab = corpus.TEMPLATES[stem]
     tokenizer = ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem))
-    messages, _ = conversation(TOOL_RECORD)
-    tools = tools_of(TOOL_RECORD)
-    encoder = ConversationEncoder(tokenizer)
-    ids, mask, offsets = encoder.encode([messages], [tools])
-    assert encoder.check_prompts([messages], ids, offsets, [tools]) is None
-    end = tokenizer.convert_ids_to_tokens(encoder.end_of_turn_id)
-    spans = [tokenizer.decode(ids[a:b]) for a, b in _runs(mask.tolist())]
+    return tool_spans(tokenizer, record)
+
+
+@pytest.mark.parametrize("stem", sorted(HAND_OVER))
+def test_tool_calls_are_learned_and_tool_results_are_not(stem, results):
+    assert next(r for r in results if r.stem == stem).hand_over == HAND_OVER[stem]  # the table's column
+    spans, end, _ = _tool_spans(stem, TOOL_RECORD)
     call, reply = spans[0], spans[-1]
     assert len(spans) == 2, spans
-    assert "get_weather" in call and "Paris" in call and call.endswith(end), call
+    assert "get_weather" in call and "Paris" in call and call.endswith(HAND_OVER[stem]), call
     assert reply.endswith("It is 18 degrees and clear in Paris." + end), reply
     assert "temperature=18C" not in "".join(spans) and "weather in Paris?" not in "".join(spans)
+
+
+@pytest.mark.parametrize("stem", ["Qwen-Qwen3-0.6B", "meetkai-functionary-medium-v3.2", "openai-gpt-oss-120b"])
+def test_a_calling_reply_with_null_content_and_text_arguments_as_openai_sends_it(stem):
+    """OpenAI's wire format: content null and arguments as JSON text. Templates that add either to a
+    string get what they need (\"\" and JSON text), the others the record as it is."""
+    import copy
+
+    record = copy.deepcopy(TOOL_RECORD)
+    record["messages"][2]["content"] = None
+    record["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris"}'
+    spans, _, _ = _tool_spans(stem, record)
+    assert len(spans) == 2 and "Paris" in spans[0] and spans[0].endswith(HAND_OVER[stem]), spans
+
+
+def test_a_history_that_generation_tokenizes_otherwise_is_recorded_not_refused():
+    """Qwen3.5's generation prompt ends in `<think>\n`; a calling reply without reasoning continues with
+    `\n</think>`, which generation re-tokenizes as one `\n\n` in the next turn's prompt."""
+    _, _, encoder = _tool_spans("Qwen3.5-4B", TOOL_RECORD)
+    (roles, (turn, n)), = encoder.mismatches.items()
+    assert roles == ("system", "user", "assistant", "tool", "assistant") and turn == 4 and n == 1
 
 
 def test_a_template_without_tool_support_refuses_a_tool_record_naming_it(tmp_path):
