@@ -96,6 +96,33 @@ def test_hellaswag_on_a_tiny_checkpoint_matches_the_models_own_loglikelihoods(ti
     assert acc_norm["value"] == pytest.approx(correct_norm / 16)
 
 
+@pytest.mark.slow
+def test_apply_chat_template_renders_prompts_with_the_recorded_template_and_options(tmp_path):
+    """--apply-chat-template: lm-eval's prompts are the run's template over a user turn, with the kwargs
+    and date prep recorded (a template that writes both shows them), and eval.json says so."""
+    pytest.importorskip("lm_eval")
+    from shards.prompts import set_template_options
+    from train.model import load_model
+
+    run = tmp_path / "run"
+    tokenizer = chatml_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }} {{ strftime_now('%Y-%m-%d') }} "
+                               "{{ flavour }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    set_template_options(tokenizer, {"flavour": "plain"}, "2026-01-05")
+    load_model("tiny", tokenizer, seed=0).save_pretrained(run / "best")
+    tokenizer.save_pretrained(run / "best")
+    (run / "summary.json").write_text("{}")
+    data = write_items(tmp_path / "hellaswag.jsonl", count=2)
+    config = train_eval.EvalConfig(hellaswag_data=data, batch_size=8, device="cpu", apply_chat_template=True).validate()
+    [(_, results)] = train_eval.evaluate([train_eval.resolve_target(str(run), None)], config, log_samples=True)
+    context = results["samples"]["hellaswag"][0]["arguments"][0][0]
+    item = json.loads(data.read_text().splitlines()[0])
+    assert context.startswith("<|im_start|>user 2026-01-05 plain\n" + item["activity_label"] + ": "), context
+    assert context.endswith("<|im_end|>\n<|im_start|>assistant\n"), context
+    assert all(e["chat_template"] is True for e in json.loads((run / "eval.json").read_text())["results"])
+
+
 def test_report_shows_the_scores_with_the_base_row(tiny_run, tmp_path):
     entry = dict(task="hellaswag", metric="acc_norm", value=0.3125, stderr=0.0046, n=16, limit=None,
                  num_fewshot=0, source="h.jsonl", source_fingerprint="sha256:" + "ab" * 32, lm_eval_version="0.4.13",

@@ -28,11 +28,12 @@ import click
 
 from sftcli import (ConfigError, UserError, check_config, click_options, flag, main_errors, markdown_table, one_line,
                     opt)
+from shards.prompts import fixed_date, template_options
 from train.logs import write_json
 
 EVAL_FILE = "eval.json"
 ENTRY_KEYS = ("task", "metric", "value", "stderr", "n", "limit", "num_fewshot", "source", "source_fingerprint",
-              "lm_eval_version", "model", "dtype", "device", "batch_size", "created")
+              "lm_eval_version", "model", "dtype", "device", "batch_size", "chat_template", "created")
 INSTALL_HINT = "lm-eval is not installed; install it with: pip install -e '.[eval]' (or: pip install lm_eval)"
 
 
@@ -51,6 +52,9 @@ class EvalConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "weights dtype; auto keeps the checkpoint's own, as lm-eval does")
     limit: int | None = opt(None, "score only the first N items of each task (a smoke run, not comparable)")
+    apply_chat_template: bool = opt(
+        False, "render each prompt as a user turn with the model's chat template and the options prep recorded "
+               "(--chat-template-kwargs, --template-date), as lm-eval's --apply_chat_template does; default: raw text")
     out: Path | None = opt(None, "eval.json to write (one target only); default RUN/eval.json or MODEL_FOLDER/eval.json")
 
     @property
@@ -194,16 +198,24 @@ def evaluate(targets: list[Target], config: EvalConfig, log_samples: bool = Fals
                             f"(see: lm-eval ls tasks)")
         for target in targets:
             model, tokenizer = load_for_eval(target.model, config.dtype, device)
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size)
+            # The template options prep recorded in the tokenizer: its kwargs, and the date its strftime_now gives.
+            kwargs, date = template_options(tokenizer)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, chat_template_args=kwargs)
             # Tasks are built per target: lm-eval keeps each target's requests inside its Task objects.
             try:
                 tasks = manager.load(config.task_names)["tasks"]  # a group's tasks are scored one by one
             except ConnectionError as e:  # what `datasets` raises when the hub cannot be reached
                 raise EvalError(f"{flag('tasks')} {config.tasks}: {one_line(e)}; offline, score HellaSwag from a "
                                 f"local copy of its validation split with {flag('hellaswag_data')} FILE") from None
-            results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=config.limit,
-                                              task_manager=manager, log_samples=log_samples)
+            if config.apply_chat_template and not tokenizer.chat_template:
+                raise EvalError(f"{flag('apply_chat_template')}: {target.model} has no chat template; score it "
+                                "without the flag")
+            with fixed_date(date):
+                results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=config.limit,
+                                                  task_manager=manager, log_samples=log_samples,
+                                                  apply_chat_template=config.apply_chat_template)
             settings = {"limit": config.limit, "lm_eval_version": version, "model": target.model,
+                        "chat_template": config.apply_chat_template,
                         "dtype": str(model.dtype).removeprefix("torch."), "device": device,
                         "batch_size": config.batch_size,
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -233,6 +245,9 @@ def read_eval(path: Path) -> dict:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise EvalError(f"{path}: not a readable eval.json ({e}); rerun python -m train.eval") from None
+    for entry in data.get("results", []) if isinstance(data, dict) and isinstance(data.get("results"), list) else []:
+        if isinstance(entry, dict):
+            entry.setdefault("chat_template", False)  # written before --apply-chat-template: raw text
     if not (isinstance(data, dict) and isinstance(data.get("results"), list)
             and all(isinstance(e, dict) and set(ENTRY_KEYS) <= set(e) for e in data["results"])):
         raise EvalError(f"{path}: not an eval.json of python -m train.eval (results with {', '.join(ENTRY_KEYS)})")
