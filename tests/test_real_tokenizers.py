@@ -28,6 +28,10 @@ CONTROL = {
     "gemma-4": {"<bos>": 2, "<eos>": 1, "<|turn>": 105, "<turn|>": 106, "<|think|>": 98},
     "tekken": {"<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18},
     "mistral-v3": {"<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[TOOL_CALLS]": 5},
+    # the harmony format's tokens (OpenAI's harmony guide lists these ids)
+    "o200k-harmony": {"<|startoftext|>": 199998, "<|endoftext|>": 199999, "<|return|>": 200002,
+                      "<|constrain|>": 200003, "<|channel|>": 200005, "<|start|>": 200006, "<|end|>": 200007,
+                      "<|message|>": 200008, "<|call|>": 200012},
 }
 # (bos, eos) as each file says
 BOS_EOS = {
@@ -37,7 +41,7 @@ BOS_EOS = {
     "deepseek-coder": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
     "gpt-2": ("<|endoftext|>", "<|endoftext|>"), "llama-spm": ("<s>", "</s>"),
     "command-r": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"), "gemma-4": ("<bos>", "<eos>"),
-    "tekken": ("<s>", "</s>"), "mistral-v3": ("<s>", "</s>"),
+    "tekken": ("<s>", "</s>"), "mistral-v3": ("<s>", "</s>"), "o200k-harmony": ("<|startoftext|>", "<|return|>"),
 }
 # Markers a mapped template writes that its corpus vocabulary does not have as one token: the
 # model's own tokenizer names more tokens than the corpus file (see TEMPLATES' comments).
@@ -51,6 +55,7 @@ ABSENT_MARKERS = {
     "Mistral-Small-3.2-24B-Instruct-2506": {"[ARGS]", "[CALL_ID]"},
     "unsloth-mistral-Devstral-Small-2507": {"[ARGS]"},
     "mistralai-Ministral-3-14B-Reasoning-2512": {"[ARGS]", "[THINK]", "[/THINK]"},
+    "openai-gpt-oss-120b": {"<|final|>"},  # named only in a template comment; "final" is a channel
 }
 CONVERSATION = [{"role": "user", "content": "Give three tips."}, {"role": "assistant", "content": "Sleep, eat, move."}]
 
@@ -113,7 +118,7 @@ NO_MARKERS = {"llama-cpp-rwkv-world"}
 # One of each marker style (a GPT-2 load each, 0.1-0.3 s: not all 50)
 STANDIN_SAMPLE = ["deepseek-ai-DeepSeek-R1-Distill-Llama-8B", "google-gemma-2-2b-it", "HuggingFaceTB-SmolLM3-3B",
                   "ibm-granite-granite-3.3-2B-Instruct", "MiniMax-M2", "ByteDance-Seed-OSS", "tencent-Hy3",
-                  "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "NVIDIA-Nemotron-Nano-v2", "openai-gpt-oss-120b"]
+                  "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "NVIDIA-Nemotron-Nano-v2", "GLM-4.6"]
 
 
 def test_standin_templates_have_markers():
