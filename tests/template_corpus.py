@@ -196,11 +196,19 @@ def _encode(encoder: ConversationEncoder, conversation):
     return encoder.prepare(conversation), ids.tolist(), mask.tolist()
 
 
-def run_template(stem: str) -> Result:
-    """Encode each conversation with the template and its tokenizer; refusals are results, wrong masks problems."""
+def corpus_tokenizer(stem: str):
+    """(tokenizer with the template, vocab or None) for a template file stem or an OWN_TEMPLATES entry."""
+    if stem in corpus.OWN_TEMPLATES:
+        vocab = corpus.OWN_TEMPLATES[stem]
+        return ensure_chat_format(corpus.real_tokenizer(vocab)), vocab
     vocab = corpus.TEMPLATES.get(stem)
     vocab = vocab if vocab and corpus.vocab_ready(vocab) else None  # a vocabulary left out: the stand-in
-    tokenizer = ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem))
+    return ensure_chat_format(corpus.real_tokenizer(vocab, stem) if vocab else corpus.standin_tokenizer(stem)), vocab
+
+
+def run_template(stem: str) -> Result:
+    """Encode each conversation with the template and its tokenizer; refusals are results, wrong masks problems."""
+    tokenizer, vocab = corpus_tokenizer(stem)
     set_template_options(tokenizer, TRAINING_OPTIONS.get(stem, {}), "2026-01-05")
     result = Result(stem, vocab, True, "")
     encoders: dict[str, ConversationEncoder] = {}  # one per --system-message policy (building one reads the vocab)
@@ -232,7 +240,8 @@ def run_template(stem: str) -> Result:
 
 
 def run_corpus() -> list[Result]:
-    return [run_template(stem) for stem in sorted(corpus.TEMPLATES)]
+    own = [stem for stem, vocab in corpus.OWN_TEMPLATES.items() if corpus.vocab_ready(vocab)]
+    return [run_template(stem) for stem in sorted(corpus.TEMPLATES)] + [run_template(stem) for stem in own]
 
 
 def table(results: list[Result]) -> str:

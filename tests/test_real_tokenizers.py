@@ -32,6 +32,9 @@ CONTROL = {
     "o200k-harmony": {"<|startoftext|>": 199998, "<|endoftext|>": 199999, "<|return|>": 200002,
                       "<|constrain|>": 200003, "<|channel|>": 200005, "<|start|>": 200006, "<|end|>": 200007,
                       "<|message|>": 200008, "<|call|>": 200012},
+    "gemma-2": {"<bos>": 2, "<eos>": 1, "<start_of_turn>": 106, "<end_of_turn>": 107},
+    "gemma-3": {"<bos>": 2, "<eos>": 1, "<start_of_turn>": 105, "<end_of_turn>": 106},
+    "deepseek-v3": {"<｜begin▁of▁sentence｜>": 0, "<｜end▁of▁sentence｜>": 1},
 }
 # (bos, eos) as each file says
 BOS_EOS = {
@@ -42,6 +45,8 @@ BOS_EOS = {
     "gpt-2": ("<|endoftext|>", "<|endoftext|>"), "llama-spm": ("<s>", "</s>"),
     "command-r": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"), "gemma-4": ("<bos>", "<eos>"),
     "tekken": ("<s>", "</s>"), "mistral-v3": ("<s>", "</s>"), "o200k-harmony": ("<|startoftext|>", "<|return|>"),
+    "gemma-2": ("<bos>", "<eos>"), "gemma-3": ("<bos>", "<end_of_turn>"),
+    "deepseek-v3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
 }
 # Markers a mapped template writes that its corpus vocabulary does not have as one token: the
 # model's own tokenizer names more tokens than the corpus file (see TEMPLATES' comments).
@@ -72,6 +77,9 @@ def test_templates_cover_every_file():
     assert stems == set(rt.TEMPLATES)
     assert set(rt.TEMPLATES.values()) - {None} <= set(rt.VOCABS)
     for label, (stem, vocab) in rt.NAMED_FAMILIES.items():
+        if stem in rt.OWN_TEMPLATES:
+            assert rt.OWN_TEMPLATES[stem] == vocab, label
+            continue
         assert stem in rt.TEMPLATES, label
         # Mistral v0.3 borrows NeMo's [INST] template (the corpus has no v0.3 one)
         assert vocab == rt.TEMPLATES[stem] or (label, vocab) == ("Mistral v0.3", "mistral-v3"), label
@@ -116,7 +124,7 @@ def test_mapped_template_markers_are_tokens(stem):
 # Templates whose markers are XML-like tags only (<think>, <user> ...): the stand-in adds nothing.
 NO_MARKERS = {"llama-cpp-rwkv-world"}
 # One of each marker style (a GPT-2 load each, 0.1-0.3 s: not all 50)
-STANDIN_SAMPLE = ["deepseek-ai-DeepSeek-R1-Distill-Llama-8B", "google-gemma-2-2b-it", "HuggingFaceTB-SmolLM3-3B",
+STANDIN_SAMPLE = ["deepseek-ai-DeepSeek-R1-Distill-Llama-8B", "Kimi-K2-Instruct", "HuggingFaceTB-SmolLM3-3B",
                   "ibm-granite-granite-3.3-2B-Instruct", "MiniMax-M2", "ByteDance-Seed-OSS", "tencent-Hy3",
                   "CohereForAI-c4ai-command-r7b-12-2024-tool_use", "NVIDIA-Nemotron-Nano-v2", "GLM-4.6"]
 
