@@ -198,12 +198,23 @@ def test_nan_loss_stops_the_run_and_keeps_checkpoints(shards, tmp_path, monkeypa
         torch.testing.assert_close(last[name], best[name], rtol=0, atol=0)
 
 
+def named_command(stderr: str) -> TrainConfig:
+    """The config of the command an error names ("continue it with: python -m train ...; ...")."""
+    import shlex
+
+    words = shlex.split(stderr.split("continue it with: ")[1].split(";")[0])
+    assert words[:3] == ["python", "-m", "train"]
+    return TrainConfig(**main.make_context("train", words[3:]).params)
+
+
 def test_a_run_folder_is_not_reused_by_accident(reference):
     config, _ = reference
     result = CliRunner().invoke(main, cli_args(config))
-    assert result.exit_code == 1 and "already holds a run: pass --resume" in result.stderr
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "already holds a run: continue it" in result.stderr
+    assert named_command(result.stderr) == dataclasses.replace(config, resume=True)  # the one command that works
     result = CliRunner().invoke(main, cli_args(dataclasses.replace(config, resume=True, seed=5)))
     assert result.exit_code == 1 and "--seed: the run used 1337, now 5" in result.stderr
+    assert named_command(result.stderr) == dataclasses.replace(config, resume=True)
 
 
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):
