@@ -26,7 +26,7 @@ from shards.folders import DiskFull
 from shards.lock import FolderBusy, folder_lock, lock_path
 from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thread, subprocess_env,  # noqa: F401
                                  tiny_config, write_shard_set)
-from train import logs, loop, setup
+from train import logs, loop, setup, signals
 from train.__main__ import main
 from train.config import TrainConfig
 
@@ -124,6 +124,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last(reference, tm
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(signals, "SAME_PRESS_SECONDS", -1.0)  # the two kills here are two presses
     result = CliRunner().invoke(main, cli_args(config))
     assert result.exit_code == 130 and before, result.output
     assert result.stderr.startswith("error: interrupted by a second Ctrl-C;") and result.stderr.count("\n") == 1
@@ -132,6 +133,21 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last(reference, tm
     monkeypatch.undo()
     with single_thread():
         assert_resumes_exactly(config, reference)
+
+
+def test_one_ctrl_c_delivered_twice_is_one_press_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGINT)
+    with signals.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # from the terminal
+        os.kill(os.getpid(), signal.SIGTERM)  # more of the same stop: nothing changes
+        os.kill(os.getpid(), signal.SIGINT)  # the same press, passed on by torchrun's agent
+        assert stop.name == "SIGINT" and stop.agreed(None) and stop.votes() == [0, 1, 0]
+        stop.received_at -= 2 * signals.SAME_PRESS_SECONDS
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second press
+    assert signal.getsignal(signal.SIGINT) is before
+    other = signals.StopSignals()  # a process that got none stops for the signal the others got
+    assert other.agreed([0.0, 0.0, 1.0]) and other.name == "SIGUSR1" and not signals.StopSignals().agreed([0, 0, 0])
 
 
 def test_sigterm_ends_a_train_process_with_143_and_resume_is_exact(reference, tmp_path):

@@ -63,7 +63,7 @@ def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> bool:
         recover_folder(out / "best")
     barrier(dist)
     saved_config = out / "config.json"
-    saved = load_config(saved_config) if saved_config.is_file() else None
+    saved = _saved_config(saved_config, strict=config.resume)
     # the command that continues the run in `out`: its own options (a saved path as it was given), --resume
     resume = resume_command(dataclasses.replace(saved, out=config.out) if saved else config)
     checkpoint = (out / "last" / TRAINER_STATE).is_file()
@@ -80,6 +80,18 @@ def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> bool:
                           f"(or delete {out})")
     barrier(dist)  # every process has looked before the main one writes
     return checkpoint
+
+
+def _saved_config(path: Path, strict: bool) -> TrainConfig | None:
+    """The run's own options, or None where there are none (or, unless `strict`, none this version reads)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except (ConfigError, TypeError, ValueError):
+        if strict:
+            raise
+        return None
 
 
 def barrier(dist: Dist) -> None:

@@ -10,7 +10,7 @@
 What a scheduler sends (Slurm's time limit and `--signal=USR1@120`, Kubernetes' eviction, a spot
 preemption) becomes a saved `last/` and an exit code it can read: `exit_code` below, 0 after SIGUSR1
 (requeue me), 128 + the signal's number otherwise (143 for SIGTERM, 130 for SIGINT). A second
-Ctrl-C raises KeyboardInterrupt where the program is: a save under way is abandoned and the
+Ctrl-C (more than SAME_PRESS_SECONDS after the first stop signal) raises KeyboardInterrupt where the program is: a save under way is abandoned and the
 previous `last/` stays (`shards.folders.staged_folder`). Repeated SIGTERM/SIGUSR1 change nothing:
 the stop is already under way.
 
@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# One Ctrl-C under torchrun reaches a worker twice: from the terminal, and passed on by torchrun's agent
+# a few milliseconds later. A SIGINT this soon after the first stop signal is that same press.
+SAME_PRESS_SECONDS = 1.0
 
 
 def exit_code(name: str) -> int:
@@ -37,6 +41,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum: int | None = None
+        self.received_at = 0.0  # time.monotonic() of the first stop signal
         self.previous: dict = {}
 
     @property
@@ -59,8 +64,8 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
-            self.signum = signum
-        elif signum == signal.SIGINT:
+            self.signum, self.received_at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self.received_at > SAME_PRESS_SECONDS:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "StopSignals":
