@@ -1,4 +1,5 @@
-"""The training loop. It reads top to bottom, like nanoGPT's train.py: `_train()` below.
+"""The training loop. It reads top to bottom, like nanoGPT's train.py: `_train()` below (the run folder, its
+lock, the stop signals, the records), then `_loop()` (the steps).
 
     python -m train --shards shards/concat-256 --model tiny --out runs/concat --max-steps 600
     # a tqdm bar (step, loss, tok/s); OUT/config.json, metrics.jsonl, tb/, best/, last/, summary.json
@@ -6,8 +7,8 @@
 Beside it: `train.setup` (everything built before the first step: `build(config, dist) -> Run`),
 `train.step` (draw, backward, update), `train.head` (the label-only head and
 the one label shift), `train.attention` (the attention paths), `train.checkpoint`
-(best/ and last/), `train.logs` (the Meter and its records), `train.flops` (model FLOPs and
-MFU). `torchrun --nproc_per_node N -m train ...` runs the same loop under DistributedDataParallel.
+(best/ and last/, the run folder's lock), `train.logs` (the Meter and its records), `train.flops` (model
+FLOPs and MFU), `train.signals` (SIGTERM, SIGINT, SIGUSR1: save last/ and stop). `torchrun --nproc_per_node N -m train ...` runs the same loop under DistributedDataParallel.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         checkpoint = prepare_out(out, config, dist)
         # ---- everything checked before the first step (train/setup.py); --resume without a checkpoint: step 0
         run = build(config if checkpoint else dataclasses.replace(config, resume=False), dist)
-        writes = Writes(out, resume_command(config))
+        writes = Writes(resume_command(config))
         if dist.main:
             with writes(out):
                 out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,8 @@ def _loop(run: Run, meter: Meter, stop: StopSignals, writes: Writes) -> None:
             if progress.step % config.eval_interval == 0 or stopping:
                 evaluate_and_save(run, meter, writes)
             elif signalled:
-                save_last(run, meter, writes)
+                progress.wall_seconds = meter.elapsed()
+                save_last(run, writes)
             if progress.step == config.stop_after or signalled:
                 break
     finally:
@@ -146,16 +148,16 @@ def evaluate_and_save(run: Run, meter: Meter, writes: Writes) -> None:
         if run.dist.main:
             with writes(out / "best", checkpoint_bytes(out / "best", run.model)):
                 save_checkpoint(out / "best", run.model, run.tokenizer, progress, run.config)
+    progress.wall_seconds = meter.elapsed()
     if math.isfinite(val_loss):  # never replace a good last/ by broken weights
-        save_last(run, meter, writes)
+        save_last(run, writes)
     with writes(out):
         meter.log_val(val_loss, val_supervised)
 
 
-def save_last(run: Run, meter: Meter, writes: Writes) -> None:
+def save_last(run: Run, writes: Writes) -> None:
     """Save all that --resume needs in last/ (every process takes part: the RNG states are gathered)."""
     out = Path(run.config.out)
-    run.progress.wall_seconds = meter.elapsed()
     with writes(out / "last", checkpoint_bytes(out / "last", run.model, run.optimizer)):
         save_checkpoint(out / "last", run.model, run.tokenizer, run.progress, run.config, optimizer=run.optimizer,
                         scheduler=run.scheduler, scaler=run.scaler, dist=run.dist)
@@ -165,8 +167,8 @@ class Writes:
     """`with writes(folder, need):` a full disk while writing `folder` stops the run with one line that names
     it, the space needed and the command that continues the run; what was saved before is intact."""
 
-    def __init__(self, out: Path, resume: str):
-        self.out, self.resume = out, resume
+    def __init__(self, resume: str):
+        self.resume = resume
 
     def __call__(self, folder: Path, need: int | None = None):
         return on_disk_full(folder, f"free some space, then continue with: {self.resume}", need)
