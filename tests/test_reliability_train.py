@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from shards.folders import DiskFull
 from shards.lock import FolderBusy, folder_lock, lock_path
-from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thread, subprocess_env,  # noqa: F401
-                                 tiny_config, write_shard_set)
+from tests.train_helpers import (cli_args, one_thread, read_metrics, reference, shards,  # noqa: F401
+                                 signal_when_logged, single_thread, subprocess_env, tiny_config)
 from train import logs, loop, setup, signals
 from train.__main__ import main
 from train.config import TrainConfig
@@ -34,18 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
-                           train_samples=48, val_samples=8)
-
-
-@pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
-    """An uninterrupted 8-step run (evaluations at 3, 6, 8): what stopped and resumed runs must reproduce."""
-    with single_thread():
-        config = tiny_config(shards, tmp_path_factory.mktemp("runs") / "reference")
-        loop.train(config)
-    return config
+def reference_config(reference):
+    """The config of the uninterrupted 8-step run (evaluations at 3, 6, 8) that stopped runs must reproduce."""
+    return reference[0]
 
 
 def losses(out: Path, kind: str = "train") -> list[float]:
@@ -58,10 +49,10 @@ def files(folder: Path) -> dict:
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def assert_resumes_exactly(config: TrainConfig, reference: TrainConfig) -> None:
+def assert_resumes_exactly(config: TrainConfig, whole: TrainConfig) -> None:
     loop.train(dataclasses.replace(config, resume=True))
-    assert losses(config.out) == losses(reference.out)  # 0 difference
-    assert losses(config.out, "val") == losses(reference.out, "val")
+    assert losses(config.out) == losses(whole.out)  # 0 difference
+    assert losses(config.out, "val") == losses(whole.out, "val")
 
 
 def leftovers(out: Path) -> list[str]:
@@ -70,12 +61,12 @@ def leftovers(out: Path) -> list[str]:
     return names + [p.name for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
-def signal_at(monkeypatch, target, name: str, number: int, step: int, run_of=lambda args: args[0]) -> None:
+def signal_at(monkeypatch, target, name: str, number: int, step: int) -> None:
     """Send `number` to this process when `target.name` is called at progress step `step` (before it runs)."""
     real = getattr(target, name)
 
     def wrapper(*args, **kwargs):
-        if run_of(args).progress.step == step:
+        if args[0].progress.step == step:  # args[0]: the Run
             os.kill(os.getpid(), number)
         return real(*args, **kwargs)
 
@@ -87,14 +78,14 @@ def signal_at(monkeypatch, target, name: str, number: int, step: int, run_of=lam
     ("evaluation", signal.SIGINT, 4),  # the evaluation at step 3: it and its saves finish, step 4 runs
     ("checkpoint save", signal.SIGUSR1, 7),  # last/ of step 6 is written whole, step 7 runs
 ])
-def test_a_stop_signal_saves_last_and_resume_is_exact(reference, tmp_path, monkeypatch, point, number, stopped_at):
+def test_a_stop_signal_saves_last_and_resume_is_exact(reference_config, tmp_path, monkeypatch, point, number, stopped_at):
     if point == "step":
         signal_at(monkeypatch, setup.Run, "step", number, 4)
     elif point == "evaluation":
         signal_at(monkeypatch, loop, "evaluate", number, 3)
     else:
         signal_at(monkeypatch, loop, "save_last", number, 6)
-    config = dataclasses.replace(reference, out=tmp_path / "run")
+    config = dataclasses.replace(reference_config, out=tmp_path / "run")
     result = CliRunner().invoke(main, cli_args(config))
     name = signal.Signals(number).name
     assert result.exit_code == (0 if number == signal.SIGUSR1 else 128 + number), result.output
@@ -106,12 +97,12 @@ def test_a_stop_signal_saves_last_and_resume_is_exact(reference, tmp_path, monke
     assert leftovers(config.out) == []
     monkeypatch.undo()
     with single_thread():
-        assert_resumes_exactly(config, reference)
+        assert_resumes_exactly(config, reference_config)
     assert json.loads((config.out / "summary.json").read_text())["stopped"] is None
 
 
-def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last(reference, tmp_path, monkeypatch):
-    config = dataclasses.replace(reference, out=tmp_path / "run")
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last(reference_config, tmp_path, monkeypatch):
+    config = dataclasses.replace(reference_config, out=tmp_path / "run")
     before = {}
     real_save = torch.save
 
@@ -132,7 +123,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last(reference, tm
     assert leftovers(config.out) == [] and not (config.out / "summary.json").exists()
     monkeypatch.undo()
     with single_thread():
-        assert_resumes_exactly(config, reference)
+        assert_resumes_exactly(config, reference_config)
 
 
 def test_one_ctrl_c_delivered_twice_is_one_press_and_handlers_are_restored():
@@ -150,20 +141,12 @@ def test_one_ctrl_c_delivered_twice_is_one_press_and_handlers_are_restored():
     assert other.agreed([0.0, 0.0, 1.0]) and other.name == "SIGUSR1" and not signals.StopSignals().agreed([0, 0, 0])
 
 
-def test_sigterm_ends_a_train_process_with_143_and_resume_is_exact(reference, tmp_path):
-    config = dataclasses.replace(reference, out=tmp_path / "run")
+def test_sigterm_ends_a_train_process_with_143_and_resume_is_exact(reference_config, tmp_path):
+    config = dataclasses.replace(reference_config, out=tmp_path / "run")
     log = open(tmp_path / "output.txt", "wb")  # a file, not a pipe: a full pipe would stall the child
     child = subprocess.Popen([sys.executable, "-m", "train", *cli_args(config)], env=subprocess_env(),
                              stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            if read_metrics(config.out)[-1]["step"] >= 2:
-                child.send_signal(signal.SIGTERM)
-                break
-        except (OSError, IndexError, json.JSONDecodeError):
-            pass
-        time.sleep(0.005)
+    signal_when_logged(child, config.out, 2, signal.SIGTERM)
     child.wait(timeout=120)
     log.close()
     output = (tmp_path / "output.txt").read_text()
@@ -171,11 +154,11 @@ def test_sigterm_ends_a_train_process_with_143_and_resume_is_exact(reference, tm
     summary = json.loads((config.out / "summary.json").read_text())
     assert summary["stopped"] == "SIGTERM" and 2 <= summary["steps"] < 8, output[-2000:]
     assert f"stopped by SIGTERM after step {summary['steps']}: " in output
-    assert_resumes_exactly(config, reference)
+    assert_resumes_exactly(config, reference_config)
 
 
-def test_resume_before_the_first_checkpoint_trains_from_step_0(reference, tmp_path, monkeypatch):
-    config = dataclasses.replace(reference, out=tmp_path / "run")
+def test_resume_before_the_first_checkpoint_trains_from_step_0(reference_config, tmp_path, monkeypatch):
+    config = dataclasses.replace(reference_config, out=tmp_path / "run")
 
     def killed(run):  # the run dies at its first evaluation: config.json and 3 steps of metrics, no checkpoint
         raise SystemExit(137)
@@ -190,8 +173,8 @@ def test_resume_before_the_first_checkpoint_trains_from_step_0(reference, tmp_pa
     assert result.exit_code == 0, result.output
     assert (f"--resume: {config.out / 'last'} holds no checkpoint yet: training from step 0 in {config.out} "
             "(its config.json matches)") in result.stdout
-    assert losses(config.out) == losses(reference.out)  # the lines of the killed run were dropped, step 1 again
-    assert losses(config.out, "val") == losses(reference.out, "val")
+    assert losses(config.out) == losses(reference_config.out)  # the lines of the killed run were dropped, step 1 again
+    assert losses(config.out, "val") == losses(reference_config.out, "val")
     # a folder holding nothing resumes from step 0 too; one whose options differ is refused
     other = dataclasses.replace(config, out=tmp_path / "empty", resume=True, max_steps=1)
     assert CliRunner().invoke(main, cli_args(other)).exit_code == 0
@@ -296,8 +279,8 @@ def _fill_disk(monkeypatch, site: str, config: TrainConfig) -> None:
 
 @pytest.mark.parametrize("site, folder", [("best/", "best"), ("last/", "last"), ("metrics.jsonl", ""),
                                           ("tb/", ""), ("summary.json", "")])
-def test_a_full_disk_stops_the_run_with_one_line(reference, tmp_path, monkeypatch, site, folder):
-    config = dataclasses.replace(reference, out=tmp_path / "run", max_steps=6, eval_interval=3)
+def test_a_full_disk_stops_the_run_with_one_line(reference_config, tmp_path, monkeypatch, site, folder):
+    config = dataclasses.replace(reference_config, out=tmp_path / "run", max_steps=6, eval_interval=3)
     saved = {}
     real_evaluate = loop.evaluate
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import cli_args, one_thread, read_metrics, subprocess_env, tiny_config, write_shard_set  # noqa: F401
+from tests.train_helpers import (cli_args, one_thread, read_metrics, signal_when_logged, subprocess_env,  # noqa: F401
+                                 tiny_config, write_shard_set)
 from train import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -79,7 +80,6 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_is_exact
     the step to stop at (their votes ride on the step's all-reduce), save last/ and exit; --resume under
     torchrun then gives the uninterrupted run's losses exactly. Dropout on: each process's RNG is restored."""
     import signal
-    import time
 
     shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train"]
@@ -89,15 +89,7 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_is_exact
     assert done.returncode == 0, done.stderr[-3000:]
     log = open(tmp_path / "output.txt", "wb")
     child = subprocess.Popen([*torchrun, *cli_args(stopped)], env=subprocess_env(), stdout=log, stderr=log)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            if read_metrics(stopped.out)[-1]["step"] >= 2:
-                child.send_signal(signal.SIGTERM)
-                break
-        except (OSError, IndexError, json.JSONDecodeError):
-            pass
-        time.sleep(0.005)
+    signal_when_logged(child, stopped.out, 2, signal.SIGTERM)
     child.wait(timeout=300)
     log.close()
     output = (tmp_path / "output.txt").read_text()

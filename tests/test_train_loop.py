@@ -16,29 +16,14 @@ from sftcli import flag
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thread, subprocess_env,  # noqa: F401
-                                 tiny_config, write_shard_set)
+from tests.train_helpers import (cli_args, one_thread, read_metrics, reference, shards, single_thread,  # noqa: F401
+                                 subprocess_env, tiny_config, write_shard_set)
 from train.__main__ import main
 from train.config import TrainConfig
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
 from train import head, loop, setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
-                           train_samples=48, val_samples=8)
-
-
-@pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
-    """An uninterrupted 8-step run (dropout on, shuffled, two epochs): what resumed runs must reproduce."""
-    with single_thread():
-        config = tiny_config(shards, tmp_path_factory.mktemp("runs") / "reference")
-        summary = loop.train(config)
-    return config, summary
 
 
 def losses(out) -> list[float]:
