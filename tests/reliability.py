@@ -75,6 +75,9 @@ OTHER_CASES = [
     ("a full disk at train's `best/`, `last/`, `metrics.jsonl`, `tb/` or `summary.json`",
      "the run stops at that step with one `error:` line naming the folder and the command that continues it; "
      "the checkpoints saved before byte-identical", "tests/test_reliability_train.py::test_a_full_disk_stops_the_run_with_one_line"),
+    ("a real full disk (a tmpfs) at a checkpoint save", "one `error:` line naming `best/` and the space needed; "
+     "`best/` and `last/` byte-identical, no staging folder left",
+     "tests/test_reliability_disk.py::test_a_real_full_disk_at_a_checkpoint_save_is_one_line_and_keeps_the_checkpoints"),
     ("`--attention flex` or `flash` where it cannot train (CPU)", "refused with one line saying why, nothing written",
      "tests/test_train_attention.py::test_paths_that_cannot_train_on_cpu_say_so_in_one_line"),
 ]

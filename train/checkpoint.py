@@ -121,9 +121,10 @@ def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: 
         tokenizer.save_pretrained(tmp)
         state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rng_states}, tmp / OPTIMIZER_STATE)
+        if optimizer is not None:  # into a Python file: a full disk is then an OSError (ENOSPC), which
+            with open(tmp / OPTIMIZER_STATE, "wb") as file:  # torch's own writer reports as "unexpected pos"
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(), "rng": rng_states}, file)
 
 
 def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> Progress:
