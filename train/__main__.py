@@ -31,9 +31,9 @@ def main(**options) -> None:
     config = TrainConfig(**options)
     try:
         summary = train(config)
-    except KeyboardInterrupt:  # the second Ctrl-C: at once, wherever the run was
-        click.echo(f"error: interrupted by a second Ctrl-C; {config.out / 'last'} holds the last complete "
-                   f"checkpoint: continue with: {resume_command(config)}", err=True)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the first step): at once, wherever the run was
+        click.echo(f"error: interrupted by Ctrl-C; {config.out / 'last'} holds the last complete checkpoint, "
+                   f"if any: continue with: {resume_command(config)}", err=True)
         sys.exit(exit_code("SIGINT"))
     if summary["stopped"]:
         sys.exit(exit_code(summary["stopped"]))
