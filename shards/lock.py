@@ -6,7 +6,7 @@
     #                  2026-12-02 00:10:00 UTC): wait for it to finish, or stop it (kill 4242 on node7)"
 
 The kernel releases a flock when its holder dies, however it dies (SIGKILL included): a lock file
-left by a killed process is stale, and the next writer takes it over without asking. The file
+left by a killed process is stale, and the next writer takes it over, with a note on stderr. The file
 holds the holder's pid, host and start time, only to name it in the message. It is removed on
 release, while still locked (the inode check in `_acquire` keeps that race-free).
 On NFS, Linux turns flock into NFS byte-range locks: they hold across machines where the server's
@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,10 @@ def folder_lock(folder: Path, writer: str, fix: str = "") -> Iterator[None]:
     path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, writer, folder, fix)
+    stale = _holder(fd)  # a holder that ended without removing the file was killed
+    if "pid" in stale:
+        print(f"note: {folder}: taking over the lock of a {stale.get('writer', writer)} that was killed "
+              f"({describe(stale)})", file=sys.stderr, flush=True)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"writer": writer, "pid": os.getpid(), "host": socket.gethostname(),

@@ -206,18 +206,26 @@ def test_a_second_train_on_a_run_folder_stops_at_once(shards, tmp_path):
     assert not lock_path(config.out).exists()
 
 
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, capsys):
+    import socket
+
     folder = tmp_path / "out"
-    code = ("import os, signal, sys; from pathlib import Path; from shards.lock import folder_lock\n"
-            f"with folder_lock(Path({str(folder)!r}), 'prep'):\n    os.kill(os.getpid(), signal.SIGKILL)")
-    killed = subprocess.run([sys.executable, "-c", code], env=subprocess_env())
-    assert killed.returncode == -signal.SIGKILL
+    code = ("import os, signal; from pathlib import Path; from shards.lock import folder_lock\n"
+            f"with folder_lock(Path({str(folder)!r}), 'prep'):\n"
+            "    print(os.getpid(), flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert json.loads(lock_path(folder).read_text())["writer"] == "prep"  # left behind, but no longer locked
-    with folder_lock(folder, "train"):  # the kernel released the dead holder's flock: taken over
+    with folder_lock(folder, "train"):  # the kernel released the dead holder's flock: taken over, with a note
+        note = capsys.readouterr().err
+        assert note.startswith(f"note: {folder}: taking over the lock of a prep that was killed (pid "
+                               f"{killed.stdout.strip()} on {socket.gethostname()}, since ") and note.endswith(" UTC)\n")
         with pytest.raises(FolderBusy, match=f"being written by another train \\(pid {os.getpid()} on "):
             with folder_lock(folder, "train"):
                 pass
     assert not lock_path(folder).exists()
+    with folder_lock(folder, "train"):  # a lock released normally leaves nothing to take over
+        assert capsys.readouterr().err == ""
 
 
 def _full_write_text(monkeypatch, pattern: str, when: str = "") -> None:
