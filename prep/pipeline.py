@@ -29,12 +29,14 @@ from prep.records import combined_fingerprint, read_conversations
 from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, load_tokenizer
 from sftcli import UserError, command_line
 from shards import format as fmt
-from shards.folders import staged_folder
+from shards.folders import on_disk_full, staged_folder
+from shards.lock import folder_lock
 from shards.manifest import Manifest, PromptMismatch, ShardStats, SourceEntry, SplitStats, TemplateRecord
 from shards.prompts import set_prompt_format, set_template_options, template_options
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
+DISK_FIX = "the previous shard set (if any) is intact; free some space or choose another --out"
 ROWS_PER_WRITE = 8192
 
 
@@ -43,8 +45,13 @@ class PrepError(UserError):
 
 
 def run(config: PrepConfig, command: str | None = None, progress: bool = True) -> Manifest:
-    """Build the shard set described by `config`; returns its manifest."""
+    """Build the shard set described by `config`; returns its manifest. One prep writes an --out at a time."""
     config.validate()
+    with folder_lock(config.out_dir, "prep", fix="or choose another --out"):
+        return _run(config, command, progress)
+
+
+def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
     bad_counts: collections.Counter = collections.Counter()
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
@@ -55,30 +62,37 @@ def run(config: PrepConfig, command: str | None = None, progress: bool = True) -
     set_template_options(tokenizer, config.template_kwargs, _template_date(config, tokenizer.chat_template))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
-    with staged_folder(config.out_dir) as staging:
-        spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
-        _check_disk_space(staging, spill, token_dtype)
-        files, stats = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
-        spill.remove(staging)
-        prompt_format = config.prompt_format if spill.alpaca else "none"
-        set_prompt_format(tokenizer, prompt_format)  # generation renders questions as training did
-        tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
-        stats = dataclasses.replace(stats, dropped={**stats.dropped, **bad_counts})
-        prints = batches.fingerprints()
-        manifest = Manifest(
-            format_version=fmt.FORMAT_VERSION, mode=config.mode, max_length=config.max_length,
-            packer=config.packer if config.mode == "concat" else None, loss_on=config.loss_on,
-            token_dtype=token_dtype.name, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-            end_of_turn_token_id=encoder.end_of_turn_id, prompt_format=prompt_format, encoder=encoder.text.name,
-            template=_template_record(config, tokenizer, encoder),
-            tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
-            source=_data_name(config), source_fingerprint=combined_fingerprint(prints),
-            sources=[SourceEntry(**entry) for entry in prints], args=asdict(config), command=command or command_line("python -m prep", config),
-            files=files, stats=stats,
-        )
-        fmt.write_manifest(staging, manifest)
+    with staged_folder(config.out_dir) as staging:  # a failure anywhere below leaves the previous set as it was
+        with on_disk_full(config.out_dir, DISK_FIX):
+            spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, progress)
+        need = _check_disk_space(staging, spill, token_dtype, _tokenizer_bytes(tokenizer))
+        with on_disk_full(config.out_dir, DISK_FIX, need):
+            files, stats = _write_rows(config, spill, staging, token_dtype, len(tokenizer), progress)
+            spill.remove(staging)
+            prompt_format = config.prompt_format if spill.alpaca else "none"
+            set_prompt_format(tokenizer, prompt_format)  # generation renders questions as training did
+            tokenizer.save_pretrained(str(staging / fmt.TOKENIZER_DIR))
+            stats = dataclasses.replace(stats, dropped={**stats.dropped, **bad_counts})
+            fmt.write_manifest(staging, _manifest(config, command, tokenizer, encoder, batches, prompt_format,
+                                                  token_dtype, staging, files, stats))
     return fmt.read_manifest(config.out_dir)
+
+
+def _manifest(config, command, tokenizer, encoder, batches, prompt_format, token_dtype, staging, files,
+              stats) -> Manifest:
+    prints = batches.fingerprints()
+    return Manifest(
+        format_version=fmt.FORMAT_VERSION, mode=config.mode, max_length=config.max_length,
+        packer=config.packer if config.mode == "concat" else None, loss_on=config.loss_on,
+        token_dtype=token_dtype.name, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        end_of_turn_token_id=encoder.end_of_turn_id, prompt_format=prompt_format, encoder=encoder.text.name,
+        template=_template_record(config, tokenizer, encoder),
+        tokenizer_fingerprint=fmt.tokenizer_fingerprint(staging / fmt.TOKENIZER_DIR),
+        source=_data_name(config), source_fingerprint=combined_fingerprint(prints),
+        sources=[SourceEntry(**entry) for entry in prints],
+        args=asdict(config), command=command or command_line("python -m prep", config), files=files, stats=stats,
+    )
 
 
 def _template_date(config: PrepConfig, template: str) -> str | None:
@@ -190,15 +204,25 @@ def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) 
                   np.concatenate(supervised_head), alpaca, batches.locate)
 
 
-def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype) -> None:
-    # Tokens + mask + offsets, plus segment columns and Arrow framing; padding mode is the largest.
-    need = int(spill.offsets[-1]) * (token_dtype.itemsize + 1) + len(spill) * 32 + (1 << 20)
+def _check_disk_space(staging: Path, spill: _Spill, token_dtype: np.dtype, tokenizer_bytes: int) -> int:
+    """Refuse before writing the rows when the file system is too small; return the bytes needed."""
+    # Tokens + mask + offsets, plus segment columns and Arrow framing (padding mode is the largest);
+    # the manifest; the tokenizer.
+    need = int(spill.offsets[-1]) * (token_dtype.itemsize + 1) + len(spill) * 32 + (1 << 20) + tokenizer_bytes
     free = shutil.disk_usage(staging).free
     if free < need:
         raise PrepError(
             f"{staging.parent}: {free / 2**20:.1f} MiB free, the shard set needs about {need / 2**20:.1f} MiB; "
             "free some space or choose another --out"
         )
+    return need
+
+
+def _tokenizer_bytes(tokenizer) -> int:
+    """About what `save_pretrained` writes: tokenizer.json as it is saved (indented), and room for the rest."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    saved = len(backend.to_str(pretty=True).encode()) if backend is not None else 16 << 20
+    return saved + (1 << 20)
 
 
 # --------------------------------------------------------------------------- pass 2

@@ -1,5 +1,6 @@
-"""The one atomic-folder protocol: shard sets (prep) and checkpoints (train) are written with it; and its
-one-file form, `write_atomic` (manifest.json, summary.json, a trimmed metrics.jsonl).
+"""The one atomic-folder protocol: shard sets (prep) and checkpoints (train) are written with it; its
+one-file form, `write_atomic` (manifest.json, summary.json, a trimmed metrics.jsonl); and `on_disk_full`,
+which turns a full disk at any write into one DiskFull line naming the folder and the space needed.
 
     with staged_folder(Path("shards/concat-256")) as staging:
         ...  # write everything into `staging`
@@ -7,11 +8,20 @@ one-file form, `write_atomic` (manifest.json, summary.json, a trimmed metrics.js
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from sftcli import UserError
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """A write failed for want of space; what was there before is intact."""
 
 
 def recover_folder(target: Path) -> None:
@@ -62,8 +72,61 @@ def staged_folder(target: Path) -> Iterator[Path]:
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` under a temporary name, then rename: a reader never sees half a file."""
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A full disk or quota, as Python (OSError), Arrow (OSError without errno) or the Rust writers of
+    tokenizers and safetensors (a plain Exception: "No space left on device (os error 28)") report it.
+
+    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device")), is_disk_full(OSError(errno.EACCES, "x"))
+    (True, False)
+    >>> is_disk_full(Exception("No space left on device (os error 28)"))
+    True
+    """
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(error)
+    return any(os.strerror(code) in text or f"os error {code}" in text for code in DISK_FULL_ERRNOS)
+
+
+@contextmanager
+def on_disk_full(folder: Path, fix: str, need: int | None = None) -> Iterator[None]:
+    """Turn a full disk inside the block into one DiskFull line: `folder`, the free space, `need` bytes
+    (when known) and `fix`. Anything else passes through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFull(f"{folder}: no space left on the device ({mib(free_space(folder))} free"
+                       + (f", about {mib(need)} needed" if need else "") + f"); {fix}") from None
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the file system of `path`, or of its nearest existing parent."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def mib(size: int) -> str:
+    """
+    >>> mib(3 * 2**20 + 2**19)
+    '3.5 MiB'
+    """
+    return f"{size / 2**20:.1f} MiB"
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files below `folder` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def _alive(pid: int) -> bool:

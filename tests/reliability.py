@@ -47,6 +47,37 @@ OTHER_CASES = [
      "tests/test_train_step.py::test_a_skipped_update_does_not_move_the_schedule"),
     ("updates skipped for more than --max-nan-steps steps in a row", "the run stops with a clear error",
      "tests/test_train_step.py::test_consecutive_skipped_updates_stop_the_run"),
+    ("SIGTERM, SIGINT or SIGUSR1 during a step, an evaluation or a checkpoint save",
+     "the step finishes, `last/` is saved, `summary.json` says `stopped`, exit 143 / 130 / 0; `--resume` gives "
+     "the uninterrupted run's losses exactly", "tests/test_reliability_train.py::test_a_stop_signal_saves_last_and_resume_is_exact"),
+    ("SIGTERM to a `python -m train` process", "exit 143, one line saying how to resume; `--resume` exact",
+     "tests/test_reliability_train.py::test_sigterm_ends_a_train_process_with_143_and_resume_is_exact"),
+    ("SIGTERM to torchrun (2 processes, gloo)", "every process stops after the same step and saves; `--resume` exact",
+     "tests/test_train_ddp.py::test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_is_exact"),
+    ("a second Ctrl-C during a checkpoint save", "stops at once, exit 130, one line; the previous `last/` byte-identical",
+     "tests/test_reliability_train.py::test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last"),
+    ("train killed before its first checkpoint, then `--resume`",
+     "trains from step 0 in that folder once its config.json matches, saying so in one line",
+     "tests/test_reliability_train.py::test_resume_before_the_first_checkpoint_trains_from_step_0"),
+    ("a run folder that holds a run, or `--resume` with other options", "refused with one line naming the command that "
+     "continues the run", "tests/test_train_loop.py::test_a_run_folder_is_not_reused_by_accident"),
+    ("two `prep` commands on one `--out`", "the second stops at once naming the first's pid and host; the first "
+     "finishes undisturbed", "tests/test_reliability_prep.py::test_a_second_prep_on_one_out_stops_at_once"),
+    ("a second `train` (new or `--resume`) on a run folder in use", "stops at once naming the holder's pid and host",
+     "tests/test_reliability_train.py::test_a_second_train_on_a_run_folder_stops_at_once"),
+    ("a lock file left by a killed process", "taken over: the kernel released its flock",
+     "tests/test_reliability_train.py::test_a_lock_left_by_a_killed_process_is_taken_over"),
+    ("a full disk at prep's tokenizer save, shard writes or manifest", "one `error:` line with the space needed; "
+     "the previous shard set byte-identical, no staging folder left",
+     "tests/test_reliability_prep.py::test_a_full_disk_during_prep_is_one_line_and_keeps_the_previous_set"),
+    ("prep on a 3 MiB file system (a real tmpfs)", "refused before writing, with the sizes (the tokenizer counted)",
+     "tests/test_reliability_prep.py::test_prep_on_a_3_mib_file_system_is_refused_with_the_sizes"),
+    ("a full disk at train's `best/`, `last/`, `metrics.jsonl`, `tb/` or `summary.json`",
+     "the run stops at that step with one `error:` line naming the folder and the command that continues it; "
+     "the checkpoints saved before byte-identical", "tests/test_reliability_train.py::test_a_full_disk_stops_the_run_with_one_line"),
+    ("a real full disk (a tmpfs) at a checkpoint save", "one `error:` line naming `best/` and the space needed; "
+     "`best/` and `last/` byte-identical, no staging folder left",
+     "tests/test_reliability_disk.py::test_a_real_full_disk_at_a_checkpoint_save_is_one_line_and_keeps_the_checkpoints"),
     ("`--attention flex` or `flash` where it cannot train (CPU)", "refused with one line saying why, nothing written",
      "tests/test_train_attention.py::test_paths_that_cannot_train_on_cpu_say_so_in_one_line"),
 ]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import cli_args, one_thread, read_metrics, subprocess_env, tiny_config, write_shard_set  # noqa: F401
+from tests.train_helpers import (cli_args, one_thread, read_metrics, signal_when_logged, subprocess_env,  # noqa: F401
+                                 tiny_config, write_shard_set)
 from train import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -72,3 +73,33 @@ def test_ranks_reading_different_shard_sets_refuse_to_start(tmp_path):
         assert stderr.startswith("error: the processes read different shard sets (rank 0 on ") and "Traceback" not in stderr
         assert f"rank 1 on {socket.gethostname()}: {other}" in stderr and "copy the one folder to each node" in stderr
         assert not (tmp_path / f"run{rank}" / "config.json").exists()  # refused before it wrote anything
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_is_exact(tmp_path):
+    """SIGTERM to torchrun (what Slurm and Kubernetes send): it passes it to both processes, which agree on
+    the step to stop at (their votes ride on the step's all-reduce), save last/ and exit; --resume under
+    torchrun then gives the uninterrupted run's losses exactly. Dropout on: each process's RNG is restored."""
+    import signal
+
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train"]
+    whole, stopped = (tiny_config(shards, tmp_path / name, max_steps=8, eval_interval=3) for name in ("whole", "stopped"))
+    done = subprocess.run([*torchrun, *cli_args(whole)], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = open(tmp_path / "output.txt", "wb")
+    child = subprocess.Popen([*torchrun, *cli_args(stopped)], env=subprocess_env(), stdout=log, stderr=log)
+    signal_when_logged(child, stopped.out, 2, signal.SIGTERM)
+    child.wait(timeout=300)
+    log.close()
+    output = (tmp_path / "output.txt").read_text()
+    summary = json.loads((stopped.out / "summary.json").read_text())
+    assert summary["stopped"] == "SIGTERM" and 2 <= summary["steps"] < 8, output[-3000:]
+    assert output.count(f"stopped by SIGTERM after step {summary['steps']}: ") == 1  # rank 0 says it, once
+    state = json.loads((stopped.out / "last" / "trainer_state.json").read_text())
+    assert state["progress"]["step"] == summary["steps"]
+    resumed = subprocess.run([*torchrun, *cli_args(dataclasses.replace(stopped, resume=True))], env=subprocess_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for kind, key in (("train", "loss"), ("val", "val_loss")):
+        assert [r[key] for r in read_metrics(stopped.out, kind)] == [r[key] for r in read_metrics(whole.out, kind)]

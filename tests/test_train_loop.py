@@ -16,29 +16,14 @@ from sftcli import flag
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tests.train_helpers import (cli_args, one_thread, read_metrics, single_thread, subprocess_env,  # noqa: F401
-                                 tiny_config, write_shard_set)
+from tests.train_helpers import (cli_args, one_thread, read_metrics, reference, shards, single_thread,  # noqa: F401
+                                 subprocess_env, tiny_config, write_shard_set)
 from train.__main__ import main
 from train.config import TrainConfig
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
 from train import head, loop, setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
-                           train_samples=48, val_samples=8)
-
-
-@pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
-    """An uninterrupted 8-step run (dropout on, shuffled, two epochs): what resumed runs must reproduce."""
-    with single_thread():
-        config = tiny_config(shards, tmp_path_factory.mktemp("runs") / "reference")
-        summary = loop.train(config)
-    return config, summary
 
 
 def losses(out) -> list[float]:
@@ -198,12 +183,23 @@ def test_nan_loss_stops_the_run_and_keeps_checkpoints(shards, tmp_path, monkeypa
         torch.testing.assert_close(last[name], best[name], rtol=0, atol=0)
 
 
+def named_command(stderr: str) -> TrainConfig:
+    """The config of the command an error names ("continue it with: python -m train ...; ...")."""
+    import shlex
+
+    words = shlex.split(stderr.split("continue it with: ")[1].split(";")[0])
+    assert words[:3] == ["python", "-m", "train"]
+    return TrainConfig(**main.make_context("train", words[3:]).params)
+
+
 def test_a_run_folder_is_not_reused_by_accident(reference):
     config, _ = reference
     result = CliRunner().invoke(main, cli_args(config))
-    assert result.exit_code == 1 and "already holds a run: pass --resume" in result.stderr
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "already holds a run: continue it" in result.stderr
+    assert named_command(result.stderr) == dataclasses.replace(config, resume=True)  # the one command that works
     result = CliRunner().invoke(main, cli_args(dataclasses.replace(config, resume=True, seed=5)))
     assert result.exit_code == 1 and "--seed: the run used 1337, now 5" in result.stderr
+    assert named_command(result.stderr) == dataclasses.replace(config, resume=True)
 
 
 def test_atomic_folder_survives_a_kill_between_its_renames(tmp_path):

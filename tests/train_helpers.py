@@ -213,3 +213,37 @@ def single_thread():
 def one_thread():
     with single_thread():
         yield
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The loop tests' shard set: 48 synthetic samples concat-packed into rows of 64 tokens."""
+    return write_shard_set(tmp_path_factory.mktemp("shards") / "concat-64", "concat", max_length=64,
+                           train_samples=48, val_samples=8)
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """An uninterrupted 8-step run (dropout on, shuffled, two epochs, evaluations at 3, 6, 8): what resumed
+    and stopped runs must reproduce. (config, summary)."""
+    from train import loop
+
+    with single_thread():
+        config = tiny_config(shards, tmp_path_factory.mktemp("runs") / "reference")
+        summary = loop.train(config)
+    return config, summary
+
+
+def signal_when_logged(child, out: Path, step: int, number: int, seconds: float = 300) -> None:
+    """Send `number` to the process `child` once OUT/metrics.jsonl holds a train record of `step` or later."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and child.poll() is None:
+        try:  # the child may be writing a line right now: look again later
+            if read_metrics(out)[-1]["step"] >= step:
+                child.send_signal(number)
+                return
+        except (OSError, IndexError, json.JSONDecodeError):
+            pass
+        time.sleep(0.005)

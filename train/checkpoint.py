@@ -4,12 +4,14 @@
     RUN/last/  the same plus optimizer.pt and trainer_state.json: all that `--resume` needs
 
 A save goes through `shards.folders.staged_folder` (the one atomic-folder protocol, shared
-with shard sets), so a kill never leaves half a checkpoint.
+with shard sets), so a kill never leaves half a checkpoint. One process writes a run folder at a time:
+`lock_run_folder` (shards.lock) holds `.RUN.lock` beside it for the whole run.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +19,9 @@ import torch
 import torch.distributed
 
 from sftcli import ConfigError
-from shards.folders import recover_folder, staged_folder
-from train.config import TrainConfig, load_config
+from shards.folders import folder_bytes, recover_folder, staged_folder
+from shards.lock import FolderBusy, folder_lock
+from train.config import TrainConfig, load_config, resume_command
 from train.logs import Progress
 
 if TYPE_CHECKING:
@@ -28,27 +31,67 @@ TRAINER_STATE = "trainer_state.json"  # Progress + config: the counters a resume
 OPTIMIZER_STATE = "optimizer.pt"  # optimizer, scheduler, GradScaler, per-process RNG states
 
 
-def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> None:
+@contextmanager
+def lock_run_folder(out: Path, dist: Dist):
+    """Hold the run folder's lock (shards.lock) for the block: rank 0 takes it, every rank learns whether
+    it did, so all stop together when another process writes the folder."""
+    with ExitStack() as stack:
+        refused = None
+        if dist.main:
+            try:
+                stack.enter_context(folder_lock(out, "train", fix="or pass another --out"))
+            except FolderBusy as e:
+                refused = str(e)
+        if dist.world_size > 1:
+            box = [refused]
+            torch.distributed.broadcast_object_list(box, src=0)
+            refused = box[0]
+        if refused:
+            raise FolderBusy(refused)
+        yield
+
+
+def prepare_out(out: Path, config: TrainConfig, dist: Dist) -> bool:
     """Refuse to mix runs; on --resume, check the options against the run's own and mend a save cut short.
 
-    Writes nothing new: OUT/config.json is written once every check has passed.
+    Returns whether OUT/last holds a checkpoint to resume: --resume on a run that stopped before its
+    first one trains from step 0 in its folder. Writes nothing new: OUT/config.json is written once
+    every check has passed.
     """
     if dist.main:
         recover_folder(out / "last")
         recover_folder(out / "best")
     barrier(dist)
     saved_config = out / "config.json"
+    saved = _saved_config(saved_config, strict=config.resume)
+    # the command that continues the run in `out`: its own options (a saved path as it was given), --resume
+    resume = resume_command(dataclasses.replace(saved, out=config.out) if saved else config)
+    checkpoint = (out / "last" / TRAINER_STATE).is_file()
     if config.resume:
-        if not (out / "last" / TRAINER_STATE).is_file():
-            raise ConfigError(f"--resume: {out / 'last'} holds no checkpoint to resume; run without --resume")
-        if saved_config.is_file():
-            mismatches = config.resume_mismatches(load_config(saved_config))
-            if mismatches:
-                raise ConfigError("--resume with options that change the run: " + "; ".join(mismatches))
+        mismatches = config.resume_mismatches(saved) if saved else []
+        if mismatches:
+            raise ConfigError("--resume with options that change the run: " + "; ".join(mismatches)
+                              + f"; continue it with: {resume}; or pass another --out")
+        if not checkpoint and dist.main:
+            print(f"--resume: {out / 'last'} holds no checkpoint yet: training from step 0 in {out}"
+                  + (" (its config.json matches)" if saved else ""), flush=True)
     elif saved_config.exists():
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or another --out "
+        raise ConfigError(f"{out} already holds a run: continue it with: {resume}; or pass another --out "
                           f"(or delete {out})")
     barrier(dist)  # every process has looked before the main one writes
+    return checkpoint
+
+
+def _saved_config(path: Path, strict: bool) -> TrainConfig | None:
+    """The run's own options, or None where there are none (or, unless `strict`, none this version reads)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except (ConfigError, TypeError, ValueError):
+        if strict:
+            raise
+        return None
 
 
 def barrier(dist: Dist) -> None:
@@ -78,9 +121,10 @@ def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: 
         tokenizer.save_pretrained(tmp)
         state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rng_states}, tmp / OPTIMIZER_STATE)
+        if optimizer is not None:  # into a Python file: a full disk is then an OSError (ENOSPC), which
+            with open(tmp / OPTIMIZER_STATE, "wb") as file:  # torch's own writer reports as "unexpected pos"
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(), "rng": rng_states}, file)
 
 
 def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> Progress:
@@ -92,7 +136,8 @@ def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> P
         state = torch.load(folder / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
         progress = Progress(**json.loads((folder / TRAINER_STATE).read_text())["progress"])
     except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); run without --resume") from None
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); move it aside (mv {folder} "
+                          f"{folder}.broken) and --resume trains from step 0") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -101,3 +146,12 @@ def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> P
     if torch.cuda.is_available() and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])
     return progress
+
+
+def checkpoint_bytes(folder: Path, model, optimizer=None) -> int:
+    """About what a save into `folder` needs free: the size of the checkpoint there, else the weights
+    (three times with an optimizer: AdamW keeps two moments), plus room for the tokenizer."""
+    if Path(folder).is_dir():
+        return folder_bytes(folder)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (3 if optimizer is not None else 1) + (8 << 20)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_type_hints
@@ -124,6 +126,35 @@ class TrainConfig:
             for f in dataclasses.fields(self)
             if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(saved, f.name)
         ]
+
+
+def launcher() -> str:
+    """How this process was started: `python -m train`, or torchrun with this node's processes."""
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world == "1":
+        return "python -m train"
+    if local in (None, world):
+        return f"torchrun --nproc_per_node {world} -m train"
+    return f"torchrun --nproc_per_node {local} (and the same --nnodes and rendezvous options) -m train"
+
+
+def resume_command(config: TrainConfig, program: str | None = None) -> str:
+    """The command that continues the run of `config`: its options that differ from the defaults, and --resume
+    (`program`: how this process was started, `launcher()`, unless given).
+
+    >>> resume_command(TrainConfig(shards=Path("s"), out=Path("my run"), max_steps=50, shuffle=False, stop_after=9))
+    "python -m train --shards s --out 'my run' --max-steps 50 --no-shuffle --resume"
+    """
+    parts = [program or launcher()]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in ("resume", "stop_after") or value is None or value == field.default:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag(field.name) if value else f"--no-{flag(field.name)[2:]}")
+        else:
+            parts.append(f"{flag(field.name)} {shlex.quote(str(value))}")
+    return " ".join(parts + ["--resume"])
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -14,7 +14,8 @@ loss is the token-weighted mean over the steps since the previous train record, 
 rates: model_tflops (train.flops: the model FLOPs done per second, all processes), mfu (that over
 the device's measured matmul peak, times the processes; CUDA only, else null) and
 data_wait_fraction (the share of step time spent waiting for the next batch to be collated).
-summary.json holds SUMMARY_KEYS; `attention` (the path taken, `auto` resolved), `flatten` and
+summary.json holds SUMMARY_KEYS; `stopped` names the signal that ended the run before --max-steps
+("SIGTERM", "SIGINT", "SIGUSR1"; null otherwise: train/signals.py); `attention` (the path taken, `auto` resolved), `flatten` and
 `compile` say on which kernel a run trained, so layouts are compared on the same one;
 `peak_memory_gib` is the device memory torch allocated at most (CUDA only); `threads`
 (torch's CPU threads) and `started_at` / `finished_at` (Unix seconds of this process's leg) say
@@ -43,7 +44,7 @@ TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "to
               "data_wait_fraction", "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
 VAL_KEYS = ("kind", "step", "epoch", "tokens", "supervised_tokens", "val_loss", "val_supervised_tokens",
             "best_val_loss", "best_step", "elapsed_seconds")
-SUMMARY_KEYS = ("steps", "max_steps", "completed", "epoch", "wall_seconds", "train_seconds", "tokens",
+SUMMARY_KEYS = ("steps", "max_steps", "completed", "stopped", "epoch", "wall_seconds", "train_seconds", "tokens",
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
                 "model_tflops", "mfu", "matmul_peak_tflops", "data_wait_fraction", "peak_memory_gib", "best_val_loss",
                 "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
@@ -214,7 +215,9 @@ class Meter:
                       best_step=p.best_step, elapsed_seconds=p.wall_seconds)
         self.logger.log({k: values[k] for k in VAL_KEYS})
 
-    def summary(self, config, manifest, shards: Path, world_size: int, attention: str) -> dict:
+    def summary(self, config, manifest, shards: Path, world_size: int, attention: str,
+                stopped: str | None = None) -> dict:
+        """`stopped`: the signal that stopped the run before --max-steps ("SIGTERM", ...), or None."""
         p = self.progress
         p.wall_seconds = self.elapsed()
         values = dict(
@@ -223,6 +226,7 @@ class Meter:
             **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
                                                "batch_size", "grad_accum")},
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
+            stopped=None if p.step == config.max_steps else stopped,
             **self.rates(tokens=p.tokens, supervised=p.supervised_tokens, slots=p.slots, flops=p.flops,
                          data_seconds=p.data_seconds, seconds=p.train_seconds),
             matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
