@@ -15,7 +15,7 @@ from benchmarks.common import Setup, clock, rounds
 from prep.packing import Mode
 from shards.stats import shard_set_stats
 from train.attention import resolve_attention
-from train.data import epoch_permutation
+from shards.order import epoch_permutation
 
 MODES = get_args(Mode)
 TOY = "tiny"  # its figures carry this suffix

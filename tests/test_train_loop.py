@@ -64,7 +64,8 @@ def test_a_run_writes_its_folder(reference):
     assert 0 <= train_records[0]["padding_fraction"] < 1
     # the rates: model FLOPs per second, the share waiting for data; MFU only where a CUDA peak was measured
     for r in train_records:
-        assert r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1 and r["mfu"] is None
+        assert r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
+        assert r["mfu"] is r["mfu_measured_peak"] is None
     # summary
     saved = json.loads((out / "summary.json").read_text())
     assert tuple(saved) == SUMMARY_KEYS and saved == summary
@@ -74,6 +75,7 @@ def test_a_run_writes_its_folder(reference):
     assert summary["tokens"] == train_records[-1]["tokens"] and summary["overflow_skipped_steps"] == 0
     assert summary["model_tflops"] > 0 and 0 <= summary["data_wait_fraction"] < 1
     assert summary["mfu"] is summary["matmul_peak_tflops"] is summary["peak_memory_gib"] is None  # CPU
+    assert summary["mfu_measured_peak"] is summary["datasheet_peak_tflops"] is None and not summary["group_by_length"]
     # tensorboard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

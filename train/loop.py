@@ -25,7 +25,7 @@ from train.config import TrainConfig
 from train.data import val_row_batches
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.setup import Run, build
-from train.step import Dist, Prefetcher, setup_distributed
+from train.step import Dist, Prefetcher, group_sizes, setup_distributed
 
 
 class TrainError(UserError):
@@ -72,7 +72,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=None if config.progress else True,
                dynamic_ncols=True) if dist.main else None
     meter = Meter(progress, RunLogger(out, dist.main, progress.step if config.resume else None), bar,
-                  run.peak_flops and run.peak_flops * dist.world_size)
+                  run.peak_flops and run.peak_flops * dist.world_size,
+                  run.datasheet_flops and run.datasheet_flops * dist.world_size)
     prefetcher = Prefetcher(run.draw)  # the next step's batches are collated while this one runs
     try:
         run.loss_model.train()
@@ -114,7 +115,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
         prefetcher.close()
         if bar is not None:
             bar.close()
-    summary = meter.summary(config, run.shard_set.manifest, run.shard_set.folder, dist.world_size, run.attention.name)
+    summary = meter.summary(config, run.shard_set.manifest, run.shard_set.folder, dist.world_size, run.attention.name,
+                            group_sizes(run.optimizer))
     if dist.main:
         write_json(out / "summary.json", summary)
     meter.logger.close()
