@@ -113,21 +113,52 @@ def small_shards(tmp_path_factory, records):
     return {mode: common.build_shards(data, work / f"{mode}-256", mode, 256) for mode in training.MODES}
 
 
-def test_training_counts_whole_splits_and_times_real_widths(small_shards):
-    from shards.stats import shard_set_stats
+def labels_per_row(folder) -> float:
+    """Supervised tokens per train row, counted row by row from the files (loss-mask ones), without shards.stats."""
+    from shards.format import ShardSet
 
-    result = training.measure(small_shards, batch_size=2, steps=2)
+    split = ShardSet.open(folder).split("train")
+    return sum(int(split.row(i).loss_mask.sum()) for i in range(split.num_rows)) / split.num_rows
+
+
+def test_training_ratios_are_medians_of_paired_rounds(small_shards, monkeypatch):
+    """With a clock that says every layout's step in round r took r + 1 seconds, each round's ratio is the
+    ratio of supervised tokens per row (counted from the files here), and so are the median and the quartiles;
+    grouped padding holds padding's rows, so its ratio to padding is 1."""
+    calls = {"n": 0}
+
+    def fake_clock(function):
+        calls["n"] += 1
+        return float((calls["n"] - 1) // 4 + 1), function()  # four layouts a round
+
+    monkeypatch.setattr(training, "clock", fake_clock)
+    result = training.measure(small_shards, batch_size=2, steps=3)
     assert all(result["checks"].values()), result["checks"]
-    assert result["model"] == "tiny"
+    assert set(result["by_mode"]) == {"padding", "packed", "concat", "padding_grouped"} and result["model"] == "tiny"
+    per_row = {mode: labels_per_row(small_shards[mode]) for mode in training.MODES}
     for mode, r in result["by_mode"].items():
-        stats = shard_set_stats(small_shards[mode])
-        assert r["supervised_tokens_per_row"] == stats["supervised_tokens"] / stats["rows"]
-        assert r["supervised_tokens_per_second"] == pytest.approx(r["supervised_tokens_per_row"] * 2 / r["step_seconds"])
-        assert math.isfinite(r["final_loss"]) and len(r["timed_widths"]) == 2
-    padding, concat = result["by_mode"]["padding"], result["by_mode"]["concat"]
-    assert result["concat_over_padding"] == pytest.approx(
-        concat["supervised_tokens_per_second"] / padding["supervised_tokens_per_second"])
-    assert concat["supervised_tokens_per_row"] > padding["supervised_tokens_per_row"]
+        assert r["supervised_tokens_per_row"] == pytest.approx(per_row[mode.removesuffix("_grouped")])
+        assert r["round_seconds"] == [1.0, 2.0, 3.0] and r["step_seconds"] == 2.0
+        assert math.isfinite(r["final_loss"]) and len(r["timed_widths"]) == 3
+    expected = per_row["concat"] / per_row["padding"]
+    ratio = result["ratios"]["concat_over_padding"]
+    assert ratio["rounds"] == pytest.approx([expected] * 3) and result["concat_over_padding"] == pytest.approx(expected)
+    assert ratio["q1"] == pytest.approx(expected) == ratio["q3"]
+    assert result["grouped_padding_over_padding"] == pytest.approx(1.0)
+    assert result["concat_over_grouped_padding"] == pytest.approx(expected)
+    grouped, padding = result["by_mode"]["padding_grouped"], result["by_mode"]["padding"]
+    assert grouped["mean_epoch_width"] < padding["mean_epoch_width"]  # batches of like lengths: narrower
+    names = {f["name"]: f for f in training.figures({"model": result, "toy": result})}
+    assert "median of the 3 rounds' own ratios" in names["concat_over_padding"]["note"]
+    assert names["concat_over_padding"]["goal"] == {"op": ">=", "value": 1.4}
+    assert names["concat_over_grouped_padding"]["goal"] is None
+
+
+def test_paired_ratio_of_literal_rounds():
+    """Rounds 4/2, 3/1, 2/2, 9/3, 1/1: ratios 2, 3, 1, 3, 1; sorted 1, 1, 2, 3, 3: median 2, quartiles 1 and 3
+    (a ratio of means would say 19/9)."""
+    r = training.paired_ratio([4.0, 3.0, 2.0, 9.0, 1.0], [2.0, 1.0, 2.0, 3.0, 1.0])
+    assert (r["median"], r["q1"], r["q3"]) == (2.0, 1.0, 3.0)
 
 
 def test_quantile_batches_span_the_epochs_widths(small_shards):
@@ -181,11 +212,13 @@ def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monke
     runs = json.loads(out.read_text())["sections"]["gpu"]["runs"]
     assert list(runs) == ["concat_varlen_flatten"] and "| gpu | `concat_varlen_flatten_mfu` |" in outcome.output
     r = runs["concat_varlen_flatten"]
-    assert set(r) == {"command_seconds", *gpu.TIMED, "peak_memory_gib", "matmul_peak_tflops"}
-    assert r["supervised_tokens_per_second"] > 0 and r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
-    assert math.isfinite(r["loss"]) and r["mfu"] is None and not (work / "run").exists()  # no MFU without CUDA
-    found = {f["name"]: f for f in gpu.figures({"concat_varlen": r, "padding_varlen": r})}
-    assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
+    assert set(r) == {"command_seconds", *gpu.TIMED, *gpu.PEAKS}
+    assert 0 <= r["data_wait_fraction"] < 1 and math.isfinite(r["loss"]) and not (work / "run").exists()
+    assert r["mfu"] is r["mfu_measured_peak"] is r["datasheet_peak_tflops"] is None  # no MFU without CUDA
+    concat = {**r, "supervised_tokens_per_second": 3000.0}
+    found = {f["name"]: f for f in gpu.figures({"concat_varlen": concat, "padding_varlen": {
+        **r, "supervised_tokens_per_second": 2000.0}})}
+    assert found["concat_over_padding_varlen"]["value"] == 1.5 and "padding_varlen_data_wait_fraction" in found
     monkeypatch.undo()
     with pytest.raises(AttentionError, match="--attention flash"):
         gpu.run_config(tmp_path, work / "run", 1, batch_size=2, model="tiny", attention="flash")
