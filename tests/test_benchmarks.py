@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import common, gpu, loading, packing, prep_speed, report, training
+from benchmarks import common, gpu, kernels, loading, packing, prep_speed, report, training
 from benchmarks.__main__ import SECTIONS, main as bench_main
 from shards.manifest import read_manifest
 
@@ -286,7 +286,7 @@ def test_quick_run_writes_results_and_the_table(tmp_path):
     assert "| training | `concat_over_padding` |" in outcome.output
 
 
-@pytest.mark.parametrize("module", [common, report, gpu])
+@pytest.mark.parametrize("module", [common, report, gpu, training, kernels])
 def test_docstring_examples(module):
     """`make test` collects doctests from prep/, shards/ and train/ only: run the benchmarks' here."""
     import doctest
@@ -295,16 +295,28 @@ def test_docstring_examples(module):
 
 
 def test_kernels_attention_op_compares_equal_outputs(small_shards):
-    from benchmarks import kernels
+    """varlen's output equals the dense mask's; its slot overhead is the causal pairs of its passes, counted one
+    query at a time, over each stored sample's own pairs (from the shard files)."""
+    from shards.format import ShardSet
+    from train.attention import varlen_index
 
-    r = kernels.attention_op(small_shards["concat"], rows=2, repeats=1)
-    assert r["samples"] > 2 and r["max_abs_difference"] < 1e-4 and r["varlen_over_dense"] > 0
+    r = kernels.attention_op(small_shards["concat"], rows=6, repeats=1)
+    split = ShardSet.open(small_shards["concat"]).split("train")
+    lengths = [int(n) for i in range(6) for n in split.row(i).segment_lengths]
+    assert r["samples"] == len(lengths) > 3 and r["max_abs_difference"] < 1e-4
+    assert {"varlen_over_dense", "varlen_over_causal", "causal_seconds"} <= set(r)
+    rows = [split.row(i) for i in range(6)]
+    width = max(len(row.input_ids) for row in rows)
+    starts = [i * width + int(s) for i, row in enumerate(rows) for s in np.cumsum(np.r_[0, row.segment_lengths[:-1]])]
+    index = varlen_index(np.array(starts), np.array(lengths), rows=6, width=width)
+    computed = sum(int(g.shape[0]) * sum(q + 1 for q in range(int(g.shape[1]))) for g in (index.single_rows, *index.groups))
+    ideal = sum(q + 1 for n in lengths for q in range(n))
+    assert r["varlen_slot_overhead"] == pytest.approx(computed / ideal) and computed > ideal
 
 
 @pytest.mark.parametrize("variant", ["dense", "lean_flatten"])
 def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
     """The variant's own process: its median step and the step's peak above the model + optimizer state."""
-    from benchmarks import kernels
 
     r = common.in_process(kernels.variant_step, variant=variant, shards=small_shards["concat"], model="tiny", rows=2,
                           steps=2)["result"]
