@@ -8,7 +8,6 @@ import ctypes
 import gc
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +28,7 @@ def slot_overhead(index, sequence_lengths) -> float:
     Rows [3 | 2 | pad] and [4 | pad pad], width 6: the 4-token row keeps its causal pass over the whole row
     (21 pairs), the 2 and the 3 get passes of their own (3 + 6); ideal 6 + 3 + 10:
 
+    >>> import numpy as np
     >>> from train.attention import varlen_index
     >>> slot_overhead(varlen_index(np.array([0, 3, 6]), np.array([3, 2, 4]), rows=2, width=6), np.array([3, 2, 4]))
     1.5789473684210527
