@@ -43,6 +43,9 @@ DEMO_EVALS ?= 3
 DEMO_SEED_MODE ?= concat
 DEMO_SEEDS ?= 2
 DEMO_EXTRA_SEEDS = $(shell seq 1338 $$((1336 + $(DEMO_SEEDS))))
+# 1: also padding with batches grouped by length (run padding-grouped, train --group-by-length), the way users
+# pad; off by default: a fifth run does not fit the demo's 10 minutes on 2 cores beside the second seed
+DEMO_GROUPED ?=
 DEMO_PREP_ARGS ?=
 DEMO_REPORT_ARGS ?=
 DEMO_TRAIN_ARGS ?= --model $(DEMO_MODEL) --batch-size $(DEMO_BATCH_SIZE) --learning-rate $(DEMO_LEARNING_RATE) \
@@ -57,7 +60,8 @@ DEMO_SCHEDULE = steps=$$($(PY) -m shards steps $(DEMO_DIR)/shards/$$mode --super
 	schedule="--max-steps $$steps --warmup-steps $$((steps / $(DEMO_WARMUP_DIVISOR))) \
 	  --eval-interval $$(( (steps + $(DEMO_EVALS) - 1) / $(DEMO_EVALS) ))"
 DEMO_SEED_RUNS = $(foreach seed,$(DEMO_EXTRA_SEEDS),$(DEMO_DIR)/$(DEMO_SEED_MODE)-seed$(seed))
-DEMO_RUNS = $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) $(if $(DEMO_SEED_MODE),$(DEMO_SEED_RUNS))
+DEMO_RUNS = $(addprefix $(DEMO_DIR)/,$(DEMO_MODES)) $(if $(DEMO_GROUPED),$(DEMO_DIR)/padding-grouped) \
+	$(if $(DEMO_SEED_MODE),$(DEMO_SEED_RUNS))
 # HellaSwag-format items written for this repo (README, Data): the demo scores each run on them offline
 DEMO_EVAL_ARGS ?= --hellaswag-data train/assets/hellaswag_demo.jsonl
 # make corpus: real tokenizers for tests/test_real_tokenizers.py, built once into CORPUS_DIR (tests/real_tokenizers.py)
@@ -135,10 +139,11 @@ $(DEMO_DIR)/shards/%/manifest.json:
 	@echo "prep  $*: $(DEMO_DIR)/shards/$*"
 
 .SECONDEXPANSION:
-$(DEMO_DIR)/%/summary.json: $(DEMO_DIR)/shards/$$(firstword $$(subst -seed, ,$$*))/manifest.json
-	@mode=$(firstword $(subst -seed, ,$*)); $(DEMO_SCHEDULE); echo "train $*: $(DEMO_DIR)/$* ($$schedule)"; \
+$(DEMO_DIR)/%/summary.json: $(DEMO_DIR)/shards/$$(firstword $$(subst -seed, ,$$(subst -grouped,,$$*)))/manifest.json
+	@mode=$(firstword $(subst -seed, ,$(subst -grouped,,$*))); $(DEMO_SCHEDULE); echo "train $*: $(DEMO_DIR)/$* ($$schedule)"; \
 	  OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m train --shards $(DEMO_DIR)/shards/$$mode --out $(DEMO_DIR)/$* \
-	    $$schedule $(DEMO_TRAIN_ARGS) $(if $(findstring -seed,$*),--seed $(lastword $(subst -seed, ,$*)))
+	    $$schedule $(DEMO_TRAIN_ARGS) $(if $(findstring -seed,$*),--seed $(lastword $(subst -seed, ,$*))) \
+	    $(if $(findstring -grouped,$*),--group-by-length)
 
 # `make demo` with its report's table, findings and loss curves written into README.md
 demo-readme:
