@@ -38,13 +38,13 @@ DEMO_LEARNING_RATE ?= 4e-3
 DEMO_WARMUP_DIVISOR ?= 20
 DEMO_EVALS ?= 3
 # DEMO_SEED_MODE is trained with DEMO_SEEDS seeds (1337, 1338, ...): the report's noise threshold.
-# The report calls a difference between layouts only from 3 seeds on; 2 (the default, within the
+# The report calls a difference between layouts only from 3 seeds on; 2 (the default, measured within the
 # demo's 10 minutes on 2 cores) give the spread and call nothing: `make demo DEMO_SEEDS=3` for a call.
 DEMO_SEED_MODE ?= concat
 DEMO_SEEDS ?= 2
 DEMO_EXTRA_SEEDS = $(shell seq 1338 $$((1336 + $(DEMO_SEEDS))))
 # 1: also padding with batches grouped by length (run padding-grouped, train --group-by-length), the way users
-# pad; off by default: a fifth run does not fit the demo's 10 minutes on 2 cores beside the second seed
+# pad; off by default: whether a fifth run fits the demo's 10 minutes on 2 cores is not measured
 DEMO_GROUPED ?=
 DEMO_PREP_ARGS ?=
 DEMO_REPORT_ARGS ?=
