@@ -73,7 +73,7 @@ class Settings:
 
 def run_all(s: Settings, log=print) -> dict:
     """Run the chosen sections; return (and write to s.out) the results."""
-    from benchmarks import kernels, loading, packing, prep_speed, training
+    from benchmarks import kernels, loading, packing, prep_floor, prep_speed, training
 
     scale, work = s.scale, Path(s.work)
     results, records = common.new_results(s, scale), common.sample_records(scale.records)
@@ -92,7 +92,7 @@ def run_all(s: Settings, log=print) -> dict:
         "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
                                                         max_length=MAX_LENGTH, repeats=scale.repeats,
                                                         with_trl=with_trl, llama3=llama3)),
-        "packing": (packing, lambda: packing.run(prep_speed.floor(data(scale.copies)),  # prep's sample lengths
+        "packing": (packing, lambda: packing.run(prep_floor.sample_lengths(data(scale.copies)),  # prep's lengths
                                                  synthetic_count=scale.synthetic_count)),
         "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},
                                                      work / "shards", scale.batch_size, scale.shard_mb, scale.repeats)),

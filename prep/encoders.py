@@ -193,6 +193,11 @@ class TextEncoder:
             except ValueError as e:
                 self._fall_back(f"tiktoken cannot express this tokenizer: {e}")
 
+    @property
+    def tiktoken(self):
+        """The tiktoken Encoding `encode` runs (its first texts checked against the fast tokenizer), or None."""
+        return self._tiktoken
+
     def _fall_back(self, why: str) -> None:
         if self.choice == "tiktoken":
             raise EncoderError(f"--encoder tiktoken: {why}; use --encoder auto or tokenizers")

@@ -117,18 +117,10 @@ class ConversationEncoder:
     def shape(self, conversation: tuple, tools: str | None = None) -> tuple:
         return shape_of(conversation, tools)
 
-    def encode(self, conversations: list[tuple], tools: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode a batch (after `prepare`). Returns flat `ids` (int64), flat `mask` (uint8) and
-        `offsets` (sample i is ids[offsets[i]:offsets[i+1]]). `tools`: each conversation's tools (JSON) or None.
-        A ChatFormatError raised for a conversation carries its place in the batch as `position`.
-
-        >>> enc = ConversationEncoder(ensure_chat_format(load_tokenizer("gpt2")))
-        >>> ids, mask, offsets = enc.encode([(("user", "Hi"), ("assistant", "Yo"))])
-        >>> enc.tokenizer.decode(ids[mask == 1])
-        'Yo<|im_end|>'
-        >>> enc.tokenizer.decode(ids[mask == 0])
-        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\\n'
-        """
+    def texts(self, conversations: list[tuple], tools: list | None = None) -> tuple[list, list[str], list[bool]]:
+        """A batch's plans, the texts `encode` tokenizes (in order), and whether each continues a section;
+        the counters (dropped, closed, mismatches) are updated. The benchmarks' prep floor calls it too.
+        A ChatFormatError raised for a conversation carries its place in the batch as `position`."""
         conversations = [self.prepare(conv) for conv in conversations]
         shapes = [self.shape(conv, t) for conv, t in zip(conversations, tools or [None] * len(conversations))]
         plans = []
@@ -150,6 +142,21 @@ class ConversationEncoder:
                 if seg[0] == "text" and i not in plan.const_ids:
                     texts.append(_fill(seg[1], conv))
                     continued.append(plan.continued[i])
+        return plans, texts, continued
+
+    def encode(self, conversations: list[tuple], tools: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode a batch (after `prepare`). Returns flat `ids` (int64), flat `mask` (uint8) and
+        `offsets` (sample i is ids[offsets[i]:offsets[i+1]]). `tools`: each conversation's tools (JSON) or None.
+        A ChatFormatError raised for a conversation carries its place in the batch as `position`.
+
+        >>> enc = ConversationEncoder(ensure_chat_format(load_tokenizer("gpt2")))
+        >>> ids, mask, offsets = enc.encode([(("user", "Hi"), ("assistant", "Yo"))])
+        >>> enc.tokenizer.decode(ids[mask == 1])
+        'Yo<|im_end|>'
+        >>> enc.tokenizer.decode(ids[mask == 0])
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\\n'
+        """
+        plans, texts, continued = self.texts(conversations, tools)
         encoded = iter(self.text.encode(texts, continued)) if texts else iter(())
         # Gather the pieces as lists and convert once: per-token Python work is the cost here.
         pieces: list[list[int]] = []

@@ -1,4 +1,4 @@
-"""python -m shards stats DIR [DIR ...] [--json] [--batch-size 16] [--plot FILE.png]
+"""python -m shards stats DIR [DIR ...] [--json] [--batch-size 16] [--group-by-length] [--plot FILE.png]
 python -m shards steps DIR --supervised-tokens 150000 --batch-size 4   # prints a step count
 
 Prints what is in one or several shard sets side by side: rows, tokens, supervised
@@ -24,13 +24,16 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per shard set, one per line")
 @click.option("--batch-size", default=16, show_default=True, help="batch size for pad_fraction_at_batch")
 @click.option("--markdown", is_flag=True, help="print the table as Markdown")
+@click.option("--group-by-length", is_flag=True,
+              help="also the padding of the first epoch's batches as train draws them, shuffled and with "
+                   "--group-by-length (seed 1337)")
 @click.option("--plot", type=click.Path(path_type=Path), help="write sample-length and row-fill histograms to this PNG")
 @main_errors()
-def stats(folders, as_json, batch_size, markdown, plot):
+def stats(folders, as_json, batch_size, markdown, group_by_length, plot):
     """Statistics of each shard set in FOLDERS."""
     from shards.stats import format_table, plot as draw, shard_set_stats
 
-    all_stats = [shard_set_stats(folder, batch_size) for folder in folders]
+    all_stats = [shard_set_stats(folder, batch_size, group_by_length) for folder in folders]
     if plot:
         draw(list(folders), plot)
     if as_json:

@@ -30,6 +30,7 @@ class Batch:
     # off): flat index (row * width + column) of each one's first token, and its length.
     sequence_starts: np.ndarray | None = None
     sequence_lengths: np.ndarray | None = None
+    segment_lengths: np.ndarray | None = None  # every sample (segment) of every row, isolation or not: model FLOPs
 
     @property
     def slots(self) -> int:
@@ -96,7 +97,7 @@ def collate(ids_rows, mask_rows, segment_rows, pad_token_id: int, *, isolation: 
     sequence_starts = _flat_starts(sequence_lengths, sequences_per_row, lengths, width)
     position_ids = _position_ids(sequence_starts, sequence_lengths, (rows, width), int(lengths[0]) if flatten else None)
     return Batch(input_ids, labels, position_ids, int(lengths.sum()), int(loss_mask.sum()),
-                 sequence_starts, sequence_lengths)
+                 sequence_starts, sequence_lengths, segment_lengths)
 
 
 def _position_ids(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int],

@@ -13,10 +13,12 @@ import numpy as np
 from sftcli import markdown_table
 from shards.batch import get_rows_batch
 from shards.format import IGNORE_INDEX, ShardSet, SplitArrays, per_row_sum
+from shards.order import epoch_rows
 
 PERCENTILES = (50, 90, 99)
 UNIGRAM_SMOOTHING = 0.5  # add-0.5 (Jeffreys): every vocabulary entry keeps a finite loss
 LABEL_BATCH_ROWS = 1024  # rows collated at a time when counting labels: bounded memory on any split
+ORDER_SEED = 1337  # python -m train's default --seed: the epoch whose batches --group-by-length measures
 
 
 def pad_fraction_at_batch(row_lengths: np.ndarray, batch_size: int) -> float:
@@ -131,8 +133,23 @@ def steps_for_supervised_tokens(folder: Path, supervised_tokens: int, batch_size
     return max(1, round(supervised_tokens / (per_row * batch_size)))
 
 
-def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
-    """Everything `python -m shards stats` reports for one shard set."""
+def drawn_pad_fractions(row_lengths: np.ndarray, batch_size: int, seed: int = ORDER_SEED) -> dict:
+    """Padding a collator adds over the first epoch's batches as `python -m train` draws them: shuffled,
+    and grouped by length (--group-by-length); the same rows either way.
+
+    >>> drawn_pad_fractions(np.array([1, 8, 1, 8, 1, 8, 1, 8]), 2)
+    {'pad_fraction_shuffled': 0.28, 'pad_fraction_grouped': 0.0}
+    """
+    fractions = {}
+    for key, grouped in (("pad_fraction_shuffled", False), ("pad_fraction_grouped", True)):
+        rows = epoch_rows(row_lengths, batch_size, seed=seed, epoch=0, shuffle=True, grouped=grouped)
+        fractions[key] = pad_fraction_at_batch(row_lengths[rows], batch_size)
+    return fractions
+
+
+def shard_set_stats(folder: Path, batch_size: int = 16, group_by_length: bool = False) -> dict:
+    """Everything `python -m shards stats` reports for one shard set (`group_by_length`: with
+    `drawn_pad_fractions`)."""
     shard_set = ShardSet.open(folder)
     manifest, saved = shard_set.manifest, shard_set.manifest.stats
     row_lengths, supervised, segments, _ = _split_arrays(shard_set.split("train"))
@@ -143,6 +160,8 @@ def shard_set_stats(folder: Path, batch_size: int = 16) -> dict:
         "template": manifest.template.to_json(),
     }
     result.update(row_stats(row_lengths, supervised, segments, manifest.max_length, batch_size))
+    if group_by_length:
+        result.update(drawn_pad_fractions(row_lengths, batch_size))
     val_lengths, val_supervised, val_segments, _ = _split_arrays(shard_set.split("val"))
     val = row_stats(val_lengths, val_supervised, val_segments, manifest.max_length, batch_size)
     result["val"] = {k: val[k] for k in ("rows", "tokens", "supervised_tokens")}
@@ -167,6 +186,7 @@ _ROWS = [
     ("supervised_tokens", lambda s: s["supervised_tokens"]),
     ("fill", lambda s: f"{s['fill']:.3f}"),
     ("pad_fraction_at_batch", lambda s: f"{s['pad_fraction_at_batch']:.3f}"),
+    ("pad_fraction shuffled/grouped", lambda s: f"{s['pad_fraction_shuffled']:.3f} / {s['pad_fraction_grouped']:.3f}"),
     ("samples_per_row mean/max", lambda s: f"{s['samples_per_row']['mean']:.2f} / {s['samples_per_row']['max']}"),
     ("sample length p50/p90/p99", lambda s: "/".join(f"{s['sample_length'].get(f'p{p}', 0):.0f}" for p in PERCENTILES)),
     ("val rows", lambda s: s["val"]["rows"]),
@@ -206,7 +226,9 @@ def _over_bound(s: dict) -> str:
 def format_table(all_stats: list[dict], markdown: bool = False) -> str:
     """One column per shard set, one line per statistic."""
     header = ["statistic"] + [Path(s["path"]).name for s in all_stats]
-    lines = [[name] + [str(get(s)) for s in all_stats] for name, get in _ROWS]
+    grouped = "pad_fraction_grouped" in all_stats[0]  # shown with --group-by-length only
+    lines = [[name] + [str(get(s)) for s in all_stats] for name, get in _ROWS
+             if grouped or name != "pad_fraction shuffled/grouped"]
     if markdown:
         return markdown_table(header, lines)
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]

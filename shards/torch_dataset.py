@@ -3,6 +3,8 @@
     from shards.torch_dataset import ShardDataset
     train = ShardDataset("shards/concat-256", "train")          # rows are zero-copy views of the memory map
     trainer = transformers.Trainer(model=model, args=args, train_dataset=train, data_collator=train.collator())
+    loader = DataLoader(train, batch_size=16, sampler=train.sampler(16, group_by_length=True),
+                        collate_fn=train.collator())  # python -m train's batches, epoch by epoch (set_epoch)
 
 The collator is `shards.batch.collate` (the one way sftpack batches rows) returning torch
 tensors: `input_ids`, `labels` (-100 where the loss mask is 0 and at each sample's first
@@ -23,6 +25,7 @@ import torch.utils.data
 
 from shards.batch import collate
 from shards.format import SPLITS, Row, ShardError, ShardSet
+from shards.order import epoch_rows
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -46,6 +49,11 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"row {index} of a {self.split_name} split of {len(self)} rows")
         return self.split.row(int(index) % len(self))
 
+    def sampler(self, batch_size: int, *, seed: int = 1337, shuffle: bool = True,
+                group_by_length: bool = False) -> "ShardSampler":
+        """The rows in the order `python -m train` draws them with these options (`shards.order.epoch_rows`)."""
+        return ShardSampler(self.split.row_lengths(), batch_size, seed, shuffle, group_by_length)
+
     def collator(self, flatten: bool = False) -> "ShardCollator":
         return ShardCollator(self.shard_set.manifest.pad_token_id, flatten)
 
@@ -56,6 +64,35 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["folder"], state["split"])
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Row indices of one epoch, `len(lengths) // batch_size` whole batches, in `python -m train`'s order:
+    a seeded permutation, grouped by length with `group_by_length` (Hugging Face's LengthGroupedSampler
+    idea: mega-batches of 50 batches sorted by length, batches shuffled). Call `set_epoch` before each
+    epoch, as with DistributedSampler (Hugging Face's Trainer does); the order is a function of
+    (seed, epoch), so a resumed trainer that skips the batches it drew gets the same ones.
+
+    >>> sampler = ShardSampler(np.array([1, 8, 1, 8, 1, 8, 1, 8]), 2, seed=0, shuffle=True, group_by_length=True)
+    >>> rows = list(sampler)
+    >>> sorted(rows), len(sampler), [len({i % 2 for i in rows[b:b + 2]}) for b in range(0, 8, 2)]
+    ([0, 1, 2, 3, 4, 5, 6, 7], 8, [1, 1, 1, 1])
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool, group_by_length: bool):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.shuffle, self.group_by_length, self.epoch = shuffle, group_by_length, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size * self.batch_size
+
+    def __iter__(self):
+        rows = epoch_rows(self.lengths, self.batch_size, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                          grouped=self.group_by_length)
+        return iter(rows.tolist())
 
 
 @dataclass(frozen=True)

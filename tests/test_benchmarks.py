@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import common, gpu, loading, packing, prep_speed, report, training
+from benchmarks import common, gpu, kernels, loading, packing, prep_floor, prep_speed, report, training
 from benchmarks.__main__ import SECTIONS, main as bench_main
 from shards.manifest import read_manifest
 
@@ -32,24 +32,30 @@ def prep_section(tmp_path_factory, records):
     warmup = common.write_copies(work / "warmup.jsonl", records[:4], 1)
     result = prep_speed.measure(data, doubled, warmup, work, max_length=256, repeats=1, with_trl=True,
                                 llama3=prep_speed.llama3_args()[0])
-    return result, np.array(prep_speed.floor(data)), work
+    return result, np.array(prep_floor.sample_lengths(data)), work
 
 
 def test_floor_prep_and_trl_see_the_same_rows_and_tokens(prep_section):
     result, lengths, _ = prep_section
     llama3 = {"prep_llama3_same_rows": True, "prep_llama3_encoder_is_tiktoken": True} \
         if prep_speed.llama3_args()[0] else {}
-    assert result["checks"] == {"same_rows": True, "tiktoken_floor_same_sample_tokens": True,
+    assert result["checks"] == {"same_rows": True,
                                 "prep_tokens_are_truncated_samples": True, "trl_same_samples": True, "trl_same_tokens": True,
                                 "trl_same_supervised_tokens": True, **llama3}
     assert result["samples"] == 80 == len(lengths)
-    assert set(result["seconds"]) == {"prep", "floor", "tiktoken_floor", "trl_num_proc_none",
-                                      f"trl_num_proc_{len(os.sched_getaffinity(0))}", *(["prep_llama3"] if llama3 else [])}
-    assert result["prep_over_floor"] > 0 and result["trl_over_prep"] > 0 and result["prep_peak_anon_mib"] > 0
+    seconds = result["seconds"]
+    assert set(seconds) == {"prep", "floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}",
+                            *(["prep_llama3"] if llama3 else [])}
+    # one round: each ratio is that round's own (the median of one)
+    assert result["prep_over_floor"] == seconds["prep"][0] / seconds["floor"][0]
+    trl = min(seconds["trl_num_proc_none"][0], seconds[f"trl_num_proc_{len(os.sched_getaffinity(0))}"][0])
+    assert result["trl_over_prep"] == trl / seconds["prep"][0]
     names = {f["name"]: f for f in prep_speed.figures(result)}
     assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= set(names)
+    assert names["prep_over_floor"]["goal"] == {"op": "<=", "value": 1.25}
+    assert "prep_over_tiktoken_floor" not in names  # a floor prep beat was no floor
     if llama3:
-        assert result["prep_llama3_over_gpt2"] > 0
+        assert result["prep_llama3_over_gpt2"] == seconds["prep_llama3"][0] / seconds["prep"][0]
         assert names["prep_llama3_over_gpt2"]["goal"] == {"op": "<=", "value": 1.3}
     else:
         assert "prep_llama3_over_gpt2" not in names
@@ -63,21 +69,25 @@ def test_the_llama3_figure_is_skipped_with_a_reason_without_the_corpus(tmp_path,
     assert args == [] and "make corpus" in why and "Llama 3" in why
 
 
-def test_the_floor_renders_and_tokenizes_exactly_what_prep_encodes(tmp_path, records):
-    """Per sample, the floor's token count (whole rendered text) is prep's (segment by segment), and
-    its texts are the chat template's, to the byte."""
-    from prep.template import ConversationEncoder
+def test_the_floor_encodes_exactly_what_prep_encodes(tmp_path, records):
+    """Per sample, the floor's token count is that of the chat template's whole text tokenized by the
+    tokenizer itself (specials parsed), and the floor process prints the same counts."""
+    import subprocess
+    import sys
 
     data = common.write_copies(tmp_path / "data.jsonl", records[:10], 1)
+    multi = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Bye"},
+                          {"role": "assistant", "content": "Ciao"}]}
+    with open(data, "a") as f:
+        f.write(json.dumps(multi) + "\n")
     tok = prep_speed.tokenizer()
-    convs = [c for batch in prep_speed.conversations(data) for c in batch]
-    convs.append((("system", "Be brief."), ("user", "Hi"), ("assistant", "Yo"), ("user", "Bye"), ("assistant", "Ciao")))
-    texts = prep_speed.render(tok, convs, {})
-    assert texts == [tok.apply_chat_template([{"role": r, "content": c} for r, c in conv], tokenize=False)
-                     for conv in convs]
-    _, _, offsets = ConversationEncoder(tok).encode(convs[:10])
-    assert prep_speed.floor(data, batch_size=3) == np.diff(offsets).tolist()
-    assert prep_speed.floor(data, batch_size=3, encoder="tiktoken") == np.diff(offsets).tolist()
+    render = lambda conv: tok.apply_chat_template([{"role": r, "content": c} for r, c in conv], tokenize=False)  # noqa: E731
+    expected = [len(tok(render(conv), add_special_tokens=False)["input_ids"]) for batch in prep_speed.conversations(data) for conv in batch]
+    assert len(expected) == 11 and prep_floor.sample_lengths(data) == expected
+    printed = subprocess.run([sys.executable, "-m", "benchmarks.prep_floor", str(data)], cwd=common.ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert json.loads(printed) == expected
 
 
 def test_trl_template_renders_the_text_prep_supervises(records):
@@ -113,21 +123,52 @@ def small_shards(tmp_path_factory, records):
     return {mode: common.build_shards(data, work / f"{mode}-256", mode, 256) for mode in training.MODES}
 
 
-def test_training_counts_whole_splits_and_times_real_widths(small_shards):
-    from shards.stats import shard_set_stats
+def labels_per_row(folder) -> float:
+    """Supervised tokens per train row, counted row by row from the files (loss-mask ones), without shards.stats."""
+    from shards.format import ShardSet
 
-    result = training.measure(small_shards, batch_size=2, steps=2)
+    split = ShardSet.open(folder).split("train")
+    return sum(int(split.row(i).loss_mask.sum()) for i in range(split.num_rows)) / split.num_rows
+
+
+def test_training_ratios_are_medians_of_paired_rounds(small_shards, monkeypatch):
+    """With a clock that says every layout's step in round r took r + 1 seconds, each round's ratio is the
+    ratio of supervised tokens per row (counted from the files here), and so are the median and the quartiles;
+    grouped padding holds padding's rows, so its ratio to padding is 1."""
+    calls = {"n": 0}
+
+    def fake_clock(function):
+        calls["n"] += 1
+        return float((calls["n"] - 1) // 4 + 1), function()  # four layouts a round
+
+    monkeypatch.setattr(training, "clock", fake_clock)
+    result = training.measure(small_shards, batch_size=2, steps=3)
     assert all(result["checks"].values()), result["checks"]
-    assert result["model"] == "tiny"
+    assert set(result["by_mode"]) == {"padding", "packed", "concat", "padding_grouped"} and result["model"] == "tiny"
+    per_row = {mode: labels_per_row(small_shards[mode]) for mode in training.MODES}
     for mode, r in result["by_mode"].items():
-        stats = shard_set_stats(small_shards[mode])
-        assert r["supervised_tokens_per_row"] == stats["supervised_tokens"] / stats["rows"]
-        assert r["supervised_tokens_per_second"] == pytest.approx(r["supervised_tokens_per_row"] * 2 / r["step_seconds"])
-        assert math.isfinite(r["final_loss"]) and len(r["timed_widths"]) == 2
-    padding, concat = result["by_mode"]["padding"], result["by_mode"]["concat"]
-    assert result["concat_over_padding"] == pytest.approx(
-        concat["supervised_tokens_per_second"] / padding["supervised_tokens_per_second"])
-    assert concat["supervised_tokens_per_row"] > padding["supervised_tokens_per_row"]
+        assert r["supervised_tokens_per_row"] == pytest.approx(per_row[mode.removesuffix("_grouped")])
+        assert r["round_seconds"] == [1.0, 2.0, 3.0] and r["step_seconds"] == 2.0
+        assert math.isfinite(r["final_loss"]) and len(r["timed_widths"]) == 3
+    expected = per_row["concat"] / per_row["padding"]
+    ratio = result["ratios"]["concat_over_padding"]
+    assert ratio["rounds"] == pytest.approx([expected] * 3) and result["concat_over_padding"] == pytest.approx(expected)
+    assert ratio["q1"] == pytest.approx(expected) == ratio["q3"]
+    assert result["grouped_padding_over_padding"] == pytest.approx(1.0)
+    assert result["concat_over_grouped_padding"] == pytest.approx(expected)
+    grouped, padding = result["by_mode"]["padding_grouped"], result["by_mode"]["padding"]
+    assert grouped["mean_epoch_width"] < padding["mean_epoch_width"]  # batches of like lengths: narrower
+    names = {f["name"]: f for f in training.figures({"model": result, "toy": result})}
+    assert "median of the 3 rounds' own ratios" in names["concat_over_padding"]["note"]
+    assert names["concat_over_padding"]["goal"] == {"op": ">=", "value": 1.4}
+    assert names["concat_over_grouped_padding"]["goal"] is None
+
+
+def test_paired_ratio_of_literal_rounds():
+    """Rounds 4/2, 3/1, 2/2, 9/3, 1/1: ratios 2, 3, 1, 3, 1; sorted 1, 1, 2, 3, 3: median 2, quartiles 1 and 3
+    (a ratio of means would say 19/9)."""
+    r = training.paired_ratio([4.0, 3.0, 2.0, 9.0, 1.0], [2.0, 1.0, 2.0, 3.0, 1.0])
+    assert (r["median"], r["q1"], r["q3"]) == (2.0, 1.0, 3.0)
 
 
 def test_quantile_batches_span_the_epochs_widths(small_shards):
@@ -181,11 +222,13 @@ def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monke
     runs = json.loads(out.read_text())["sections"]["gpu"]["runs"]
     assert list(runs) == ["concat_varlen_flatten"] and "| gpu | `concat_varlen_flatten_mfu` |" in outcome.output
     r = runs["concat_varlen_flatten"]
-    assert set(r) == {"command_seconds", *gpu.TIMED, "peak_memory_gib", "matmul_peak_tflops"}
-    assert r["supervised_tokens_per_second"] > 0 and r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
-    assert math.isfinite(r["loss"]) and r["mfu"] is None and not (work / "run").exists()  # no MFU without CUDA
-    found = {f["name"]: f for f in gpu.figures({"concat_varlen": r, "padding_varlen": r})}
-    assert found["concat_over_padding_varlen"]["value"] == 1.0 and "padding_varlen_data_wait_fraction" in found
+    assert set(r) == {"command_seconds", *gpu.TIMED, *gpu.PEAKS}
+    assert 0 <= r["data_wait_fraction"] < 1 and math.isfinite(r["loss"]) and not (work / "run").exists()
+    assert r["mfu"] is r["mfu_measured_peak"] is r["datasheet_peak_tflops"] is None  # no MFU without CUDA
+    concat = {**r, "supervised_tokens_per_second": 3000.0}
+    found = {f["name"]: f for f in gpu.figures({"concat_varlen": concat, "padding_varlen": {
+        **r, "supervised_tokens_per_second": 2000.0}})}
+    assert found["concat_over_padding_varlen"]["value"] == 1.5 and "padding_varlen_data_wait_fraction" in found
     monkeypatch.undo()
     with pytest.raises(AttentionError, match="--attention flash"):
         gpu.run_config(tmp_path, work / "run", 1, batch_size=2, model="tiny", attention="flash")
@@ -253,7 +296,7 @@ def test_quick_run_writes_results_and_the_table(tmp_path):
     assert "| training | `concat_over_padding` |" in outcome.output
 
 
-@pytest.mark.parametrize("module", [common, report, gpu])
+@pytest.mark.parametrize("module", [common, report, gpu, training, kernels])
 def test_docstring_examples(module):
     """`make test` collects doctests from prep/, shards/ and train/ only: run the benchmarks' here."""
     import doctest
@@ -262,21 +305,36 @@ def test_docstring_examples(module):
 
 
 def test_kernels_attention_op_compares_equal_outputs(small_shards):
-    from benchmarks import kernels
+    """varlen's output equals the dense mask's; its slot overhead is the causal pairs of its passes, counted one
+    query at a time, over each stored sample's own pairs (from the shard files)."""
+    from shards.format import ShardSet
+    from train.attention import varlen_index
 
-    r = kernels.attention_op(small_shards["concat"], rows=2, repeats=1)
-    assert r["samples"] > 2 and r["max_abs_difference"] < 1e-4 and r["varlen_over_dense"] > 0
+    r = kernels.attention_op(small_shards["concat"], rows=6, repeats=1)
+    split = ShardSet.open(small_shards["concat"]).split("train")
+    lengths = [int(n) for i in range(6) for n in split.row(i).segment_lengths]
+    assert r["samples"] == len(lengths) > 3 and r["max_abs_difference"] < 1e-4
+    assert {"varlen_over_dense", "varlen_over_causal", "causal_seconds"} <= set(r)
+    rows = [split.row(i) for i in range(6)]
+    width = max(len(row.input_ids) for row in rows)
+    starts = [i * width + int(s) for i, row in enumerate(rows) for s in np.cumsum(np.r_[0, row.segment_lengths[:-1]])]
+    index = varlen_index(np.array(starts), np.array(lengths), rows=6, width=width)
+    computed = sum(int(g.shape[0]) * sum(q + 1 for q in range(int(g.shape[1]))) for g in (index.single_rows, *index.groups))
+    ideal = sum(q + 1 for n in lengths for q in range(n))
+    assert r["varlen_slot_overhead"] == pytest.approx(computed / ideal) and computed > ideal
 
 
 @pytest.mark.parametrize("variant", ["dense", "lean_flatten"])
 def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
-    """The variant's own process: its median step and the step's peak above the model + optimizer state."""
-    from benchmarks import kernels
+    """The variant's own process: its median step and the step's peak above the model + optimizer state, which
+    holds at least the fp32 weights, gradients and AdamW's two moments of every parameter."""
+    from tests.test_train_flops import meta_model
 
     r = common.in_process(kernels.variant_step, variant=variant, shards=small_shards["concat"], model="tiny", rows=2,
                           steps=2)["result"]
-    assert len(r["all_seconds"]) == 2 and r["seconds"] == pytest.approx(float(np.median(r["all_seconds"])))
-    assert r["state_mib"] > 0 and r["extra_mib"] > 0
+    assert len(r["all_seconds"]) == 2 and min(r["all_seconds"]) <= r["seconds"] <= max(r["all_seconds"])
+    parameters = sum(p.numel() for p in meta_model("tiny").parameters())
+    assert r["state_mib"] > 4 * 4 * parameters / 2**20 and r["extra_mib"] > 0
 
 
 def test_gpu_matrix_runs_the_whole_matrix_or_the_named_part():

@@ -85,3 +85,26 @@ def test_unigram_baseline_of_three_literal_rows_by_hand(tmp_path):
     assert shard_set_stats(folder)["unigram_val_loss"] == pytest.approx(expected, rel=1e-12)
     # 3 labels per train row: 12 labels at 2 rows a step are 2 steps (what `make demo` trains each layout for)
     assert steps_for_supervised_tokens(folder, 12, batch_size=2) == 2
+
+
+def test_group_by_length_shows_the_padding_of_the_batches_train_draws(two_sets):
+    """The two fractions, recounted batch by batch from the rows train's RowOrder draws in its first epoch."""
+    from shards.format import ShardSet
+    from train.data import RowOrder
+
+    padding, concat = two_sets
+    res = subprocess.run([sys.executable, "-m", "shards", "stats", str(padding), "--group-by-length", "--json",
+                          "--batch-size", "8"], capture_output=True, text=True, cwd=ROOT, check=True)
+    stats = json.loads(res.stdout)
+    lengths = ShardSet.open(padding).split("train").row_lengths()
+    for key, grouped in (("pad_fraction_shuffled", None), ("pad_fraction_grouped", lengths)):
+        order = RowOrder(len(lengths), 8, seed=1337, shuffle=True, lengths=grouped)
+        batches = [lengths[order.next_rows()] for _ in range(order.batches_per_epoch)]
+        pads = sum(int(b.max()) - int(n) for b in batches for n in b)
+        assert stats[key] == pytest.approx(pads / (pads + sum(int(b.sum()) for b in batches)), abs=1e-12)
+    assert stats["pad_fraction_grouped"] < stats["pad_fraction_shuffled"] / 2
+    table = subprocess.run([sys.executable, "-m", "shards", "stats", str(padding), str(concat), "--group-by-length"],
+                           capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "pad_fraction shuffled/grouped" in table
+    assert "pad_fraction shuffled/grouped" not in shard_set_stats.__doc__ + subprocess.run(
+        [sys.executable, "-m", "shards", "stats", str(padding)], capture_output=True, text=True, cwd=ROOT).stdout

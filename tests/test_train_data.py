@@ -9,6 +9,7 @@ import pytest
 from shards.format import IGNORE_INDEX, Rows, ShardSet
 from tests.train_helpers import PAD, VOCAB, pack, synthetic_samples, write_rows_set, write_shard_set
 from shards.batch import collate, gather_rows, get_rows_batch
+from shards.order import epoch_permutation
 from train.data import RowOrder, check_shards, rank_share, val_row_batches
 
 
@@ -92,6 +93,39 @@ def test_row_order_is_a_seeded_permutation_per_epoch_and_resumes_without_replay(
     assert RowOrder(10, 5, seed=7, shuffle=False).next_rows().tolist() == [0, 1, 2, 3, 4]
 
 
+def padded_slots(lengths: np.ndarray, batches: list) -> int:
+    """Brute force: each batch padded to its longest row, one row at a time."""
+    total = 0
+    for rows in batches:
+        longest = max(int(lengths[r]) for r in rows)
+        total += sum(longest for _ in rows)
+    return total
+
+
+def test_group_by_length_draws_the_same_rows_with_less_padding_and_resumes():
+    lengths = np.random.default_rng(3).integers(1, 200, size=1003)
+    for epoch in range(2):
+        plain = RowOrder(1003, 4, seed=7, shuffle=True, epoch=epoch)
+        grouped = RowOrder(1003, 4, seed=7, shuffle=True, epoch=epoch, lengths=lengths)
+        plain_batches = [plain.next_rows() for _ in range(250)]
+        grouped_batches = [grouped.next_rows() for _ in range(250)]
+        assert sorted(np.concatenate(grouped_batches).tolist()) == sorted(np.concatenate(plain_batches).tolist())
+        assert len(set(np.concatenate(grouped_batches).tolist())) == 1000  # 250 batches, no row twice
+        tokens = int(lengths[np.concatenate(plain_batches)].sum())
+        plain_padding = 1 - tokens / padded_slots(lengths, plain_batches)
+        grouped_padding = 1 - tokens / padded_slots(lengths, grouped_batches)
+        assert plain_padding > 0.3 and grouped_padding < 0.05  # ~1/3 at random; mega-batches of 200 sorted rows
+        # a mega-batch's rows stay inside it: the first 200 rows of the permutation fill 50 of the batches
+        first_mega = set(epoch_permutation(1003, seed=7, epoch=epoch, shuffle=True)[:200].tolist())
+        assert sum(set(b.tolist()) <= first_mega for b in grouped_batches) == 50
+    order = RowOrder(1003, 4, seed=7, shuffle=True, lengths=lengths)
+    for _ in range(260):  # into the second epoch
+        order.next_rows()
+    resumed = RowOrder(1003, 4, seed=7, shuffle=True, epoch=order.epoch, position=order.position, lengths=lengths)
+    for _ in range(300):
+        np.testing.assert_array_equal(resumed.next_rows(), order.next_rows())
+
+
 def test_process_shares_make_up_the_global_batch():
     rows = np.arange(12) * 7
     shares = [rank_share(rows, r, 3) for r in range(3)]
@@ -161,3 +195,18 @@ def test_resident_memory_does_not_grow_with_shard_set_size(tmp_path, blocks):
     large_growth, touched = _memory_growth_of_one_epoch(large)
     assert touched == 16384 * 512  # every row was read
     assert large_growth - small_growth < 4 * 2**20, (small_growth, large_growth)
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_shard_sampler_draws_what_the_trainer_draws(tmp_path, group_by_length):
+    """Other trainers get `python -m train`'s batches, epoch by epoch, from ShardDataset.sampler."""
+    from shards.torch_dataset import ShardDataset
+
+    folder = write_shard_set(tmp_path / "padding", "padding", max_length=64, train_samples=43)
+    dataset = ShardDataset(folder)
+    sampler = dataset.sampler(4, seed=7, group_by_length=group_by_length)
+    lengths = dataset.split.row_lengths()
+    order = RowOrder(43, 4, seed=7, shuffle=True, lengths=lengths if group_by_length else None)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == np.concatenate([order.next_rows() for _ in range(10)]).tolist() and len(sampler) == 40

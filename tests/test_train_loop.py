@@ -20,6 +20,7 @@ from tests.train_helpers import (cli_args, one_thread, read_metrics, reference, 
                                  subprocess_env, tiny_config, write_shard_set)
 from train.__main__ import main
 from train.config import TrainConfig
+from train.data import RowOrder
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
 from train import head, loop, setup
 
@@ -49,7 +50,8 @@ def test_a_run_writes_its_folder(reference):
     assert 0 <= train_records[0]["padding_fraction"] < 1
     # the rates: model FLOPs per second, the share waiting for data; MFU only where a CUDA peak was measured
     for r in train_records:
-        assert r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1 and r["mfu"] is None
+        assert r["model_tflops"] > 0 and 0 <= r["data_wait_fraction"] < 1
+        assert r["mfu"] is r["mfu_measured_peak"] is None
     # summary
     saved = json.loads((out / "summary.json").read_text())
     assert tuple(saved) == SUMMARY_KEYS and saved == summary
@@ -59,6 +61,7 @@ def test_a_run_writes_its_folder(reference):
     assert summary["tokens"] == train_records[-1]["tokens"] and summary["overflow_skipped_steps"] == 0
     assert summary["model_tflops"] > 0 and 0 <= summary["data_wait_fraction"] < 1
     assert summary["mfu"] is summary["matmul_peak_tflops"] is summary["peak_memory_gib"] is None  # CPU
+    assert summary["mfu_measured_peak"] is summary["datasheet_peak_tflops"] is None and not summary["group_by_length"]
     # tensorboard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -75,6 +78,29 @@ def test_a_run_writes_its_folder(reference):
     assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>") == 50258
     assert model.config.pad_token_id == model.generation_config.pad_token_id == 50256
     assert model.generation_config.eos_token_id == 50258
+
+
+def test_model_flops_of_a_run_counted_by_hand(reference, shards):
+    """The summary's model TFLOP/s times its seconds is the run's model FLOPs, counted here from the rows
+    the 8 steps drew (their stored sample lengths) and the tiny model's shapes: 6 x the parameters outside
+    the tied head and the lookups per token, 6 x the head per label, 12 x layers x width x each sample's
+    length^2 (PaLM's appendix B)."""
+    from shards.format import ShardSet
+    from train.model import NAMED_CONFIGS
+
+    config, summary = reference
+    shape = NAMED_CONFIGS["tiny"]
+    layers, width = shape["n_layer"], shape["n_embd"]
+    per_layer = 12 * width * width + 13 * width  # attention (4 d^2 + 4 d) and MLP (8 d^2 + 5 d) and 2 LayerNorms
+    body = layers * per_layer + 2 * width  # and the final LayerNorm
+    head = 50259 * width  # the vocabulary: GPT-2's and ChatML's two tokens; tied with the input embedding
+    split = ShardSet.open(shards).split("train")
+    order = RowOrder(split.num_rows, config.batch_size, seed=config.seed, shuffle=True)
+    drawn = [int(r) for _ in range(8) for r in order.next_rows()]
+    squares = sum(int(n) ** 2 for r in drawn for n in split.row(r).segment_lengths)
+    assert summary["tokens"] == sum(len(split.row(r).input_ids) for r in drawn)
+    expected = 6 * body * summary["tokens"] + 6 * head * summary["supervised_tokens"] + 12 * layers * width * squares
+    assert summary["model_tflops"] * 1e12 * summary["train_seconds"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_resume_continues_exactly(reference, tmp_path):

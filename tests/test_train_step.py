@@ -1,8 +1,10 @@
 """The lean step: skipped updates leave the schedule alone and stop a run that only skips;
-exact resume on the varlen path and under --compile; --flatten and auto in the summary."""
+exact resume on the varlen path and under --compile; --flatten and auto in the summary; the AdamW
+groups (no decay on biases, norms and embeddings; --decay-all) read from the optimizer."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from tests.train_helpers import cli_args, one_thread, read_metrics, tiny_config, write_shard_set  # noqa: F401
-from train import head, loop
+from train import head, loop, setup
 from train.__main__ import main
+from train.step import Dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,3 +106,60 @@ def test_compile_trains_and_resumes_exactly_without_recompiling(shards, tmp_path
     # batches of other sample lengths reach the same compiled graphs: the varlen index is no graph input
     train = compiled[True]
     assert train[1] == train[0] and train[3] == train[2]
+
+
+def no_decay_names(model) -> set[str]:
+    """The convention spelled by name: biases, LayerNorm weights (ln_*), the embeddings (wte, wpe)."""
+    return {n for n, _ in model.named_parameters()
+            if n.endswith(".bias") or ".ln_" in n or ".wte." in n or ".wpe." in n}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-untied"])
+def test_weight_decay_spares_biases_norms_and_embeddings(shards, tmp_path, model):
+    config = tiny_config(shards, tmp_path / model, model=model, weight_decay=0.1)
+    run = setup.build(config, Dist())
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    decayed, spared = run.optimizer.param_groups
+    assert (decayed["weight_decay"], spared["weight_decay"]) == (0.1, 0.0)
+    assert {names[id(p)] for p in spared["params"]} == no_decay_names(run.model)
+    assert {names[id(p)] for p in decayed["params"]} == set(names.values()) - no_decay_names(run.model)
+    assert ("lm_head.weight" in {names[id(p)] for p in decayed["params"]}) == (model == "tiny-untied")
+    summary = loop.train(dataclasses.replace(config, max_steps=1, eval_interval=1))
+    counts = {n: p.numel() for n, p in run.model.named_parameters()}
+    spared_count = sum(counts[n] for n in no_decay_names(run.model))
+    assert summary["weight_decay_groups"] == [
+        {"weight_decay": 0.1, "tensors": len(counts) - len(no_decay_names(run.model)),
+         "parameters": sum(counts.values()) - spared_count},
+        {"weight_decay": 0.0, "tensors": len(no_decay_names(run.model)), "parameters": spared_count}]
+
+
+def test_decay_all_keeps_the_source_articles_single_group(shards, tmp_path):
+    run = setup.build(tiny_config(shards, tmp_path / "all", decay_all=True, weight_decay=0.1), Dist())
+    (group,) = run.optimizer.param_groups
+    assert group["weight_decay"] == 0.1 and len(group["params"]) == len(list(run.model.parameters()))
+
+
+def test_resume_refuses_a_checkpoint_saved_with_one_group(shards, tmp_path):
+    """A last/ of the single-group era (decay on everything) cannot be resumed exactly: refused, with why."""
+    out = tmp_path / "old"
+    loop.train(tiny_config(shards, out, decay_all=True, max_steps=4, stop_after=2, eval_interval=2))
+    saved = json.loads((out / "config.json").read_text())
+    del saved["decay_all"]  # the option did not exist then
+    (out / "config.json").write_text(json.dumps(saved))
+    result = CliRunner().invoke(main, cli_args(tiny_config(shards, out, max_steps=4, eval_interval=2, resume=True)))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: --resume: {out / 'last'} holds 1 AdamW parameter group(s) and this run "
+                                    "makes 2")
+
+
+def test_group_by_length_trains_with_less_padding_and_resumes_exactly(tmp_path):
+    shards = write_shard_set(tmp_path / "padding-64", "padding", max_length=64, train_samples=48, val_samples=8)
+    plain = loop.train(tiny_config(shards, tmp_path / "plain", attention="varlen", max_steps=12))
+    config = tiny_config(shards, tmp_path / "reference", attention="varlen", max_steps=12, eval_interval=6,
+                         group_by_length=True)
+    reference, resumed, expected, got = run_stopped_and_resumed(config, tmp_path)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert resumed["final_val_loss"] == pytest.approx(reference["final_val_loss"], abs=1e-6)
+    assert reference["group_by_length"] and not plain["group_by_length"]
+    assert reference["tokens"] == plain["tokens"]  # 12 steps of 4 rows: the same 48 rows of the first epoch ...
+    assert reference["padding_fraction"] < plain["padding_fraction"] / 2  # ... in batches of like lengths

@@ -138,6 +138,12 @@ def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> P
     except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); move it aside (mv {folder} "
                           f"{folder}.broken) and --resume trains from step 0") from None
+    saved_groups = len(state["optimizer"]["param_groups"])
+    if saved_groups != len(optimizer.param_groups):  # one group: saved before weight decay by convention
+        raise ConfigError(f"--resume: {folder} holds {saved_groups} AdamW parameter group(s) and this run makes "
+                          f"{len(optimizer.param_groups)} (biases, norms and embeddings are no longer decayed "
+                          f"unless --decay-all); its optimizer state cannot be restored exactly: train again in a "
+                          f"new --out")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -2,14 +2,16 @@
 
 Runs are compared at equal optimizer steps and at equal supervised tokens seen, each
 only where their learning-rate schedules put them at the same point (a run late in its
-decay is not comparable with one at its peak). A difference is called only when it is
-larger than the seed-to-seed spread of the same configuration; without a second seed,
-no difference is called. Every run is set against the unigram baseline of its shards.
+decay is not comparable with one at its peak). A difference is called only beyond a noise
+threshold that a rerun on another machine would not flip: at least `MIN_SEEDS` seeds of one
+configuration, and twice their largest pairwise difference. With fewer seeds nothing is called
+(two seeds' one difference is a poor scale: the demo's 0.003 nats called a winner that a rerun
+elsewhere reversed). Every run is set against the unigram baseline of its shards.
 
-    >>> called({"a": 6.0, "b": 6.02, "c": 6.4}, spread=0.05)
-    'a and b are indistinguishable (within the seed spread of 0.050); c is 0.400 above a'
-    >>> called({"a": 6.0, "b": 6.4}, spread=None)
-    'no second seed was run, so the spread is unknown and no difference is called'
+    >>> called({"a": 6.0, "b": 6.02, "c": 6.4}, threshold=0.05)
+    'a and b are indistinguishable at this budget (within the noise threshold of 0.050); c is 0.400 above a'
+    >>> called({"a": 6.0, "b": 6.4}, threshold=None)
+    'indistinguishable at this budget: no difference is called without 3 seeds of one layout'
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 # Config keys that do not change what a run learns from its data, beside the seed itself.
 _NOT_THE_SETUP = ("seed", "out", "resume", "stop_after", "verify", "max_nan_steps", "log_interval", "progress")
+MIN_SEEDS = 3  # seeds of one configuration before any difference between configurations is called
 TOKEN_SCHEDULE_TOLERANCE = 0.05  # relative: schedules whose token positions differ by less are "the same"
 
 
@@ -44,43 +47,50 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def seed_spread(runs: list[dict]) -> tuple[float | None, str]:
-    """The largest range of final validation loss between seeds of one configuration, and a sentence on it."""
-    pairs = [g for g in seed_groups(runs) if len(g) > 1]
-    if not pairs:
-        return None, ("Only one seed was run per configuration, so the seed-to-seed spread of the validation "
-                      "loss is unknown and no difference between runs is called.")
+def noise_threshold(runs: list[dict]) -> tuple[float | None, str]:
+    """Twice the largest pairwise difference of final validation loss between the seeds of one
+    configuration (of at least MIN_SEEDS seeds; the largest over such configurations), and a sentence on it."""
+    groups = [g for g in seed_groups(runs) if len(g) > 1]
     ranges = []
-    for group in pairs:
-        step = min(r["val"][-1]["step"] for r in group if r["val"]) if all(r["val"] for r in group) else None
+    for group in groups:
+        step = min(r["val"][-1]["step"] for r in group) if all(r["val"] for r in group) else None
         losses = [_at_step(r, step) for r in group] if step is not None else []
         if losses and None not in losses:
             ranges.append((max(losses) - min(losses), group, step, losses))
+    how = (f"a difference between layouts is called only beyond twice the largest difference between "
+           f"{MIN_SEEDS} or more seeds of one layout")
     if not ranges:
-        return None, "The runs with a second seed have no common evaluation step, so the spread is unknown."
-    spread, group, step, losses = max(ranges, key=lambda x: x[0])
+        return None, (f"No configuration was run with several seeds that share an evaluation step, so the noise is "
+                      f"unknown and no difference is called ({how}; `make demo DEMO_SEEDS={MIN_SEEDS}` runs them).")
+    enough = [r for r in ranges if len(r[1]) >= MIN_SEEDS]
+    spread, group, step, losses = max(enough or ranges, key=lambda x: x[0])
     seeds = ", ".join(f"{r['name']} (seed {r['config']['seed']}) {loss:.4f}" for r, loss in zip(group, losses))
-    return spread, (f"Seed-to-seed spread: the same configuration with different seeds gave validation losses "
-                    f"{seeds} at step {step}, a spread of {spread:.3f} nats (from {len(group)} seeds: a scale for "
-                    f"the noise, not a confidence interval).")
+    text = (f"Seed-to-seed spread: the same configuration with different seeds gave validation losses {seeds} at "
+            f"step {step}, a largest difference of {spread:.3f} nats")
+    if not enough:
+        return None, (f"{text}. {len(group)} seeds are no scale for the noise: {how}, so no difference is called "
+                      f"(`make demo DEMO_SEEDS={MIN_SEEDS}` runs a third seed).")
+    return 2 * spread, (f"{text}; {how}: a noise threshold of {2 * spread:.3f} nats (a scale for the noise, not a "
+                        "confidence interval).")
 
 
-def called(losses: dict[str, float], spread: float | None) -> str:
-    """Which differences exceed the spread; the rest are indistinguishable."""
-    if spread is None:
-        return "no second seed was run, so the spread is unknown and no difference is called"
+def called(losses: dict[str, float], threshold: float | None) -> str:
+    """Which differences exceed the noise threshold; the rest are indistinguishable at this budget."""
+    if threshold is None:
+        return f"indistinguishable at this budget: no difference is called without {MIN_SEEDS} seeds of one layout"
     ranked = sorted(losses.items(), key=lambda kv: kv[1])
     best_name, best = ranked[0]
-    tied = [name for name, loss in ranked if loss - best <= spread]
+    tied = [name for name, loss in ranked if loss - best <= threshold]
     if len(tied) > 1:
-        parts = [f"{', '.join(tied[:-1])} and {tied[-1]} are indistinguishable (within the seed spread of {spread:.3f})"]
+        parts = [f"{', '.join(tied[:-1])} and {tied[-1]} are indistinguishable at this budget (within the noise "
+                 f"threshold of {threshold:.3f})"]
     else:
-        parts = [f"{best_name} is lowest by more than the seed spread of {spread:.3f}"]
+        parts = [f"{best_name} is lowest by more than the noise threshold of {threshold:.3f}"]
     parts += [f"{name} is {loss - best:.3f} above {best_name}" for name, loss in ranked if name not in tied]
     return "; ".join(parts)
 
 
-def at_equal_steps(runs: list[dict], spread: float | None) -> str:
+def at_equal_steps(runs: list[dict], threshold: float | None) -> str:
     schedules = {_schedule(r) for r in runs}
     if len(schedules) > 1:
         return ("Not compared at equal steps: the learning-rate schedules differ ("
@@ -95,11 +105,11 @@ def at_equal_steps(runs: list[dict], spread: float | None) -> str:
     warmup, decay, _ = schedules.pop()
     return (f"At equal steps (step {step} of the same schedule: warm-up {warmup}, linear decay to 0 at {decay}), "
             "validation loss " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(losses.items(), key=lambda kv: kv[1]))
-            + ": " + called(losses, spread) + ". At that step the runs had seen different supervised tokens ("
+            + ": " + called(losses, threshold) + ". At that step the runs had seen different supervised tokens ("
             + ", ".join(f"{r['name']} {_at_step(r, step, 'supervised_tokens'):,}" for r in runs) + ").")
 
 
-def at_equal_tokens(runs: list[dict], spread: float | None) -> str:
+def at_equal_tokens(runs: list[dict], threshold: float | None) -> str:
     """Val loss at the largest supervised-token count all runs reached, if their schedules agree in tokens."""
     positions = {r["name"]: (_per_step(r) * _schedule(r)[0], _per_step(r) * _schedule(r)[1]) for r in runs}
     warm, decay = (np.array([p[i] for p in positions.values()]) for i in (0, 1))
@@ -119,7 +129,7 @@ def at_equal_tokens(runs: list[dict], spread: float | None) -> str:
                                          [v["val_loss"] for v in r["val"]])) for r in runs}
     return (f"At equal supervised tokens seen ({common:,}, validation loss interpolated between evaluations), "
             + ", ".join(f"{n} {v:.4f}" for n, v in sorted(losses.items(), key=lambda kv: kv[1]))
-            + ": " + called(losses, spread) + ".")
+            + ": " + called(losses, threshold) + ".")
 
 
 def not_yet_learned(runs: list[dict]) -> list[str]:
@@ -165,11 +175,11 @@ def findings(runs: list[dict]) -> str:
     """The paragraphs under "What the numbers show"."""
     if not any(r["summary"]["best_val_loss"] is not None for r in runs):
         return "No run finished an evaluation, so there is nothing to compare yet."
-    spread, spread_text = seed_spread(runs)
-    compared = [g[0] for g in seed_groups(runs)]  # one run per configuration; its other seeds give the spread
-    paragraphs = [against_baseline(runs), spread_text]
+    threshold, noise_text = noise_threshold(runs)
+    compared = [g[0] for g in seed_groups(runs)]  # one run per configuration; its other seeds give the noise
+    paragraphs = [against_baseline(runs), noise_text]
     if len(compared) > 1:
-        paragraphs += [at_equal_steps(compared, spread), at_equal_tokens(compared, spread)]
+        paragraphs += [at_equal_steps(compared, threshold), at_equal_tokens(compared, threshold)]
     least = min(runs, key=lambda r: r["summary"]["supervised_tokens_per_second"])
     paragraphs.append(
         f"Supervised tokens per second of training step, {measured_how(runs)}; a rough figure (`make bench` "

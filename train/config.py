@@ -44,7 +44,10 @@ class TrainConfig:
     adam_beta1: float = opt(0.9, "AdamW beta1 (torch's and the Trainer's default)")
     adam_beta2: float = opt(0.999, "AdamW beta2 (torch's and the Trainer's default; nanoGPT uses 0.95)")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
-    weight_decay: float = opt(0.01, "AdamW weight decay (torch's default, which the source article used implicitly)")
+    weight_decay: float = opt(0.01, "AdamW weight decay of the matmul weights (torch's default, which the source "
+                                    "article used implicitly); biases, norm weights and embeddings get none")
+    decay_all: bool = opt(False, "decay every parameter, biases, norms and embeddings too: one AdamW group, as the "
+                                 "source article's plain AdamW(model.parameters())")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
     eval_batch_size: int | None = opt(None, "rows per validation batch, summed over all processes [--batch-size]")
     eval_interval: int = opt(300, "evaluate on the whole val split and save best/ and last/ every this many steps")
@@ -56,6 +59,8 @@ class TrainConfig:
         "on", "on: positions restart and attention stops at every segment; off: the source article's cross-sample attention")
     shuffle: bool = opt(True, "seeded per-epoch permutation of the rows (--no-shuffle: file order, like the source article)")
     seed: int = opt(1337, "seed of the row permutation, random init and dropout")
+    group_by_length: bool = opt(False, "batches of rows of similar length (Hugging Face's group_by_length): seeded "
+                                       "mega-batches of 50 batches, sorted by length inside; less padding")
     # ---- model set-up
     pad_vocab_to: int = opt(1, "round the embedding rows up to a multiple of this (64 helps tensor cores)")
     dropout: float | None = opt(None, "override the model's dropout probabilities (default: keep the model's)")

@@ -12,31 +12,23 @@ from __future__ import annotations
 import numpy as np
 
 from shards.format import ShardError, ShardSet, SplitArrays, per_row_sum, rebuild_hint
-
-
-def epoch_permutation(num_rows: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The row order of one epoch: a function of (seed, epoch) alone, so resuming needs no replay.
-
-    >>> epoch_permutation(5, seed=0, epoch=0, shuffle=False).tolist()
-    [0, 1, 2, 3, 4]
-    >>> sorted(epoch_permutation(5, seed=0, epoch=1, shuffle=True).tolist())
-    [0, 1, 2, 3, 4]
-    """
-    if not shuffle:
-        return np.arange(num_rows, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
+from shards.order import epoch_rows
 
 
 class RowOrder:
     """Hands out the rows of successive micro-batches (all processes together), epoch after epoch.
 
     An epoch is `num_rows // batch_size` full micro-batches; the remainder of its
-    permutation is dropped (a different remainder each shuffled epoch). The state
-    is (epoch, position): position counts micro-batches already drawn this epoch.
+    permutation is dropped (a different remainder each shuffled epoch). With `lengths`
+    (each row's), the batches are grouped by length (`shards.order.group_by_length`).
+    The state is (epoch, position): position counts micro-batches already drawn this epoch;
+    an epoch's order is a function of (seed, epoch), so a resume needs no replay.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, *, seed: int, shuffle: bool, epoch: int = 0, position: int = 0):
+    def __init__(self, num_rows: int, batch_size: int, *, seed: int, shuffle: bool, epoch: int = 0, position: int = 0,
+                 lengths: np.ndarray | None = None):
         self.num_rows, self.batch_size, self.seed, self.shuffle = num_rows, batch_size, seed, shuffle
+        self.lengths = lengths
         self.batches_per_epoch = num_rows // batch_size
         self.epoch, self.position = epoch, position
         self._permutation_epoch, self._permutation = None, None
@@ -45,7 +37,9 @@ class RowOrder:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         if self._permutation_epoch != self.epoch:
-            self._permutation = epoch_permutation(self.num_rows, self.seed, self.epoch, self.shuffle)
+            lengths = self.lengths if self.lengths is not None else np.zeros(self.num_rows, dtype=np.int64)
+            self._permutation = epoch_rows(lengths, self.batch_size, seed=self.seed, epoch=self.epoch,
+                                           shuffle=self.shuffle, grouped=self.lengths is not None)
             self._permutation_epoch = self.epoch
         start = self.position * self.batch_size
         self.position += 1

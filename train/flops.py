@@ -1,20 +1,27 @@
-"""Model FLOPs of a training step, and MFU against the device's measured matmul peak.
+"""Model FLOPs of a training step, and MFU: against the device's datasheet peak, and its measured matmul peak.
 
-As PaLM (appendix B) and nanoGPT's `estimate_mfu`, with two corrections for what this trainer computes:
+As PaLM (appendix B) and nanoGPT's `estimate_mfu`: model FLOPs are what the model needs, whatever kernel
+runs it, so two runs on two kernels count the same work and the faster one shows the higher MFU:
 
     flops = 6 * N_body * tokens + 6 * N_head * supervised_tokens
-            + 12 * n_layer * d_model * (sum over attended squares of length^2)
+            + 12 * n_layer * d_model * (sum over samples of length^2)
 
 N_body: the matmul parameters outside the LM head (no position embeddings; the input embedding only
 where it is the head's weight, tied); the label-only head (train.head) runs on supervised tokens
-only, so N_head counts there and nowhere else. Padding tokens add nothing: they are computed, not
-used. The squares are what each attention kernel computes: sdpa and eager (a dense mask, or causal
-over a padded row) every row's full width^2; varlen width^2 for a row of one sample and, in each
-of its passes, the pass's longest^2 per sample; flash and flex each sample's own length^2.
+only, so N_head counts there and nowhere else. The attention term is PaLM's 12 * L * H * Q * T per
+token on each sample's own T (a segment of a row: a sample, or the piece of one that a packed row
+holds): padding, masked pairs and cross-sample pairs (--isolation off) count nothing, whatever the
+kernel computed.
+
+`mfu` divides by the datasheet's dense peak of the device in the step's precision (`DATASHEET_PEAKS`,
+as nanoGPT divides by the A100's 312 TFLOP/s; unknown devices: None); `mfu_measured_peak` by the
+matmul peak measured at start (`measured_peak_flops`), which is lower and so gives a higher MFU.
 """
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,15 +38,14 @@ def parameter_counts(model) -> tuple[int, int]:
     return body, head.numel()
 
 
-def attended_squares(inputs: dict, batch, attention: str) -> float:
-    """Sum of length^2 over what the attention kernel computes for this batch."""
-    rows, width = batch.input_ids.shape
-    index = inputs.get("varlen_index")
-    if attention in ("sdpa", "eager") or (attention == "varlen" and index is None):
-        return float(rows * width**2)
-    if attention == "varlen":
-        return float(index.squares)
-    return float((batch.sequence_lengths.astype(np.float64) ** 2).sum())
+def attended_squares(batch) -> float:
+    """Sum of length^2 over the batch's samples (segments), whatever the attention kernel computes.
+
+    >>> from shards.batch import collate
+    >>> attended_squares(collate([[5, 6, 7, 8, 9], [3, 4]], [[1] * 5, [1, 1]], [[3, 2], [2]], 0, isolation=False))
+    17.0
+    """
+    return float((batch.segment_lengths.astype(np.float64) ** 2).sum())
 
 
 def step_flops(counts: tuple[int, int], config, tokens: int, supervised: int, squares: float) -> float:
@@ -67,3 +73,44 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 81
         sync(device)
         seconds.append(time.perf_counter() - start)
     return 2.0 * size**3 / min(seconds[3:])
+
+
+@dataclass(frozen=True)
+class Datasheet:
+    """A device's dense (no sparsity) peak TFLOP/s per step precision, and where the figures come from."""
+
+    match: str  # a substring of torch.cuda.get_device_name(), upper case
+    half: float  # fp16 and bf16 tensor cores, fp32 accumulate
+    tf32: float  # fp32 steps: the loop turns TF32 matmuls on (train.setup)
+    source: str
+
+
+# Dense figures: half of each datasheet's "with sparsity" figure where it gives only that one. A name
+# matches as whole words of torch.cuda.get_device_name() (A10 is not A100 nor A10G); the first match wins,
+# so the specific variants come before the SXM default.
+DATASHEET_PEAKS = (
+    Datasheet("H100 PCIE", 756.5, 378.0, "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column"),
+    Datasheet("H100 NVL", 835.5, 417.5, "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column"),
+    Datasheet("H100", 989.5, 494.5, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column"),
+    Datasheet("H200 NVL", 835.5, 417.5, "NVIDIA H200 Tensor Core GPU datasheet, H200 NVL column"),
+    Datasheet("H200", 989.5, 494.5, "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column"),
+    Datasheet("A100", 312.0, 156.0, "NVIDIA A100 Tensor Core GPU datasheet (nanoGPT's estimate_mfu: 312)"),
+    Datasheet("L40S", 362.05, 183.0, "NVIDIA L40S GPU datasheet"),
+    Datasheet("L4", 121.0, 60.0, "NVIDIA L4 Tensor Core GPU datasheet"),
+    Datasheet("A10", 125.0, 62.5, "NVIDIA A10 Tensor Core GPU datasheet"),
+    Datasheet("RTX 4090", 165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper, appendix A (GeForce RTX 4090, "
+                                       "FP32 accumulate)"),
+)
+
+
+def datasheet_peak_flops(device_name: str, dtype: torch.dtype | None) -> float | None:
+    """FLOP/s of the device's datasheet in the step's precision (None: fp32 autocast off); None if unknown.
+
+    >>> datasheet_peak_flops("NVIDIA A100-SXM4-80GB", torch.bfloat16) / 1e12, datasheet_peak_flops("NVIDIA A10G", None)
+    (312.0, None)
+    """
+    name = device_name.upper()
+    sheet = next((d for d in DATASHEET_PEAKS if re.search(rf"\b{re.escape(d.match)}\b", name)), None)
+    if sheet is None:
+        return None
+    return (sheet.half if dtype in (torch.float16, torch.bfloat16) else sheet.tf32) * 1e12

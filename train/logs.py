@@ -5,18 +5,20 @@ stage reads these keys (keep them stable):
 
     train: kind step epoch loss learning_rate grad_norm tokens supervised_tokens
            tokens_per_second supervised_tokens_per_second padding_fraction model_tflops mfu
-           data_wait_fraction overflow_skipped_steps nan_loss_steps elapsed_seconds
+           mfu_measured_peak data_wait_fraction overflow_skipped_steps nan_loss_steps elapsed_seconds
     val:   kind step epoch tokens supervised_tokens val_loss val_supervised_tokens
            best_val_loss best_step elapsed_seconds
 
 tokens and supervised_tokens count what was trained on so far (all processes);
 loss is the token-weighted mean over the steps since the previous train record, and so are the
-rates: model_tflops (train.flops: the model FLOPs done per second, all processes), mfu (that over
-the device's measured matmul peak, times the processes; CUDA only, else null) and
-data_wait_fraction (the share of step time spent waiting for the next batch to be collated).
+rates: model_tflops (train.flops: the model FLOPs done per second, all processes, the same whatever
+the kernel), mfu (that over the device's datasheet peak in the step's precision, times the processes;
+null where the device is not in `train.flops.DATASHEET_PEAKS`, and on a CPU), mfu_measured_peak (over
+the matmul peak measured at start instead; CUDA only) and data_wait_fraction (the share of step time spent waiting for the next batch to be collated).
 summary.json holds SUMMARY_KEYS; `stopped` names the signal that ended the run before --max-steps
 ("SIGTERM", "SIGINT", "SIGUSR1"; null otherwise: train/signals.py); `attention` (the path taken, `auto` resolved), `flatten` and
-`compile` say on which kernel a run trained, so layouts are compared on the same one;
+`compile` say on which kernel a run trained, `weight_decay_groups` the AdamW groups
+(weight decay, tensors, parameters), `group_by_length` whether batches were grouped by length, so layouts are compared on the same one;
 `peak_memory_gib` is the device memory torch allocated at most (CUDA only); `threads`
 (torch's CPU threads) and `started_at` / `finished_at` (Unix seconds of this process's leg) say
 what the throughput was measured alongside.
@@ -41,15 +43,16 @@ from shards.format import MANIFEST
 
 TRAIN_KEYS = ("kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "supervised_tokens",
               "tokens_per_second", "supervised_tokens_per_second", "padding_fraction", "model_tflops", "mfu",
-              "data_wait_fraction", "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
+              "mfu_measured_peak", "data_wait_fraction", "overflow_skipped_steps", "nan_loss_steps", "elapsed_seconds")
 VAL_KEYS = ("kind", "step", "epoch", "tokens", "supervised_tokens", "val_loss", "val_supervised_tokens",
             "best_val_loss", "best_step", "elapsed_seconds")
 SUMMARY_KEYS = ("steps", "max_steps", "completed", "stopped", "epoch", "wall_seconds", "train_seconds", "tokens",
                 "supervised_tokens", "tokens_per_second", "supervised_tokens_per_second", "padding_fraction",
-                "model_tflops", "mfu", "matmul_peak_tflops", "data_wait_fraction", "peak_memory_gib", "best_val_loss",
+                "model_tflops", "mfu", "mfu_measured_peak", "datasheet_peak_tflops", "matmul_peak_tflops",
+                "data_wait_fraction", "peak_memory_gib", "best_val_loss",
                 "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
                 "mode", "max_length", "isolation", "attention", "flatten", "compile", "model", "precision",
-                "world_size", "threads", "batch_size", "grad_accum", "shards", "shard_stats_path", "started_at",
+                "world_size", "threads", "batch_size", "grad_accum", "group_by_length", "weight_decay_groups", "shards", "shard_stats_path", "started_at",
                 "finished_at")
 TB_TAGS = {
     "loss": "Loss/train",
@@ -61,6 +64,7 @@ TB_TAGS = {
     "padding_fraction": "Data/padding_fraction",
     "model_tflops": "Throughput/model_tflops",
     "mfu": "Throughput/mfu",
+    "mfu_measured_peak": "Throughput/mfu_measured_peak",
     "data_wait_fraction": "Data/wait_fraction",
     "overflow_skipped_steps": "Steps/overflow_skipped",
     "nan_loss_steps": "Steps/nan_loss",
@@ -151,9 +155,12 @@ class Meter:
     a train record is written.
     """
 
-    def __init__(self, progress: Progress, logger: RunLogger, bar=None, peak_flops: float | None = None):
-        """`peak_flops`: the matmul peak of all processes' devices together (None: no MFU)."""
+    def __init__(self, progress: Progress, logger: RunLogger, bar=None, peak_flops: float | None = None,
+                 datasheet_flops: float | None = None):
+        """`peak_flops`, `datasheet_flops`: the measured matmul peak, the datasheet peak, of all processes'
+        devices together (None: no MFU by that convention)."""
         self.progress, self.logger, self.bar, self.peak_flops = progress, logger, bar, peak_flops
+        self.datasheet_flops = datasheet_flops
         self.started, self.wall_before = time.perf_counter(), progress.wall_seconds
         self.started_at = time.time()  # this process's leg of the run, in Unix seconds (the report's overlap check)
         self._window()
@@ -169,7 +176,8 @@ class Meter:
         return dict(tokens_per_second=tokens / seconds, supervised_tokens_per_second=supervised / seconds,
                     padding_fraction=1 - tokens / max(slots, 1), model_tflops=flops / seconds / 1e12,
                     data_wait_fraction=data_seconds / seconds,
-                    mfu=flops / seconds / self.peak_flops if self.peak_flops else None)
+                    mfu=flops / seconds / self.datasheet_flops if self.datasheet_flops else None,
+                    mfu_measured_peak=flops / seconds / self.peak_flops if self.peak_flops else None)
 
     def elapsed(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -216,7 +224,7 @@ class Meter:
         self.logger.log({k: values[k] for k in VAL_KEYS})
 
     def summary(self, config, manifest, shards: Path, world_size: int, attention: str,
-                stopped: str | None = None) -> dict:
+                weight_decay_groups: list | None = None, stopped: str | None = None) -> dict:
         """`stopped`: the signal that stopped the run before --max-steps ("SIGTERM", ...), or None."""
         p = self.progress
         p.wall_seconds = self.elapsed()
@@ -224,12 +232,14 @@ class Meter:
             **{k: getattr(p, k) for k in ("epoch", "wall_seconds", "train_seconds", "tokens", "supervised_tokens",
                                           "best_val_loss", "best_step", "overflow_skipped_steps", "nan_loss_steps")},
             **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
-                                               "batch_size", "grad_accum")},
+                                               "batch_size", "grad_accum", "group_by_length")},
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
             stopped=None if p.step == config.max_steps else stopped,
             **self.rates(tokens=p.tokens, supervised=p.supervised_tokens, slots=p.slots, flops=p.flops,
                          data_seconds=p.data_seconds, seconds=p.train_seconds),
             matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
+            datasheet_peak_tflops=self.datasheet_flops / world_size / 1e12 if self.datasheet_flops else None,
+            weight_decay_groups=weight_decay_groups,
             peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             mode=manifest.mode,
             max_length=manifest.max_length, attention=attention, world_size=world_size, shards=str(shards),

@@ -29,7 +29,7 @@ from train.data import val_row_batches
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.setup import Run, build
 from train.signals import StopSignals
-from train.step import Dist, Prefetcher, setup_distributed
+from train.step import Dist, Prefetcher, group_sizes, setup_distributed
 
 
 class TrainError(UserError):
@@ -80,14 +80,15 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
                    dynamic_ncols=True) if dist.main else None
         with writes(out):
             logger = RunLogger(out, dist.main, run.progress.step if config.resume else None)
-        meter = Meter(run.progress, logger, bar, run.peak_flops and run.peak_flops * dist.world_size)
+        meter = Meter(run.progress, logger, bar, run.peak_flops and run.peak_flops * dist.world_size,
+                      run.datasheet_flops and run.datasheet_flops * dist.world_size)
         try:
             _loop(run, meter, stop, writes)
         finally:
             if bar is not None:
                 bar.close()
         summary = meter.summary(config, run.shard_set.manifest, run.shard_set.folder, dist.world_size,
-                                run.attention.name, stopped=stop.name)
+                                run.attention.name, group_sizes(run.optimizer), stopped=stop.name)
         if dist.main:
             with writes(out):
                 write_json(out / "summary.json", summary)

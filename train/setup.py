@@ -25,7 +25,7 @@ from train.attention import AttentionPlan, attention_dropout, register_attention
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import RowOrder, check_same_shards, check_shards, rank_share
-from train.flops import attended_squares, measured_peak_flops, parameter_counts, step_flops
+from train.flops import attended_squares, datasheet_peak_flops, measured_peak_flops, parameter_counts, step_flops
 from train.head import LabelLossModel
 from train.logs import Progress
 from train.model import load_model, max_positions, model_config, vocab_rows
@@ -68,7 +68,8 @@ class Run:
     order: RowOrder
     batch_options: dict  # get_batch's keywords shared by train and val batches
     counts: tuple[int, int]  # parameter counts (train.flops)
-    peak_flops: float | None  # one device's measured matmul peak (CUDA only): MFU's denominator
+    peak_flops: float | None  # one device's measured matmul peak (CUDA only): mfu_measured_peak's denominator
+    datasheet_flops: float | None  # one device's datasheet peak in the step's precision (known GPUs): mfu's
 
     def batch(self, split: SplitArrays, rows, isolation: bool | None = None, pin: bool = False):
         """(model inputs, Batch) of these rows of `split` (isolation: the run's unless given)."""
@@ -82,7 +83,7 @@ class Run:
                                                            self.dist.world_size), pin=self.device.type == "cuda")
                    for _ in range(self.config.grad_accum)]
         flops = sum(step_flops(self.counts, self.model.config, batch.tokens, batch.supervised_tokens,
-                               attended_squares(inputs, batch, self.attention.name)) for inputs, batch in batches)
+                               attended_squares(batch)) for _, batch in batches)
         return batches, flops, (self.order.epoch, self.order.position)
 
     def step(self, batches: list, supervised: float) -> tuple:
@@ -125,8 +126,9 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls on tensor cores
     loss_model = LabelLossModel(model, compile=config.compile)
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
-    peak_flops = None
-    if device.type == "cuda":  # MFU's denominator: the matmul peak measured here, in the step's precision
+    peak_flops = datasheet_flops = None
+    if device.type == "cuda":  # MFU's denominators: the datasheet's peak, and the matmul peak measured here
+        datasheet_flops = datasheet_peak_flops(torch.cuda.get_device_name(device), autocast_dtype)
         peak_flops = measured_peak_flops(device, autocast_dtype or torch.float32)
         torch.cuda.reset_peak_memory_stats(device)  # the summary's peak memory is the run's, not the check's
     optimizer = make_optimizer(model, config)
@@ -136,14 +138,15 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     progress = (load_checkpoint(Path(config.out) / "last", optimizer, scheduler, scaler, dist) if config.resume
                 else Progress())
     order = RowOrder(train_split.num_rows, config.batch_size, seed=config.seed, shuffle=config.shuffle,
-                     epoch=progress.epoch, position=progress.position)
+                     epoch=progress.epoch, position=progress.position,
+                     lengths=train_split.row_lengths() if config.group_by_length else None)
     ddp = loss_model if dist.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
         loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     batch_options = dict(pad_token_id=shard_set.manifest.pad_token_id, flatten=config.flatten,
                          pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if config.compile else 1, attention=attention)
     return Run(config, dist, device, attention, shard_set, train_split, val_split, tokenizer, model, loss_model, ddp,
                autocast, optimizer, scheduler, scaler, progress, order, batch_options, parameter_counts(model),
-               peak_flops)
+               peak_flops, datasheet_flops)
 
 
 def _open_shards_and_model(config: TrainConfig, dist: Dist, name: str, attention: AttentionPlan) -> tuple:
