@@ -93,13 +93,15 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
     batch_size, cores, out = PrepConfig().batch_size, len(os.sched_getaffinity(0)), work / "shards" / "prep-timed"
     llama3_out = work / "shards" / "prep-llama3"
 
-    def prep(source: Path = data, folder: Path = out, extra: list[str] = ()) -> dict:
+    def prep(source: Path = data, folder: Path = out, extra: list[str] = (), workers: int = 1) -> dict:
+        """One process by default: the floor is one process, and so is the Llama 3 comparison."""
         shutil.rmtree(folder, ignore_errors=True)  # before the clock: prep does not clear it for a user
         return run_process(python_module("prep", "--data", source, "--mode", "concat", "--max-length", max_length,
-                                         "--val-ratio", 0, "--out", folder, *extra))
+                                         "--val-ratio", 0, "--out", folder, "--workers", workers, *extra))
 
     trls = {"trl_num_proc_none": None, f"trl_num_proc_{cores}": cores} if with_trl else {}
     tasks = {"prep": prep, "floor": lambda: run_process(python_module("benchmarks.prep_floor", data)),
+             "prep_cores": lambda: prep(folder=work / "shards" / "prep-cores", workers=cores),
              **{name: lambda n=n: in_process(trl_run, data=data, max_length=max_length, num_proc=n,
                                              work=work / "trl")["result"] for name, n in trls.items()},
              **({"prep_llama3": lambda: prep(folder=llama3_out, extra=llama3)} if llama3 else {})}
@@ -114,7 +116,8 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
     ratio = lambda a, b: median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731 - of the per-round ratios
     result = {
         "samples": len(lengths), "max_length": max_length, "floor_batch_size": batch_size, "seconds": seconds,
-        "prep_rows": stats.rows, "prep_over_floor": ratio("prep", "floor"),
+        "prep_rows": stats.rows, "prep_over_floor": ratio("prep", "floor"), "cores": cores,
+        "prep_one_over_cores": ratio("prep", "prep_cores"),
         "prep_peak_anon_mib": median(r["peak_anon_bytes"] for r in done["prep"]) / 2**20,
         "prep_peak_anon_mib_x2": median(r["peak_anon_bytes"] for r in larger) / 2**20,
         "checks": {"same_rows": len(lengths) == stats.records_read == stats.samples,
@@ -129,8 +132,8 @@ def measure(data: Path, doubled: Path, warmup: Path, work: Path, *, max_length: 
             prep_llama3_encoder_is_tiktoken=manifest.encoder == "tiktoken")
     if trls:
         trl = done[next(iter(trls))][-1]
-        result.update(trl_over_prep=ratio("trl", "prep"), trl_rows=trl["rows"],
-                      trl_configs_over_prep={name: ratio(name, "prep") for name in trls})
+        result.update(trl_over_prep=ratio("trl", "prep_cores"), trl_rows=trl["rows"],
+                      trl_configs_over_prep={name: ratio(name, "prep_cores") for name in trls})
         result["checks"].update(trl_same_samples=trl["samples"] == len(lengths),
                                 **{f"trl_same_{k}": trl[k] == getattr(stats, k) for k in ("tokens", "supervised_tokens")})
     return result
@@ -147,9 +150,15 @@ def figures(p: dict) -> list[dict]:
         found.append(f("prep", "prep_llama3_over_gpt2", p["prep_llama3_over_gpt2"], goal=("<=", 1.3),
                        note="whole processes; Llama 3's tokenizer as it ships (llama.cpp's llama-bpe vocab) and Llama "
                             f"3.1's chat template over GPT-2's with ChatML, same data; encoder {p['llama3_encoder']}"))
+    if "prep_one_over_cores" in p:
+        found.append(f("prep", "prep_one_over_cores", p["prep_one_over_cores"],
+                       note=f"prep --workers 1 over --workers {p['cores']} (the usable cores), whole processes on the "
+                            "benchmark data; issue 26's scaling figure (4x the data, --workers 1 pinned to one core) "
+                            "is not built yet"))
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
-                    note="TRL's faster of dataset_num_proc None / = cores, timed inside its process"),
+                  note="TRL's faster of dataset_num_proc None / = cores, timed inside its process, over prep "
+                       "--workers = cores"),
                   *(f("prep", f"{name}_over_prep", ratio) for name, ratio in p["trl_configs_over_prep"].items()),
                   f("prep", "trl_rows", p["trl_rows"], note="bfd rows of TRL (it packs per 1,000-row map batch)"),
                   f("prep", "prep_rows", p["prep_rows"])]

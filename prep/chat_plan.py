@@ -84,6 +84,7 @@ class _Plan:
     matches: dict = field(default_factory=dict)  # assistant turn -> whether its prompt is the generation prompt
     closers: list = field(default_factory=list)  # the special ids that closed its replies
     appended: int | None = None  # the special id added after a last reply the template leaves open
+    adaptations: tuple = ()  # what the template needs of the tool messages (tool_turns.ADAPTATIONS)
 
     @property
     def supervised(self) -> list[bool]:
@@ -121,7 +122,7 @@ class Planner:
         self.special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
         self.spelling = {tokenizer.convert_tokens_to_ids(t): t for t in specials}
         self._plans: dict[tuple, _Plan] = {}
-        self.adaptations: tuple = ()  # what the template needs of tool messages (tool_turns.ADAPTATIONS)
+        self.adaptations: tuple = ()  # what the template needs of the tool messages of the shape being planned
         self.closers: set[int] = set()  # what closes a plain reply: where a reply with tool calls closes too
         self.added_re = tool_turns.added_tokens_re(tokenizer)
         self.opener = tool_turns.turn_opener(self)
@@ -154,7 +155,8 @@ class Planner:
 
     def _render_adapted(self, messages: list[dict], options: dict) -> str:
         """render_chat, adapting tool messages as the template needs (tool_turns.ADAPTATIONS): the adaptations
-        that make a failing render work are kept for every later render, and for check_prompts."""
+        that make a failing render work are kept for the shape's later renders, its plan and check_prompts
+        (per shape, so a shape's render never depends on which shapes came before it)."""
         first_error = None
         for extra in tool_turns.more_adaptations(self.adaptations):
             try:
@@ -173,6 +175,7 @@ class Planner:
             return self._plans[shape]
         roles, tools = split_shape(shape)
         tool_turns.check_tools(self.tokenizer, shape)
+        self.adaptations = ()
         full = self.render(shape)
         marks = list(MARK.finditer(full))
         found = [(int(m.group(1)), m.group(2)) for m in marks]
@@ -214,7 +217,7 @@ class Planner:
                                                            [continued[i] for i in const_texts]))) if const_texts else {}
         first_mismatch = next((k for k in sorted(matches) if not matches[k]), None)
         plan = _Plan(segments, const_ids, closers[0] if closers else None, continued, dropped, first_mismatch, matches,
-                     closers, appended)
+                     closers, appended, self.adaptations)
         self._plans[shape] = plan
         self._notice(shape, plan)
         return plan

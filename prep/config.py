@@ -60,6 +60,8 @@ class PrepConfig:
         "auto", "text encoder: auto (tiktoken where its ids are identical, checked at start, else the fast "
         "tokenizer), tiktoken or tokenizers")
     batch_size: int = _opt(1000, "records tokenized per batch (bounds prep's memory)")
+    workers: int = _opt(0, "processes that tokenize batches; 0: the usable cores. The shards are the same bytes "
+                        "for any number")
     out: str | None = _opt(None, "output folder (default: shards/MODE-MAX_LENGTH)")
     stats_batch_size: int = _opt(16, "batch size assumed by the pad_fraction_at_batch statistic")
 
@@ -84,6 +86,8 @@ class PrepConfig:
             problems.append(f"--max-length: must be at least 2, got {self.max_length}")
         if not 0.0 <= self.val_ratio < 1.0:
             problems.append(f"--val-ratio: must be in [0, 1), got {self.val_ratio}")
+        if self.workers < 0:
+            problems.append(f"--workers: must be 0 (the usable cores) or more, got {self.workers}")
         for name in ("limit", "batch_size", "stats_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -176,14 +176,14 @@ class TextEncoder:
     tokenizer encodes them inside the whole conversation.
     """
 
-    def __init__(self, tokenizer, choice: str = "auto"):
+    def __init__(self, tokenizer, choice: str = "auto", verify: bool = True):
         if choice not in ENCODER_CHOICES:
             raise ValueError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, got {choice!r}")
         self._backend = tokenizer.backend_tokenizer
         self.prefix_rule = prefix_rule(self._backend)
         self._continuing = _without_prefix(self._backend) if self.prefix_rule else None
         self._tiktoken = None
-        self._checked = 0
+        self._checked = 0 if verify else CHECK_TEXTS  # verify=False: a run's driver checked (prep.workers)
         self.choice = choice
         self.name = "tokenizers"
         if choice != "tokenizers":
@@ -197,6 +197,11 @@ class TextEncoder:
     def tiktoken(self):
         """The tiktoken Encoding `encode` runs (its first texts checked against the fast tokenizer), or None."""
         return self._tiktoken
+
+    @property
+    def verified(self) -> bool:
+        """Whether the start-of-run check is over (or not needed): the choice of encoder is final."""
+        return self._tiktoken is None or self._checked >= CHECK_TEXTS
 
     def _fall_back(self, why: str) -> None:
         if self.choice == "tiktoken":
@@ -228,9 +233,9 @@ class TextEncoder:
         if self._tiktoken is None:
             return self._tokenizers(texts)
         ids = self._tiktoken.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
-        if self._checked < CHECK_TEXTS:  # the start of every run: both ways, or no tiktoken
-            n = min(len(texts), CHECK_TEXTS - self._checked)
-            self._checked += n
+        if self._checked < CHECK_TEXTS:  # the start of every run (its first batch): both ways, or no tiktoken
+            n = min(len(texts), CHECK_TEXTS)
+            self._checked = CHECK_TEXTS  # one batch decides, so prep's workers can be told the choice
             reference = self._tokenizers(texts[:n])
             bad = next((i for i in range(n) if ids[i] != reference[i]), None)
             if bad is not None:

@@ -26,13 +26,14 @@ from prep import packing
 from prep.config import PrepConfig
 from prep.readers import DataError
 from prep.records import combined_fingerprint, read_conversations
-from prep.template import ChatFormatError, ConversationEncoder, ensure_chat_format, load_tokenizer
+from prep import workers
+from prep.template import ChatFormatError, ConversationEncoder, Tally
 from sftcli import UserError, command_line
 from shards import format as fmt
 from shards.folders import on_disk_full, staged_folder
 from shards.lock import folder_lock
 from shards.manifest import Manifest, PromptMismatch, ShardStats, SourceEntry, SplitStats, TemplateRecord
-from shards.prompts import set_prompt_format, set_template_options, template_options
+from shards.prompts import set_prompt_format, template_options
 from shards.stats import row_stats, sample_stats
 
 SPILL_IDS, SPILL_MASK = "samples.ids", "samples.mask"
@@ -56,10 +57,7 @@ def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
                                  batch_size=config.batch_size, prompt_format=config.prompt_format)
-    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
-    if config.chat_template is not None:  # after ChatML's tokens are added to a tokenizer without a template
-        tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
-    set_template_options(tokenizer, config.template_kwargs, _template_date(config, tokenizer.chat_template))
+    tokenizer = workers.prep_tokenizer(config, lambda template: _template_date(config, template))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     with staged_folder(config.out_dir) as staging:  # a failure anywhere below leaves the previous set as it was
@@ -160,46 +158,54 @@ def _supervised_head(mask: np.ndarray, offsets: np.ndarray, limit: int) -> np.nd
     return cumsum[np.minimum(offsets[1:], offsets[:-1] + limit)] - cumsum[offsets[:-1]]
 
 
+def _limited(batches, limit: int | None):
+    """The batches, cut after `limit` records."""
+    read = 0
+    for batch in batches:
+        if limit is not None:
+            batch = batch[: limit - read]
+        if not batch:
+            return
+        read += len(batch)
+        yield batch
+        if limit is not None and read >= limit:
+            return
+
+
 def _tokenize_to_spill(config, batches, encoder, folder, token_dtype, progress) -> _Spill:
     lengths: list[np.ndarray] = []
     sources: list[np.ndarray] = []
     supervised_head: list[np.ndarray] = []
-    read = 0
     alpaca = False
+    tally, said = Tally(), set()
+    date = template_options(encoder.tokenizer)[1]
     # disable=None: tqdm hides the bar when stderr is not a terminal (a log file, make -j's output sync)
     with tqdm(desc="tokenize", unit=" records", disable=None if progress else True, file=sys.stderr) as bar, \
             open(folder / SPILL_IDS, "wb") as ids_file, open(folder / SPILL_MASK, "wb") as mask_file:
-        for batch in batches:
-            if config.limit is not None:
-                batch = batch[: config.limit - read]
-            if not batch:
-                break
-            conversations, tools = [c.messages for c in batch], [c.tools for c in batch]
-            try:
-                ids, mask, offsets = encoder.encode(conversations, tools)
-            except ChatFormatError as e:  # name the record whose shape the template cannot take
-                if getattr(e, "position", None) is None:
-                    raise
-                raise ChatFormatError(f"{batches.locate(batch[e.position].index)}: {e}") from None
-            bad = encoder.check_prompts(conversations, ids, offsets, tools, mask)  # the template on real contents must agree
-            if bad is not None:
+        for batch, out in workers.encode_all(config, _limited(batches, config.limit), encoder, token_dtype, date):
+            for line in out.notices:  # each worker says what it found; the run says it once
+                if line not in said:
+                    said.add(line)
+                    print(line, file=sys.stderr)
+            if out.error is not None:  # name the record whose shape the template cannot take
+                raise ChatFormatError(f"{batches.locate(batch[out.error[0]].index)}: {out.error[1]}")
+            if out.bad is not None:  # the template on real contents must agree
                 raise PrepError(
-                    f"{batches.locate(batch[bad[0]].index)}: with tokenizer {config.tokenizer!r}, {bad[1]}, so its "
-                    "loss mask would not match what the template and generation give; use a tokenizer whose chat "
-                    "template ends prompts on a token boundary and renders contents as they are"
+                    f"{batches.locate(batch[out.bad[0]].index)}: with tokenizer {config.tokenizer!r}, {out.bad[1]}, "
+                    "so its loss mask would not match what the template and generation give; use a tokenizer whose "
+                    "chat template ends prompts on a token boundary and renders contents as they are"
                 )
+            tally.add(out.tally)
             alpaca = alpaca or any(c.alpaca for c in batch)
-            ids.astype(token_dtype).tofile(ids_file)
-            mask.tofile(mask_file)
-            lengths.append(np.diff(offsets))
+            out.ids.tofile(ids_file)
+            out.mask.tofile(mask_file)
+            lengths.append(np.diff(out.offsets))
             sources.append(np.fromiter((c.index for c in batch), dtype=np.int64, count=len(batch)))
-            supervised_head.append(_supervised_head(mask, offsets, config.max_length))
-            read += len(batch)
+            supervised_head.append(_supervised_head(out.mask, out.offsets, config.max_length))
             bar.update(len(batch))
-            if config.limit is not None and read >= config.limit:
-                break
-    if read == 0:
+    if not lengths:
         raise DataError(f"{_data_name(config)}: no records to prepare")
+    encoder.tally = tally  # the run's, over every process
     return _Spill(folder, token_dtype, np.concatenate(lengths), np.concatenate(sources),
                   np.concatenate(supervised_head), alpaca, batches.locate)
 

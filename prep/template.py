@@ -12,6 +12,7 @@ import collections
 import itertools
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -81,15 +82,46 @@ def ensure_chat_format(tokenizer):
     return tokenizer
 
 
+@dataclass
+class Tally:
+    """What the template did to a run's conversations, summed over batches (and over processes: `add`).
+
+    `dropped`: messages the template left out, by role; `closed`: last replies it left open, by the token
+    added; `shapes`: conversations per shape; `first_mismatch`: per shape whose training prompt differs
+    from generation's, the first such turn.
+    """
+
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+    closed: collections.Counter = field(default_factory=collections.Counter)
+    shapes: collections.Counter = field(default_factory=collections.Counter)
+    first_mismatch: dict = field(default_factory=dict)
+
+    def add(self, other: "Tally") -> None:
+        self.dropped.update(other.dropped)
+        self.closed.update(other.closed)
+        self.shapes.update(other.shapes)
+        for shape, turn in other.first_mismatch.items():
+            self.first_mismatch[shape] = min(turn, self.first_mismatch.get(shape, turn))
+
+    @property
+    def mismatches(self) -> dict[tuple, list[int]]:
+        """Per roles: [the first differing turn, conversations], over every shape of those roles."""
+        out: dict[tuple, list[int]] = {}
+        for shape, turn in self.first_mismatch.items():
+            entry = out.setdefault(shape_roles(shape), [turn, 0])
+            entry[0], entry[1] = min(entry[0], turn), entry[1] + self.shapes[shape]
+        return out
+
+
 class ConversationEncoder:
     """Turn conversations (tuples of (role, content[, reasoning[, extras]])) into ids and loss masks, in batches.
 
-    `dropped` counts the messages the template left out, by role; `closed` the last replies it left
-    open, by the token added; `mismatches` maps each shape whose training prompt differs from
-    generation's to [first such turn, conversations].
+    `tally` records what the template did (Tally): `dropped`, `closed` and `mismatches` read it.
+    `verify_encoder=False` skips the encoder's start-of-run check (prep's workers: the driver made it).
     """
 
-    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto", system_message: str = "keep"):
+    def __init__(self, tokenizer, loss_on: str = "assistant", encoder: str = "auto", system_message: str = "keep",
+                 verify_encoder: bool = True):
         if loss_on not in get_args(LossOn):
             raise ValueError(f"loss_on must be one of {get_args(LossOn)}, got {loss_on!r}")
         if system_message not in get_args(SystemMessage):
@@ -98,15 +130,29 @@ class ConversationEncoder:
         self.eos_id = tokenizer.eos_token_id
         # Texts are encoded in parallel batches with special-token parsing off: template
         # specials are inserted as ids by the plan (prep.encoders picks tiktoken or tokenizers).
-        self.text = TextEncoder(tokenizer, encoder)
+        self.text = TextEncoder(tokenizer, encoder, verify=verify_encoder)
         self.planner = Planner(tokenizer, self.text, loss_on, system_message)
         self._backend = tokenizer.backend_tokenizer  # the prompt check tokenizes as generation does
-        self._checked: collections.Counter = collections.Counter()  # conversations checked per shape
-        self.dropped: collections.Counter = collections.Counter()
-        self.closed: collections.Counter = collections.Counter()
-        self.mismatches: dict[tuple, list[int]] = {}
+        self.tally = Tally()
         # Where generation must stop: the end of an assistant turn, from the template itself.
         self.end_of_turn_id = self.planner.end_of_turn if self.planner.end_of_turn is not None else self.eos_id
+
+    @property
+    def dropped(self) -> collections.Counter:
+        return self.tally.dropped
+
+    @property
+    def closed(self) -> collections.Counter:
+        return self.tally.closed
+
+    @property
+    def mismatches(self) -> dict[tuple, list[int]]:
+        return self.tally.mismatches
+
+    def take_tally(self) -> Tally:
+        """The tally since the last call (a worker sends it with each batch), and a fresh one."""
+        tally, self.tally = self.tally, Tally()
+        return tally
 
     def plan(self, shape: tuple):
         return self.planner.plan(shape)
@@ -132,12 +178,13 @@ class ConversationEncoder:
                 raise
         texts: list[str] = []
         continued: list[bool] = []
+        self.tally.shapes.update(shapes)
         for conv, plan, shape in zip(conversations, plans, shapes):
-            self.dropped.update(plan.dropped)
+            self.tally.dropped.update(plan.dropped)
             if plan.appended is not None:
-                self.closed[self.planner.spelling[plan.appended]] += 1
+                self.tally.closed[self.planner.spelling[plan.appended]] += 1
             if plan.first_mismatch is not None:
-                self.mismatches.setdefault(shape_roles(shape), [plan.first_mismatch, 0])[1] += 1
+                self.tally.first_mismatch[shape] = plan.first_mismatch
             for i, seg in enumerate(plan.segments):
                 if seg[0] == "text" and i not in plan.const_ids:
                     texts.append(_fill(seg[1], conv))
@@ -180,7 +227,7 @@ class ConversationEncoder:
 
     def check_prompts(self, conversations, ids: np.ndarray, offsets: np.ndarray,
                       tools: list | None = None, mask: np.ndarray | None = None) -> tuple[int, str] | None:
-        """Render the first `CHECKS_PER_SHAPE` conversations of every shape with their real contents
+        """Render the first `CHECKS_PER_SHAPE` conversations of every shape in the batch with their real contents
         and compare: the template's text with the plan's (a template that looks inside contents
         renders them differently from placeholders), and each generation prompt's tokens, alone as
         generation tokenizes them, with the conversation's. Returns (position, reason) of the first
@@ -189,18 +236,20 @@ class ConversationEncoder:
         With `mask`, a difference where an earlier reply starts (BPE merges Qwen3.5's `<think>\n` with the
         `\n</think>` of a reply without reasoning when generation re-tokenizes the history) is not an
         error: that turn's prompt is recorded as differing from generation's, as the planner does for text.
+        Which conversations are checked depends on the batch alone, so prep's workers check the same ones.
         """
+        checked: collections.Counter = collections.Counter()
         for k, conv in enumerate(conversations):
             conv = self.prepare(conv)
             conv_tools = tools[k] if tools else None
             shape = self.shape(conv, conv_tools)
-            if self._checked[shape] >= CHECKS_PER_SHAPE:
+            if checked[shape] >= CHECKS_PER_SHAPE:
                 continue
             if self.planner.special_re and any(self.planner.special_re.search(t) for m in conv for t in m[1:] if t):
                 continue
-            self._checked[shape] += 1
+            checked[shape] += 1
             plan = self.plan(shape)
-            messages = adapt([message_dict(m) for m in conv], self.planner.adaptations)
+            messages = adapt([message_dict(m) for m in conv], plan.adaptations)
             options = {"tools": json.loads(conv_tools)} if conv_tools else {}
             appended = self.planner.spelling[plan.appended] if plan.appended is not None else ""
             if render_chat(self.tokenizer, messages, **options) + appended != plan.text(conv, self.planner.spelling):
@@ -212,7 +261,7 @@ class ConversationEncoder:
                 if row[: len(alone)] != alone:
                     if not self._merged_at_reply_start(row, alone, mask, offsets[k]):
                         return k, "its rendered prompt tokenizes differently on its own than inside the conversation"
-                    self._record_mismatch(plan, shape, turn, conversations, tools)
+                    self._record_mismatch(plan, shape, turn)
         return None
 
     @staticmethod
@@ -224,19 +273,12 @@ class ConversationEncoder:
         bits = mask[offset + max(d - 1, 0): offset + d + 2]
         return d > 0 and len(set(bits.tolist())) > 1
 
-    def _record_mismatch(self, plan, shape: tuple, turn: int, conversations, tools: list | None) -> None:
+    def _record_mismatch(self, plan, shape: tuple, turn: int) -> None:
         """Turn `turn` of `shape` trains on a prompt that generation tokenizes otherwise: recorded, said once."""
         plan.matches[turn] = False
         if plan.first_mismatch is not None and plan.first_mismatch <= turn:
             return
-        counted = plan.first_mismatch is not None
-        plan.first_mismatch = turn
-        roles = shape_roles(shape)
-        entry = self.mismatches.setdefault(roles, [turn, 0])
-        entry[0] = turn
-        if not counted:  # the batch's conversations of this shape were encoded before the check
-            entry[1] += sum(self.shape(self.prepare(c), t) == shape
-                            for c, t in zip(conversations, tools or [None] * len(conversations)))
-        print(f"prep: the generation prompt for turn {turn} of roles {roles} tokenizes otherwise than the "
-              "conversation where an earlier reply starts; masks follow the conversation (recorded as "
+        plan.first_mismatch = self.tally.first_mismatch[shape] = turn  # the tally counts the shape's conversations
+        print(f"prep: the generation prompt for turn {turn} of roles {shape_roles(shape)} tokenizes otherwise than "
+              "the conversation where an earlier reply starts; masks follow the conversation (recorded as "
               "prompt_matches_generation: false)", file=sys.stderr)

@@ -44,12 +44,13 @@ def test_floor_prep_and_trl_see_the_same_rows_and_tokens(prep_section):
                                 "trl_same_supervised_tokens": True, **llama3}
     assert result["samples"] == 80 == len(lengths)
     seconds = result["seconds"]
-    assert set(seconds) == {"prep", "floor", "trl_num_proc_none", f"trl_num_proc_{len(os.sched_getaffinity(0))}",
-                            *(["prep_llama3"] if llama3 else [])}
+    assert set(seconds) == {"prep", "prep_cores", "floor", "trl_num_proc_none",
+                            f"trl_num_proc_{len(os.sched_getaffinity(0))}", *(["prep_llama3"] if llama3 else [])}
     # one round: each ratio is that round's own (the median of one)
     assert result["prep_over_floor"] == seconds["prep"][0] / seconds["floor"][0]
     trl = min(seconds["trl_num_proc_none"][0], seconds[f"trl_num_proc_{len(os.sched_getaffinity(0))}"][0])
-    assert result["trl_over_prep"] == trl / seconds["prep"][0]
+    assert result["trl_over_prep"] == trl / seconds["prep_cores"][0]  # prep on every core, as TRL at its best
+    assert result["prep_one_over_cores"] == seconds["prep"][0] / seconds["prep_cores"][0]
     names = {f["name"]: f for f in prep_speed.figures(result)}
     assert {"prep_over_floor", "trl_over_prep", "prep_anon_growth_mib", "same_rows_and_tokens"} <= set(names)
     assert names["prep_over_floor"]["goal"] == {"op": "<=", "value": 1.25}
