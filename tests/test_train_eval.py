@@ -104,8 +104,10 @@ def test_apply_chat_template_renders_prompts_with_the_recorded_template_and_opti
     from shards.prompts import set_template_options
     from train.model import load_model
 
+    import copy
+
     run = tmp_path / "run"
-    tokenizer = chatml_tokenizer()
+    tokenizer = copy.deepcopy(chatml_tokenizer())  # the shared one stays as other tests expect it
     tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }} {{ strftime_now('%Y-%m-%d') }} "
                                "{{ flavour }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
