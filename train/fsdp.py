@@ -11,7 +11,8 @@ With one process `--fsdp` shards nothing (there is nowhere to shard to) but keep
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,17 @@ def full_state_dict(model: torch.nn.Module) -> dict:
     """The whole model's weights on rank 0's CPU (every process must call it): what best/ saves."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (GPT-2's embedding and LM head) arrive as separate copies: make them one tensor again, so
+    # save_pretrained sees the sharing and writes the file a plain model's save writes.
+    names = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name.replace("_checkpoint_wrapped_module.", ""))
+    for tied in names.values():
+        for name in tied[1:]:
+            if name in state and tied[0] in state:
+                state[name] = state[tied[0]]
+    return state
 
 
 def save_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -130,7 +141,8 @@ def save_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(Path(folder) / DCP_FOLDER))
+    with _single_process_is_meant():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(Path(folder) / DCP_FOLDER))
 
 
 def load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -140,8 +152,17 @@ def load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(Path(folder) / DCP_FOLDER))
+    with _single_process_is_meant():
+        dcp.load(state, checkpoint_id=str(Path(folder) / DCP_FOLDER))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+@contextmanager
+def _single_process_is_meant():
+    """DCP warns that it assumes one process whenever there is no process group: here that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def is_sharded_checkpoint(folder: Path) -> bool:
