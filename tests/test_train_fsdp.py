@@ -33,12 +33,15 @@ def losses(out, kind: str = "train", key: str = "loss") -> dict:
     return {r["step"]: r[key] for r in read_metrics(out, kind)}
 
 
-def assert_same_losses(ours, theirs, rtol: float) -> None:
-    for kind, key in (("train", "loss"), ("train", "grad_norm"), ("val", "val_loss")):
+def assert_same_losses(ours, theirs, rtol: float, grad_norm_rtol: float | None = None) -> None:
+    """Train and val losses to `rtol`; grad norms to `grad_norm_rtol` (default `rtol`)."""
+    for kind, key, tolerance in (("train", "loss", rtol), ("train", "grad_norm", grad_norm_rtol or rtol),
+                                 ("val", "val_loss", rtol)):
         a, b = losses(ours, kind, key), losses(theirs, kind, key)
         steps = sorted(set(a) & set(b))
         assert len(steps) >= 2, (kind, a, b)
-        np.testing.assert_allclose([a[s] for s in steps], [b[s] for s in steps], rtol=rtol, err_msg=f"{kind} {key}")
+        np.testing.assert_allclose([a[s] for s in steps], [b[s] for s in steps], rtol=tolerance,
+                                   err_msg=f"{kind} {key}")
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -92,7 +95,8 @@ def test_fsdp_matches_ddp_and_one_process_and_shards_the_parameters(tmp_path):
     torchrun(ddp)
     torchrun(fsdp)
     assert_same_losses(ddp.out, single.out, rtol=1e-5)
-    assert_same_losses(fsdp.out, single.out, rtol=1e-5)
+    # the norm of sharded gradients is summed per shard, then over ranks: another order, ~2e-5 apart
+    assert_same_losses(fsdp.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
     summary = json.loads((fsdp.out / "summary.json").read_text())
     assert summary["fsdp"] is True and summary["world_size"] == 2
     total = one["rank_memory_bytes"][0]["parameter_numel"]
@@ -131,7 +135,7 @@ def test_fsdp_last_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
     (moved / "config.json").write_text(json.dumps({**saved, "out": str(moved)}))
     torchrun(dataclasses.replace(stopped, resume=True))
     loop.train(dataclasses.replace(stopped, out=moved, resume=True))
-    assert_same_losses(whole.out, plain.out, rtol=1e-5)
+    assert_same_losses(whole.out, plain.out, rtol=1e-5, grad_norm_rtol=1e-4)
     for kind, key in (("train", "loss"), ("val", "val_loss")):
         exact, uninterrupted = losses(stopped.out, kind, key), losses(whole.out, kind, key)
         assert {s: exact[s] for s in uninterrupted} == uninterrupted, kind
