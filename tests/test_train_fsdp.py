@@ -143,3 +143,18 @@ def test_fsdp_last_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
     steps = [4, 5]
     np.testing.assert_allclose([resumed_alone[s] for s in steps], [losses(whole.out)[s] for s in steps], rtol=1e-5)
     assert json.loads((moved / "summary.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one(shards, tmp_path):
+    """One process shards nothing under --fsdp, but last/ is DCP all the same; with a shard file gone, --resume
+    stops with one line saying how to move it aside."""
+    config = tiny_config(shards, tmp_path / "run", max_steps=2, eval_interval=2, fsdp=True)
+    loop.train(config)
+    last = config.out / "last"
+    assert sorted(p.name for p in last.iterdir()) == ["chat_template.jinja", "config.json", "dcp", "extra.pt",
+                                                      "tokenizer.json", "tokenizer_config.json", "trainer_state.json"]
+    for part in (last / "dcp").glob("*.distcp"):
+        part.unlink()
+    with pytest.raises(ConfigError, match=r"^--resume: .* is not a complete checkpoint .* move it aside"):
+        loop.train(dataclasses.replace(config, max_steps=3, resume=True))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: a DCP folder that cannot load
 
 from sftcli import ConfigError
 from shards.folders import folder_bytes, recover_folder, staged_folder
@@ -180,8 +181,8 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler, dist: Dis
         progress = Progress(**json.loads((folder / TRAINER_STATE).read_text())["progress"])
         if sharded:
             load_sharded(folder, model, optimizer)
-    except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); move it aside (mv {folder} "
+    except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError, CheckpointException) as e:
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({(str(e).strip().splitlines() or [type(e).__name__])[-1]}); move it aside (mv {folder} "
                           f"{folder}.broken) and --resume trains from step 0") from None
     saved_groups = len(state["optimizer"]["param_groups"]) if not sharded else len(optimizer.param_groups)
     if saved_groups != len(optimizer.param_groups):  # one group: saved before weight decay by convention
