@@ -182,7 +182,8 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler, dist: Dis
         if sharded:
             load_sharded(folder, model, optimizer)
     except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError, CheckpointException) as e:
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({(str(e).strip().splitlines() or [type(e).__name__])[-1]}); move it aside (mv {folder} "
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # DCP's carry a whole traceback
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({reason}); move it aside (mv {folder} "
                           f"{folder}.broken) and --resume trains from step 0") from None
     saved_groups = len(state["optimizer"]["param_groups"]) if not sharded else len(optimizer.param_groups)
     if saved_groups != len(optimizer.param_groups):  # one group: saved before weight decay by convention
