@@ -47,7 +47,6 @@ class Dist:
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
 
-
     def gather(self, value) -> list:
         """Every process's `value` (a picklable object), in rank order."""
         if self.world_size == 1:
