@@ -158,3 +158,25 @@ def test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one(shards, 
         part.unlink()
     with pytest.raises(ConfigError, match=r"^--resume: .* is not a complete checkpoint .* move it aside"):
         loop.train(dataclasses.replace(config, max_steps=3, resume=True))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fsdp_with_activation_checkpointing_trains_a_llama_shaped_model_as_one_process(tmp_path):
+    """GQA (4 query heads, 2 key/value heads), an untied head, varlen attention, 2 micro-batches a step (each
+    reduce-scatters into the sharded gradients): --fsdp --activation-checkpointing on 2 ranks gives one plain
+    process's losses."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=50259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=128)).save_pretrained(folder)
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=2,
+                         attention="varlen", grad_accum=2)
+    sharded = dataclasses.replace(single, out=tmp_path / "fsdp", fsdp=True, activation_checkpointing=True)
+    loop.train(single)
+    torchrun(sharded)
+    assert_same_losses(sharded.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
