@@ -394,6 +394,11 @@ class _Ungroup(torch.autograd.Function):
 _BATCH_INDEX: contextvars.ContextVar[VarlenIndex | None] = contextvars.ContextVar("varlen_index", default=None)
 
 
+def current_varlen_batch() -> VarlenIndex | None:
+    """The regrouping `varlen_batch` set for the model call running now (None outside one)."""
+    return _BATCH_INDEX.get()
+
+
 @contextmanager
 def varlen_batch(index: VarlenIndex | None):
     """The batch's regrouping, for every varlen attention call of the model call inside."""

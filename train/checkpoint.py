@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: a DCP folder that cannot load
 
 from sftcli import ConfigError
 from shards.folders import folder_bytes, recover_folder, staged_folder
 from shards.lock import FolderBusy, folder_lock
 from train.config import TrainConfig, load_config, resume_command
+from train.fsdp import EXTRA_STATE, is_sharded_checkpoint, load_sharded, save_sharded
 from train.logs import Progress
 
 if TYPE_CHECKING:
@@ -99,52 +101,98 @@ def barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
+def _rng_states(dist: Dist | None) -> list[dict]:
+    """Every process's RNG states, in rank order (every process must call it)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return dist.gather(rng) if dist is not None else [rng]
+
+
 def save_checkpoint(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig, *,
-                    optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None) -> None:
+                    optimizer=None, scheduler=None, scaler=None, dist: Dist | None = None,
+                    state_dict: dict | None = None) -> None:
     """A Hugging Face folder (safetensors + tokenizer); with an optimizer, also all that --resume needs.
 
-    With an optimizer every process must call it (the RNG states are gathered); only rank 0 writes.
+    With an optimizer every process must call it (the RNG states are gathered); only rank 0 writes,
+    except under --fsdp, where every process writes its shards into last/dcp. `state_dict`: the
+    weights to save where the model's own are shards (`train.fsdp.full_state_dict`).
     """
     rng_states = None
     if optimizer is not None:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        rng_states = [rng]
-        if dist is not None and dist.world_size > 1:
-            rng_states = [None] * dist.world_size
-            torch.distributed.all_gather_object(rng_states, rng)
+        rng_states = _rng_states(dist)
+        if config.fsdp:
+            _save_sharded_last(folder, model, tokenizer, progress, config, optimizer,
+                               {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states},
+                               dist)
+            return
         if dist is not None and not dist.main:
             return
     with staged_folder(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        _write_trainer_state(tmp, progress, config)
         if optimizer is not None:  # into a Python file: a full disk is then an OSError (ENOSPC), which
             with open(tmp / OPTIMIZER_STATE, "wb") as file:  # torch's own writer reports as "unexpected pos"
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "scaler": scaler.state_dict(), "rng": rng_states}, file)
 
 
-def load_checkpoint(folder: Path, optimizer, scheduler, scaler, dist: Dist) -> Progress:
+def _write_trainer_state(folder: Path, progress: Progress, config: TrainConfig) -> None:
+    state = {"progress": dataclasses.asdict(progress), "config": config.to_json()}
+    (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+@contextmanager
+def _staged_on_every_rank(folder: Path, dist: Dist):
+    """`staged_folder` for a folder every process writes into: rank 0 stages and swaps it in once all are done."""
+    with staged_folder(folder) if dist.main else nullcontext() as tmp:
+        box = [tmp]
+        if dist.world_size > 1:
+            torch.distributed.broadcast_object_list(box, src=0)
+        yield Path(box[0])
+        barrier(dist)
+
+
+def _save_sharded_last(folder: Path, model, tokenizer, progress: Progress, config: TrainConfig, optimizer,
+                       extra: dict, dist: Dist) -> None:
+    """last/ under --fsdp: dcp/ (model and optimizer, sharded), extra.pt (scheduler, scaler, RNGs), the model's
+    config and the tokenizer, trainer_state.json."""
+    with _staged_on_every_rank(folder, dist) as tmp:
+        save_sharded(tmp, model, optimizer)
+        if dist.main:
+            model.config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            _write_trainer_state(tmp, progress, config)
+            with open(tmp / EXTRA_STATE, "wb") as file:  # a Python file: a full disk is an OSError (ENOSPC)
+                torch.save(extra, file)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler, dist: Dist) -> Progress:
     """Restore optimizer, scheduler, scaler and this process's RNG; return the progress counters.
 
-    The model weights were loaded from the same folder by `load_model`.
+    The model weights were loaded from the same folder by `load_model`, except from a sharded last/
+    (--fsdp), which loads model and optimizer here, resharded onto this run's processes.
     """
+    sharded = is_sharded_checkpoint(folder)
     try:
-        state = torch.load(folder / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+        state = torch.load(folder / (EXTRA_STATE if sharded else OPTIMIZER_STATE), map_location="cpu",
+                           weights_only=True)
         progress = Progress(**json.loads((folder / TRAINER_STATE).read_text())["progress"])
-    except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({e}); move it aside (mv {folder} "
+        if sharded:
+            load_sharded(folder, model, optimizer)
+    except (OSError, RuntimeError, KeyError, TypeError, json.JSONDecodeError, CheckpointException) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # DCP's carry a whole traceback
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint ({reason}); move it aside (mv {folder} "
                           f"{folder}.broken) and --resume trains from step 0") from None
-    saved_groups = len(state["optimizer"]["param_groups"])
+    saved_groups = len(state["optimizer"]["param_groups"]) if not sharded else len(optimizer.param_groups)
     if saved_groups != len(optimizer.param_groups):  # one group: saved before weight decay by convention
         raise ConfigError(f"--resume: {folder} holds {saved_groups} AdamW parameter group(s) and this run makes "
                           f"{len(optimizer.param_groups)} (biases, norms and embeddings are no longer decayed "
                           f"unless --decay-all); its optimizer state cannot be restored exactly: train again in a "
                           f"new --out")
-    optimizer.load_state_dict(state["optimizer"])
+    if not sharded:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     rng = state["rng"][dist.rank % len(state["rng"])]

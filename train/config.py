@@ -25,7 +25,7 @@ from sftcli import ConfigError, check_config, flag, opt
 # Fields that may differ between a run and its --resume: they change neither the model,
 # nor the data order, nor the learning-rate schedule (max_steps does: extend a run on purpose).
 RESUMABLE_CHANGES = ("resume", "stop_after", "verify", "max_nan_steps", "log_interval", "max_steps", "progress",
-                     "eval_batch_size")
+                     "eval_batch_size", "activation_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,12 @@ class TrainConfig:
     flatten: bool = opt(False, "padding-free: join each micro-batch's rows into one sequence whose positions restart "
                                "per sample (TRL's padding_free)")
     compile: bool = opt(False, "torch.compile the model; widths are padded to a multiple of 64 so shapes repeat")
+    # ---- models bigger than one GPU (train/fsdp.py, docs/scale.md)
+    fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "
+                            "(FSDP2 fully_shard per block, then the root) instead of DDP; last/ becomes a sharded "
+                            "torch.distributed.checkpoint folder")
+    activation_checkpointing: bool = opt(False, "keep only each transformer block's input and recompute the rest "
+                                                "in backward: less activation memory, about a third more compute")
     # ---- safety and resuming
     verify: bool = opt(False, "also check each shard file's sha256 before training")
     resume: bool = opt(False, "continue the run in --out from its last/ checkpoint")
@@ -104,6 +110,9 @@ class TrainConfig:
         need(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         need(self.stop_after is None or 1 <= self.stop_after <= self.max_steps, "stop_after",
              f"must be between 1 and --max-steps ({self.max_steps}), got {self.stop_after}")
+        need(not (self.fsdp and self.compile), "fsdp", "cannot be combined with --compile yet; drop one of them")
+        need(not (self.fsdp and self.precision == "fp16"), "fsdp", "cannot run --precision fp16 (it needs a sharded "
+             "GradScaler, which train does not have); use --precision bf16 or fp32")
         check_config(self, problems, "train")
         return self
 

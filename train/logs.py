@@ -18,7 +18,8 @@ the matmul peak measured at start instead; CUDA only) and data_wait_fraction (th
 summary.json holds SUMMARY_KEYS; `stopped` names the signal that ended the run before --max-steps
 ("SIGTERM", "SIGINT", "SIGUSR1"; null otherwise: train/signals.py); `attention` (the path taken, `auto` resolved), `flatten` and
 `compile` say on which kernel a run trained, `weight_decay_groups` the AdamW groups
-(weight decay, tensors, parameters), `group_by_length` whether batches were grouped by length, so layouts are compared on the same one;
+(weight decay, tensors, parameters), `rank_memory_bytes` each process's parameter, gradient and
+optimizer-state bytes (its shards under `--fsdp`), `group_by_length` whether batches were grouped by length, so layouts are compared on the same one;
 `peak_memory_gib` is the device memory torch allocated at most (CUDA only); `threads`
 (torch's CPU threads) and `started_at` / `finished_at` (Unix seconds of this process's leg) say
 what the throughput was measured alongside.
@@ -52,7 +53,8 @@ SUMMARY_KEYS = ("steps", "max_steps", "completed", "stopped", "epoch", "wall_sec
                 "data_wait_fraction", "peak_memory_gib", "best_val_loss",
                 "best_step", "final_val_loss", "overflow_skipped_steps", "nan_loss_steps",
                 "mode", "max_length", "isolation", "attention", "flatten", "compile", "model", "precision",
-                "world_size", "threads", "batch_size", "grad_accum", "group_by_length", "weight_decay_groups", "shards", "shard_stats_path", "started_at",
+                "world_size", "threads", "batch_size", "grad_accum", "group_by_length", "fsdp", "activation_checkpointing",
+                "weight_decay_groups", "rank_memory_bytes", "shards", "shard_stats_path", "started_at",
                 "finished_at")
 TB_TAGS = {
     "loss": "Loss/train",
@@ -224,22 +226,25 @@ class Meter:
         self.logger.log({k: values[k] for k in VAL_KEYS})
 
     def summary(self, config, manifest, shards: Path, world_size: int, attention: str,
-                weight_decay_groups: list | None = None, stopped: str | None = None) -> dict:
-        """`stopped`: the signal that stopped the run before --max-steps ("SIGTERM", ...), or None."""
+                weight_decay_groups: list | None = None, stopped: str | None = None,
+                rank_memory_bytes: list | None = None) -> dict:
+        """`stopped`: the signal that stopped the run before --max-steps ("SIGTERM", ...), or None.
+        `rank_memory_bytes`: per process, its parameter, gradient and optimizer-state bytes (train.fsdp)."""
         p = self.progress
         p.wall_seconds = self.elapsed()
         values = dict(
             **{k: getattr(p, k) for k in ("epoch", "wall_seconds", "train_seconds", "tokens", "supervised_tokens",
                                           "best_val_loss", "best_step", "overflow_skipped_steps", "nan_loss_steps")},
             **{k: getattr(config, k) for k in ("max_steps", "isolation", "flatten", "compile", "model", "precision",
-                                               "batch_size", "grad_accum", "group_by_length")},
+                                               "batch_size", "grad_accum", "group_by_length", "fsdp",
+                                               "activation_checkpointing")},
             steps=p.step, completed=p.step == config.max_steps, final_val_loss=p.last_val_loss,
             stopped=None if p.step == config.max_steps else stopped,
             **self.rates(tokens=p.tokens, supervised=p.supervised_tokens, slots=p.slots, flops=p.flops,
                          data_seconds=p.data_seconds, seconds=p.train_seconds),
             matmul_peak_tflops=self.peak_flops / world_size / 1e12 if self.peak_flops else None,  # one device's
             datasheet_peak_tflops=self.datasheet_flops / world_size / 1e12 if self.datasheet_flops else None,
-            weight_decay_groups=weight_decay_groups,
+            weight_decay_groups=weight_decay_groups, rank_memory_bytes=rank_memory_bytes,
             peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             mode=manifest.mode,
             max_length=manifest.max_length, attention=attention, world_size=world_size, shards=str(shards),

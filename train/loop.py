@@ -26,6 +26,7 @@ from shards.folders import on_disk_full
 from train.checkpoint import barrier, checkpoint_bytes, lock_run_folder, prepare_out, save_checkpoint
 from train.config import TrainConfig, resume_command
 from train.data import val_row_batches
+from train.fsdp import equal_val_batches, full_state_dict, rank_bytes
 from train.logs import Meter, Progress, RunLogger, write_json
 from train.setup import Run, build
 from train.signals import StopSignals
@@ -44,11 +45,15 @@ def evaluate(run: Run) -> tuple:
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     supervised = 0
     rows_per_process = max(1, (config.eval_batch_size or config.batch_size) // dist.world_size)
-    for rows in val_row_batches(run.val_split, rows_per_process, dist.rank, dist.world_size):
+    batches = val_row_batches(run.val_split, rows_per_process, dist.rank, dist.world_size)
+    own = equal_val_batches(batches, dist.world_size, run.device) if run.sharded else len(batches)
+    for i, rows in enumerate(batches):
         inputs, batch = run.batch(run.val_split, rows, isolation=True)
         with run.autocast():
-            loss_sum += run.loss_model(**inputs).double()
-        supervised += batch.supervised_tokens
+            loss = run.loss_model(**inputs).double()
+        if i < own:  # beyond: a repeat that only keeps this process in step with the others' gathers
+            loss_sum += loss
+            supervised += batch.supervised_tokens
     run.loss_model.train()
     total, supervised = dist.sum([loss_sum.item(), supervised], run.device)
     return total / max(supervised, 1), int(supervised)
@@ -88,7 +93,8 @@ def _train(config: TrainConfig, dist: Dist) -> dict:
             if bar is not None:
                 bar.close()
         summary = meter.summary(config, run.shard_set.manifest, run.shard_set.folder, dist.world_size,
-                                run.attention.name, group_sizes(run.optimizer), stopped=stop.name)
+                                run.attention.name, group_sizes(run.optimizer), stopped=stop.name,
+                                rank_memory_bytes=dist.gather(rank_bytes(run.model, run.optimizer)))
         if dist.main:
             with writes(out):
                 write_json(out / "summary.json", summary)
@@ -146,9 +152,10 @@ def evaluate_and_save(run: Run, meter: Meter, writes: Writes) -> None:
     progress.last_val_loss = val_loss
     if math.isfinite(val_loss) and (progress.best_val_loss is None or val_loss < progress.best_val_loss):
         progress.best_val_loss, progress.best_step = val_loss, progress.step
+        weights = full_state_dict(run.model) if run.sharded else None  # every process sends its shards
         if run.dist.main:
             with writes(out / "best", checkpoint_bytes(out / "best", run.model)):
-                save_checkpoint(out / "best", run.model, run.tokenizer, progress, run.config)
+                save_checkpoint(out / "best", run.model, run.tokenizer, progress, run.config, state_dict=weights)
     progress.wall_seconds = meter.elapsed()
     if math.isfinite(val_loss):  # never replace a good last/ by broken weights
         save_last(run, writes)

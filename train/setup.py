@@ -25,6 +25,7 @@ from train.attention import AttentionPlan, attention_dropout, register_attention
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import RowOrder, check_same_shards, check_shards, rank_share
+from train.fsdp import checkpoint_blocks, fsdp_precision, is_sharded_checkpoint, shard
 from train.flops import attended_squares, datasheet_peak_flops, measured_peak_flops, parameter_counts, step_flops
 from train.head import LabelLossModel
 from train.logs import Progress
@@ -71,6 +72,11 @@ class Run:
     peak_flops: float | None  # one device's measured matmul peak (CUDA only): mfu_measured_peak's denominator
     datasheet_flops: float | None  # one device's datasheet peak in the step's precision (known GPUs): mfu's
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the parameters are sharded over the processes (--fsdp under torchrun)."""
+        return self.config.fsdp and self.dist.world_size > 1
+
     def batch(self, split: SplitArrays, rows, isolation: bool | None = None, pin: bool = False):
         """(model inputs, Batch) of these rows of `split` (isolation: the run's unless given)."""
         isolation = self.config.isolation == "on" if isolation is None else isolation
@@ -108,8 +114,10 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     check before the first step. `device`: CUDA (this process's) where there is one, else the CPU."""
     transformers.utils.logging.disable_progress_bar()  # its per-save bars would break the loop's
     device = device or torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    autocast_dtype, use_scaler = resolve_precision(config.precision, device)
-    name = str(Path(config.out) / "last") if config.resume else config.model
+    autocast_dtype, use_scaler = resolve_precision(fsdp_precision(config.precision, device) if config.fsdp
+                                                   else config.precision, device)
+    last = Path(config.out) / "last"  # a sharded last/ holds no weights for from_pretrained: they load after sharding
+    name = str(last) if config.resume and not is_sharded_checkpoint(last) else config.model
     attention = resolve_attention(config.attention, device, training=True, isolation=config.isolation == "on",
                                   flatten=config.flatten, precision=autocast_dtype,
                                   dropout=attention_dropout(model_config(name, config.dropout))).check()
@@ -124,7 +132,7 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     model.to(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls on tensor cores
-    loss_model = LabelLossModel(model, compile=config.compile)
+    loss_model, ddp = _wrap(model, config, dist, device, autocast_dtype)
     autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()  # noqa: E731
     peak_flops = datasheet_flops = None
     if device.type == "cuda":  # MFU's denominators: the datasheet's peak, and the matmul peak measured here
@@ -135,18 +143,34 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, config) / config.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     torch.manual_seed(config.seed + dist.rank)  # dropout
-    progress = (load_checkpoint(Path(config.out) / "last", optimizer, scheduler, scaler, dist) if config.resume
+    progress = (load_checkpoint(Path(config.out) / "last", model, optimizer, scheduler, scaler, dist) if config.resume
                 else Progress())
     order = RowOrder(train_split.num_rows, config.batch_size, seed=config.seed, shuffle=config.shuffle,
                      epoch=progress.epoch, position=progress.position,
                      lengths=train_split.row_lengths() if config.group_by_length else None)
-    ddp = loss_model if dist.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
-        loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     batch_options = dict(pad_token_id=shard_set.manifest.pad_token_id, flatten=config.flatten,
                          pad_to_multiple_of=COMPILE_WIDTH_MULTIPLE if config.compile else 1, attention=attention)
     return Run(config, dist, device, attention, shard_set, train_split, val_split, tokenizer, model, loss_model, ddp,
                autocast, optimizer, scheduler, scaler, progress, order, batch_options, parameter_counts(model),
                peak_flops, datasheet_flops)
+
+
+def _wrap(model, config: TrainConfig, dist: Dist, device: torch.device, autocast_dtype) -> tuple:
+    """(the LabelLossModel, what the step calls: it, its DDP wrapper, or it sharded in place by --fsdp).
+
+    Activation checkpointing goes on the blocks first, then sharding (the optimizer is made after, over
+    the shards). With one process there is nothing to shard to or synchronise with.
+    """
+    if config.activation_checkpointing:
+        checkpoint_blocks(model)
+    loss_model = LabelLossModel(model, compile=config.compile)
+    if dist.world_size == 1:
+        return loss_model, loss_model
+    if config.fsdp:
+        shard(loss_model, model, autocast_dtype, device)
+        return loss_model, loss_model
+    return loss_model, torch.nn.parallel.DistributedDataParallel(
+        loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
 
 def _open_shards_and_model(config: TrainConfig, dist: Dist, name: str, attention: AttentionPlan) -> tuple:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed
+from torch.distributed.tensor import DTensor
 
 from shards.batch import get_rows_batch
 from shards.format import SplitArrays
@@ -45,6 +46,14 @@ class Dist:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
+
+    def gather(self, value) -> list:
+        """Every process's `value` (a picklable object), in rank order."""
+        if self.world_size == 1:
+            return [value]
+        values = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
 
 
 def setup_distributed() -> Dist:
@@ -162,6 +171,17 @@ def group_sizes(optimizer: torch.optim.Optimizer) -> list[dict]:
              "parameters": sum(p.numel() for p in g["params"])} for g in optimizer.param_groups]
 
 
+def clip_gradients(model, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to `max_norm`; return the norm before. Under --fsdp the gradients are
+    shards (DTensors): their norm is reduced over the processes before any is scaled."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def update(model, optimizer, scaler, grad_clip: float, finite_loss) -> tuple[torch.Tensor, bool, bool]:
     """Unscale, clip and step; an update with inf/NaN gradients or loss is skipped.
 
@@ -170,7 +190,7 @@ def update(model, optimizer, scaler, grad_clip: float, finite_loss) -> tuple[tor
     optimizer and the scheduler move (the GradScaler makes the same sync).
     """
     scaler.unscale_(optimizer)  # clip the true gradients
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    grad_norm = clip_gradients(model, grad_clip or math.inf)
     finite_loss, finite_grad = torch.stack([torch.as_tensor(finite_loss, device=grad_norm.device),
                                             torch.isfinite(grad_norm)]).tolist()
     stepped = finite_loss and finite_grad

@@ -1,0 +1,182 @@
+"""--activation-checkpointing and --fsdp (train/fsdp.py): the same losses as one process and as DDP, each rank
+holding about half the model, best/ a plain Hugging Face folder, last/ a DCP folder that resumes exactly."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftcli import ConfigError
+from tests.train_helpers import (cli_args, one_thread, read_metrics, shards, subprocess_env,  # noqa: F401
+                                 tiny_config, write_shard_set)
+from train import loop
+from train.fsdp import transformer_blocks
+from train.model import ModelError
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train"]
+
+
+def torchrun(config) -> None:
+    launched = subprocess.run([*TORCHRUN, *cli_args(config)], env=subprocess_env(), capture_output=True, text=True,
+                              timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+
+def losses(out, kind: str = "train", key: str = "loss") -> dict:
+    return {r["step"]: r[key] for r in read_metrics(out, kind)}
+
+
+def assert_same_losses(ours, theirs, rtol: float, grad_norm_rtol: float | None = None) -> None:
+    """Train and val losses to `rtol`; grad norms to `grad_norm_rtol` (default `rtol`)."""
+    for kind, key, tolerance in (("train", "loss", rtol), ("train", "grad_norm", grad_norm_rtol or rtol),
+                                 ("val", "val_loss", rtol)):
+        a, b = losses(ours, kind, key), losses(theirs, kind, key)
+        steps = sorted(set(a) & set(b))
+        assert len(steps) >= 2, (kind, a, b)
+        np.testing.assert_allclose([a[s] for s in steps], [b[s] for s in steps], rtol=tolerance,
+                                   err_msg=f"{kind} {key}")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_activation_checkpointing_gives_the_same_losses_gradients_and_weights(shards, tmp_path):
+    """Dropout on: the checkpoint replays the block's RNG, so even the recomputed masks are the same."""
+    plain = tiny_config(shards, tmp_path / "plain", max_steps=4, eval_interval=2)
+    checkpointed = dataclasses.replace(plain, out=tmp_path / "checkpointed", activation_checkpointing=True)
+    loop.train(plain)
+    summary = loop.train(checkpointed)
+    assert summary["activation_checkpointing"] is True
+    assert_same_losses(checkpointed.out, plain.out, rtol=1e-5)
+    ours, theirs = (load_file(run.out / "last" / "model.safetensors") for run in (checkpointed, plain))
+    assert ours.keys() == theirs.keys()  # the wrapper's prefix never reaches a checkpoint
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-7)
+
+
+def test_fsdp_refusals_are_one_line_each():
+    config = tiny_config("s", "o", fsdp=True)
+    for change, words in ((dict(compile=True), "--fsdp: cannot be combined with --compile"),
+                          (dict(precision="fp16"), "--fsdp: cannot run --precision fp16")):
+        with pytest.raises(ConfigError) as refused:
+            dataclasses.replace(config, **change).validate()
+        assert words in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(ModelError, match=r"^--fsdp: Sequential has no list of transformer blocks .* without --fsdp$"):
+        transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), "--fsdp")
+
+
+def test_transformer_blocks_are_found_by_shape_in_gpt2_and_llama():
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=3, n_head=2, n_embd=16, vocab_size=64))
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(num_hidden_layers=3, hidden_size=16, intermediate_size=32,
+                                                         num_attention_heads=4, num_key_value_heads=2,
+                                                         vocab_size=64))
+    assert transformer_blocks(gpt2, "--fsdp") is gpt2.transformer.h
+    assert transformer_blocks(llama, "--fsdp") is llama.model.layers
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fsdp_matches_ddp_and_one_process_and_shards_the_parameters(tmp_path):
+    """5 steps, fp32, dropout 0, varlen attention and the label-only head: --fsdp on 2 ranks, DDP on 2 ranks and
+    one process give the same losses; each rank holds about half the parameters; best/ is a plain folder."""
+    from transformers import AutoModelForCausalLM
+
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    single = tiny_config(shards, tmp_path / "one", max_steps=5, eval_interval=2, dropout=0.0, attention="varlen")
+    ddp, fsdp = (dataclasses.replace(single, out=tmp_path / name, fsdp=name == "fsdp") for name in ("ddp", "fsdp"))
+    one = loop.train(single)
+    torchrun(ddp)
+    torchrun(fsdp)
+    assert_same_losses(ddp.out, single.out, rtol=1e-5)
+    # the norm of sharded gradients is summed per shard, then over ranks: another order, ~2e-5 apart
+    assert_same_losses(fsdp.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
+    summary = json.loads((fsdp.out / "summary.json").read_text())
+    assert summary["fsdp"] is True and summary["world_size"] == 2
+    total = one["rank_memory_bytes"][0]["parameter_numel"]
+    ranks = [r["parameter_numel"] for r in summary["rank_memory_bytes"]]
+    assert len(ranks) == 2 and sum(ranks) == total and max(ranks) <= 1.1 * total / 2, (ranks, total)
+    assert all(r["optimizer"] <= 1.1 * one["rank_memory_bytes"][0]["optimizer"] / 2 for r in summary["rank_memory_bytes"])
+    ddp_summary = json.loads((ddp.out / "summary.json").read_text())
+    assert [r["parameter_numel"] for r in ddp_summary["rank_memory_bytes"]] == [total, total]
+    # best/ from rank 0's gathered weights: the file a plain run writes, loadable by from_pretrained
+    ours, theirs = (load_file(run.out / "best" / "model.safetensors") for run in (fsdp, single))
+    assert ours.keys() == theirs.keys()
+    loaded, reference = (AutoModelForCausalLM.from_pretrained(run.out / "best").eval() for run in (fsdp, single))
+    ids = torch.arange(1, 33)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    assert (fsdp.out / "last" / "dcp" / ".metadata").is_file() and not (fsdp.out / "last" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fsdp_last_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
+    """A 2-rank --fsdp --activation-checkpointing run stopped after a checkpoint: resumed on 2 ranks it gives the
+    uninterrupted run's losses exactly; resumed in one process (DCP reshards) the same losses to 1e-5. The
+    uninterrupted run also matches one process without either flag (checkpointing changes nothing)."""
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    plain = tiny_config(shards, tmp_path / "plain", max_steps=5, eval_interval=2, dropout=0.0)
+    whole, stopped = (dataclasses.replace(plain, out=tmp_path / name, fsdp=True, activation_checkpointing=True)
+                      for name in ("whole", "stopped"))
+    loop.train(plain)
+    torchrun(whole)
+    torchrun(dataclasses.replace(stopped, stop_after=3))
+    assert json.loads((stopped.out / "last" / "trainer_state.json").read_text())["progress"]["step"] == 3
+    moved = tmp_path / "moved"  # a copy of the stopped run, resumed by one process
+    shutil.copytree(stopped.out, moved)
+    saved = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**saved, "out": str(moved)}))
+    torchrun(dataclasses.replace(stopped, resume=True))
+    loop.train(dataclasses.replace(stopped, out=moved, resume=True))
+    assert_same_losses(whole.out, plain.out, rtol=1e-5, grad_norm_rtol=1e-4)
+    for kind, key in (("train", "loss"), ("val", "val_loss")):
+        exact, uninterrupted = losses(stopped.out, kind, key), losses(whole.out, kind, key)
+        assert {s: exact[s] for s in uninterrupted} == uninterrupted, kind
+    resumed_alone = losses(moved, "train")
+    steps = [4, 5]
+    np.testing.assert_allclose([resumed_alone[s] for s in steps], [losses(whole.out)[s] for s in steps], rtol=1e-5)
+    assert json.loads((moved / "summary.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one(shards, tmp_path):
+    """One process shards nothing under --fsdp, but last/ is DCP all the same; with a shard file gone, --resume
+    stops with one line saying how to move it aside."""
+    config = tiny_config(shards, tmp_path / "run", max_steps=2, eval_interval=2, fsdp=True)
+    loop.train(config)
+    last = config.out / "last"
+    assert sorted(p.name for p in last.iterdir()) == ["chat_template.jinja", "config.json", "dcp", "extra.pt",
+                                                      "tokenizer.json", "tokenizer_config.json", "trainer_state.json"]
+    for part in (last / "dcp").glob("*.distcp"):
+        part.unlink()
+    with pytest.raises(ConfigError, match=r"^--resume: .* is not a complete checkpoint .* move it aside"):
+        loop.train(dataclasses.replace(config, max_steps=3, resume=True))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fsdp_with_activation_checkpointing_trains_a_llama_shaped_model_as_one_process(tmp_path):
+    """GQA (4 query heads, 2 key/value heads), an untied head, varlen attention, 2 micro-batches a step (each
+    reduce-scatters into the sharded gradients): --fsdp --activation-checkpointing on 2 ranks gives one plain
+    process's losses."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=50259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=128)).save_pretrained(folder)
+    shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
+    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=2,
+                         attention="varlen", grad_accum=2)
+    sharded = dataclasses.replace(single, out=tmp_path / "fsdp", fsdp=True, activation_checkpointing=True)
+    loop.train(single)
+    torchrun(sharded)
+    assert_same_losses(sharded.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
