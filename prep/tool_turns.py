@@ -128,8 +128,8 @@ def calls_end(full: str, start: int, limit: int, calls: list[dict]) -> int:
     for needle in needles:
         at = full.find(needle, pos, limit)
         if at < 0:
-            found = [full.find(n, start, limit) + len(n) for n in needles if full.find(n, start, limit) >= 0]
-            return max(found, default=start)
+            firsts = ((full.find(n, start, limit), n) for n in needles)
+            return max((at + len(n) for at, n in firsts if at >= 0), default=start)
         pos = at + len(needle)
     return pos
 
@@ -171,10 +171,11 @@ def turn_opener(planner) -> str | None:
         before, prompt = planner.render(PLAIN[:1]), planner.render(PLAIN, upto=1)
     except ChatFormatError:
         return None
-    header = prompt[len(before):] if prompt.startswith(before) else ""
-    opens = planner.special_re.search(header) if planner.special_re and header else None
-    if opens or not planner.special_re:
-        return opens.group(0) if opens else None
+    if planner.special_re is None:
+        return None
+    opens = planner.special_re.search(prompt[len(before):] if prompt.startswith(before) else "")
+    if opens:
+        return opens.group(0)
     # A template that already opens the reply for one user turn (Command R7B): the special token before the
     # role's name (<|start_header_id|>assistant, <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>).
     tail = prompt[max([m.end() for m in MARK.finditer(prompt)], default=0):]

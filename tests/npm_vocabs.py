@@ -32,15 +32,25 @@ def package_dir(npm_dir: Path, spec: str) -> Path:
     return npm_dir / "node_modules" / spec.rsplit("@", 1)[0]
 
 
+def needed(name: str) -> list[str]:
+    """The npm packages vocabulary `name` is built from."""
+    return [PACKAGES[name]] + ([] if name == "o200k-harmony" else [RUNTIME])
+
+
+def missing(npm_dir: Path, specs: list[str]) -> list[str]:
+    """The packages of `specs` not yet extracted under npm_dir."""
+    return [s for s in specs if not (package_dir(npm_dir, s) / "package.json").is_file()]
+
+
 def fetch(npm_dir: Path, specs: list[str]) -> str | None:
     """`npm pack` each package not yet extracted under npm_dir; None, or why not (one line)."""
-    missing = [s for s in specs if not (package_dir(npm_dir, s) / "package.json").is_file()]
-    if not missing:
+    missing_specs = missing(npm_dir, specs)
+    if not missing_specs:
         return None
     if shutil.which("npm") is None:
         return "no npm on PATH"
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in missing:
+        for spec in missing_specs:
             done = subprocess.run(["npm", "pack", "-q", spec, "--pack-destination", tmp], capture_output=True,
                                   text=True, timeout=600)
             if done.returncode != 0:
