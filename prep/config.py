@@ -10,6 +10,7 @@ Each field's help text becomes its `python -m prep --help` line (`sftcli.click_o
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,11 @@ class PrepConfig:
     batch_size: int = _opt(1000, "records tokenized per batch (bounds prep's memory)")
     workers: int = _opt(0, "processes that tokenize batches; 0: the usable cores. The shards are the same bytes "
                         "for any number")
+    engine: Literal["local", "ray"] = _opt(
+        "local", "where the workers run: local (processes on this machine) or ray (Ray actors; pip install "
+        "'sftpack[ray]'; --out must be on a file system every node mounts)")
+    ray_address: str | None = _opt(None, "Ray cluster to join with --engine ray (e.g. auto); default: RAY_ADDRESS, "
+                                   "else a local Ray started for the run")
     out: str | None = _opt(None, "output folder (default: shards/MODE-MAX_LENGTH)")
     stats_batch_size: int = _opt(16, "batch size assumed by the pad_fraction_at_batch statistic")
 
@@ -102,7 +108,11 @@ class PrepConfig:
                 datetime.date.fromisoformat(self.template_date)
             except ValueError:
                 problems.append(f"--template-date: expected YYYY-MM-DD, got {self.template_date!r}")
+        if self.engine == "ray" and importlib.util.find_spec("ray") is None:
+            problems.append("--engine ray: Ray is not installed; pip install 'sftpack[ray]' (or pip install ray), "
+                            "or use --engine local")
         if self.chat_template is not None and not Path(self.chat_template).is_file():
             problems.append(f"--chat-template: {self.chat_template}: no such file; give a .jinja chat template file")
         check_config(self, problems, "prep")
         return self
+

@@ -1,22 +1,22 @@
-"""Pass 1 of prep on several processes (`--workers N`): records -> ids and loss masks, batch by batch.
+"""Where prep's work runs: in this process, on `--workers N` local processes, or on Ray (`--engine ray`).
 
-The driver reads the records and writes the spill, in input order; workers tokenize whole batches,
-each with its own tokenizer. A batch's output is a function of the batch alone (which conversations
-the prompt check renders, what its tally counts, the plan of each shape), so the spill, and so the
-shard set, are the same bytes for any N. The one choice a run makes from its data, tiktoken or the
-fast tokenizer (prep.encoders checks the first texts both ways), is made by the driver on the first
-batches before any worker starts, and binds the workers. Small runs (one batch after that) start no
-worker at all.
+Pass 1's task tokenizes one batch of records and appends it to the process's own spill part
+(prep.spill); pass 2's task writes one whole shard file (prep.rows). A task's output depends on its
+arguments alone (which conversations the prompt check renders, what its tally counts, the plan of each
+shape), so the shard set is the same bytes for any N and either engine. The one choice a run makes from
+its data, tiktoken or the fast tokenizer (prep.encoders checks the first texts both ways), is made by
+the driver on the first batches before any worker starts, and binds the workers. Small runs (one batch
+after that) start no worker at all.
 
-Hand-written over `concurrent.futures` rather than `datasets.map(num_proc=)`: the batches must come back
-in order into one spill, with at most 2N in flight (memory bounded by batches, not by the data).
+Hand-written over `concurrent.futures` (and Ray actors) rather than `datasets.map(num_proc=)`: the
+results must come back in order, with at most 2N tasks in flight (memory bounded by batches, not by
+the data), and the same workers serve both passes.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import io
-import itertools
 import multiprocessing
 import os
 import threading
@@ -24,11 +24,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from prep.config import PrepConfig
+from prep.spill import Part
 from prep.template import ChatFormatError, ConversationEncoder, Tally, ensure_chat_format, load_tokenizer
 from shards.prompts import set_template_options
 
@@ -49,33 +50,54 @@ def prep_tokenizer(config: PrepConfig, date_for: Callable[[str], str | None]):
 
 @dataclass
 class Encoded:
-    """One batch: flat ids (the shard dtype) and mask, sample offsets; or where the template failed."""
+    """One batch of pass 1: where its tokens went and the per-sample numbers; or where the template failed."""
 
-    ids: np.ndarray | None
-    mask: np.ndarray | None
-    offsets: np.ndarray | None
+    lengths: np.ndarray | None
+    supervised_head: np.ndarray | None  # supervised tokens among each sample's first max_length
+    part: str | None  # the spill part the batch was appended to
+    start: int  # its first token's offset there
     bad: tuple[int, str] | None  # the prompt check's (position, reason)
     error: tuple[int, str] | None  # a ChatFormatError's (position, message)
     tally: Tally
     notices: list[str]  # the "prep: ..." lines it printed
 
 
-def encode_batch(encoder: ConversationEncoder, conversations: list, tools: list, token_dtype) -> Encoded:
-    notices = io.StringIO()
-    with contextlib.redirect_stderr(notices):
-        try:
-            ids, mask, offsets = encoder.encode(conversations, tools)
-        except ChatFormatError as e:
-            if getattr(e, "position", None) is None:
-                raise
-            return Encoded(None, None, None, None, (e.position, str(e)), encoder.take_tally(),
-                           notices.getvalue().splitlines())
-        bad = encoder.check_prompts(conversations, ids, offsets, tools, mask)
-    return Encoded(ids.astype(token_dtype), mask, offsets, bad, None, encoder.take_tally(),
-                   notices.getvalue().splitlines())
+class Worker:
+    """A process's tokenizer and its own spill part."""
+
+    def __init__(self, encoder: ConversationEncoder, staging: Path, token_dtype: np.dtype, max_length: int):
+        self.encoder, self.part = encoder, Part(staging)
+        self.token_dtype, self.max_length = np.dtype(token_dtype), max_length
+
+    def spill(self, conversations: list, tools: list) -> Encoded:
+        encoder, notices = self.encoder, io.StringIO()
+        with contextlib.redirect_stderr(notices):
+            try:
+                ids, mask, offsets = encoder.encode(conversations, tools)
+            except ChatFormatError as e:
+                if getattr(e, "position", None) is None:
+                    raise
+                return Encoded(None, None, None, 0, None, (e.position, str(e)), encoder.take_tally(),
+                               notices.getvalue().splitlines())
+            bad = encoder.check_prompts(conversations, ids, offsets, tools, mask)
+        start = self.part.append(ids.astype(self.token_dtype), mask) if bad is None else 0
+        cumsum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+        head = cumsum[np.minimum(offsets[1:], offsets[:-1] + self.max_length)] - cumsum[offsets[:-1]]
+        return Encoded(np.diff(offsets), head, self.part.name, start, bad, None, encoder.take_tally(),
+                       notices.getvalue().splitlines())
 
 
-_ENCODER: ConversationEncoder | None = None  # a worker's own
+_WORKER: Worker | None = None  # this process's (the driver's own until a pool starts)
+
+
+def use(worker: Worker) -> None:
+    global _WORKER
+    _WORKER = worker
+
+
+def spill_batch(conversations: list, tools: list) -> Encoded:
+    """Pass 1's task."""
+    return _WORKER.spill(conversations, tools)
 
 
 def _exit_with(parent: int) -> None:
@@ -86,52 +108,83 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def _start_worker(config: PrepConfig, date: str | None, encoder_name: str, parent: int) -> None:
-    global _ENCODER
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+def start_worker(config: PrepConfig, date: str | None, encoder_name: str, staging: Path, token_dtype,
+                 parent: int | None = None) -> None:
+    """A worker process's start: its own tokenizer (as the driver's) and spill part."""
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     with contextlib.redirect_stderr(io.StringIO()):  # the driver said it all already
         tokenizer = prep_tokenizer(config, lambda template: date)
-        _ENCODER = ConversationEncoder(tokenizer, config.loss_on, encoder_name, config.system_message,
-                                       verify_encoder=False)
+        encoder = ConversationEncoder(tokenizer, config.loss_on, encoder_name, config.system_message,
+                                      verify_encoder=False)
+    use(Worker(encoder, staging, token_dtype, config.max_length))
 
 
-def _encode_in_worker(conversations: list, tools: list, token_dtype) -> Encoded:
-    return encode_batch(_ENCODER, conversations, tools, token_dtype)
+def ordered(submit: Callable, result: Callable, items: Iterable, args_of: Callable, limit: int) -> Iterator:
+    """(item, result) for every item, in order, with at most `limit` tasks in flight."""
+    in_flight: collections.deque = collections.deque()
+    for item in items:
+        in_flight.append((item, submit(*args_of(item))))
+        if len(in_flight) >= limit:
+            item, task = in_flight.popleft()
+            yield item, result(task)
+    while in_flight:
+        item, task = in_flight.popleft()
+        yield item, result(task)
 
 
-def _inputs(batch) -> tuple[list, list]:
-    return [c.messages for c in batch], [c.tools for c in batch]
+class Pool:
+    """The processes a prep run's tasks go to, started on first use: `--workers` local processes, or
+    Ray actors with `--engine ray`. `worker_args()` gives start_worker's arguments when they start."""
+
+    def __init__(self, config: PrepConfig, worker_args: Callable[[], tuple]):
+        self.config, self.worker_args = config, worker_args
+        self.local = config.workers or usable_cores()
+        self._backend = None
+
+    @property
+    def started(self) -> bool:
+        return self._backend is not None
+
+    def map(self, fn: Callable, items: Iterable, args_of: Callable, start: bool = True) -> Iterator:
+        """(item, fn(*args_of(item))) in order: on the workers if they are (or, with `start`, may be)
+        started, else in this process."""
+        if not self.started and (not start or (self.config.engine == "local" and self.local <= 1)):
+            return ((item, fn(*args_of(item))) for item in items)
+        if not self.started:
+            self._backend = self._start()
+        return self._backend.map(fn, items, args_of)
+
+    def _start(self):
+        if self.config.engine == "ray":
+            from prep.ray_engine import RayBackend
+
+            return RayBackend(self.config, self.worker_args())
+        return LocalBackend(self.local, self.worker_args())
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def encode_all(config: PrepConfig, batches, encoder: ConversationEncoder, token_dtype,
-               date: str | None) -> Iterator[tuple[list, Encoded]]:
-    """(batch, Encoded) for every batch, in order: in this process until the encoder's choice is final,
-    then on `config.workers` processes (0: the usable cores; if more than one, and batches remain)."""
-    batches = iter(batches)
-    for batch in batches:
-        yield batch, encode_batch(encoder, *_inputs(batch), token_dtype)
-        if encoder.text.verified:
-            break
-    following = next(batches, None)
-    if following is None:
-        return
-    batches = itertools.chain([following], batches)
-    processes = config.workers or usable_cores()
-    if processes <= 1:
-        for batch in batches:
-            yield batch, encode_batch(encoder, *_inputs(batch), token_dtype)
-        return
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(config, date, encoder.text.name, os.getpid()))
-    try:
-        in_flight: collections.deque = collections.deque()
-        for batch in batches:
-            in_flight.append((batch, pool.submit(_encode_in_worker, *_inputs(batch), token_dtype)))
-            if len(in_flight) >= 2 * processes:
-                batch, future = in_flight.popleft()
-                yield batch, future.result()
-        while in_flight:
-            batch, future = in_flight.popleft()
-            yield batch, future.result()
-    finally:  # an error (or the end): nothing queued runs; running batches finish and the workers exit
-        pool.shutdown(wait=True, cancel_futures=True)
+class LocalBackend:
+    """`--workers N` processes on this machine (spawned: no fork of the driver's tokenizer threads)."""
+
+    def __init__(self, processes: int, worker_args: tuple):
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=start_worker, initargs=(*worker_args, os.getpid()))
+
+    def map(self, fn: Callable, items: Iterable, args_of: Callable) -> Iterator:
+        return ordered(lambda *args: self.pool.submit(fn, *args), lambda future: future.result(), items, args_of,
+                       2 * self.processes)
+
+    def close(self) -> None:  # an error (or the end): nothing queued runs; running tasks finish and the workers exit
+        self.pool.shutdown(wait=True, cancel_futures=True)

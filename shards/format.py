@@ -117,8 +117,8 @@ class SplitWriter:
     """Appends `Rows` to `{split}-NNNNN.arrow` files of at most MAX_TOKENS_PER_FILE tokens."""
 
     def __init__(self, folder: Path, split: str, token_dtype: np.dtype, vocab_size: int,
-                 max_tokens_per_file: int = MAX_TOKENS_PER_FILE):
-        self.folder, self.split = Path(folder), split
+                 max_tokens_per_file: int = MAX_TOKENS_PER_FILE, first_index: int = 0):
+        self.folder, self.split, self.first_index = Path(folder), split, first_index
         self.token_dtype, self.vocab_size = np.dtype(token_dtype), vocab_size
         self.max_tokens_per_file = max_tokens_per_file
         self.schema = schema(self.token_dtype)
@@ -129,7 +129,7 @@ class SplitWriter:
         self._file_tokens = 0
 
     def _open(self) -> None:
-        name = file_name(self.split, len(self.files))
+        name = file_name(self.split, self.first_index + len(self.files))
         self._sink = pa.OSFile(str(self.folder / name), "wb")
         # Uncompressed IPC *file* format (not stream): random access + zero-copy mmap.
         self._writer = pa.ipc.new_file(self._sink, self.schema)

@@ -1,8 +1,10 @@
-"""prep --workers N: the same shard set, byte for byte, for any N (prep/workers.py)."""
+"""prep --workers N: the same shard set, byte for byte, for any N (prep/workers.py, prep/rows.py)."""
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
 import pytest
 
 from prep.config import PrepConfig
@@ -23,8 +25,29 @@ def _same(a, b) -> None:
     assert [(f.name, f.sha256) for f in a.files] == [(f.name, f.sha256) for f in b.files]
     left, right = a.to_json(), b.to_json()
     for manifest in (left, right):
-        manifest["args"].pop("workers"), manifest["args"].pop("out"), manifest.pop("command")
+        for arg in ("workers", "out", "engine"):
+            manifest["args"].pop(arg)
+        manifest.pop("command")
     assert left == right
+
+
+@pytest.fixture
+def small_files(monkeypatch) -> list:
+    """Shard files of at most 4000 tokens written in record batches of at most 40 rows (the defaults, 32M
+    tokens and 8192 rows, make one file of the test data); returns the tasks the workers ran."""
+    import prep.rows
+    import prep.workers
+    import shards.format
+
+    monkeypatch.setattr(shards.format, "MAX_TOKENS_PER_FILE", 4000)
+    monkeypatch.setattr(prep.rows, "ROWS_PER_WRITE", 40)
+    tasks, real = [], prep.workers.LocalBackend.map
+
+    def spy(self, fn, items, args_of):
+        return real(self, fn, (tasks.append(fn.__name__) or item for item in items), args_of)
+
+    monkeypatch.setattr(prep.workers.LocalBackend, "map", spy)
+    return tasks
 
 
 @pytest.fixture
@@ -43,13 +66,56 @@ def pools(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("mode", ["padding", "packed", "concat"])
-def test_the_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path, mode, pools):
+def test_the_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path, mode, pools, small_files):
+    """Several files a split, each written whole by a worker in pass 2 (packed drops a row of prompt
+    tokens only, so its files are planned after the drop)."""
     data = write_jsonl(tmp_path / "data.jsonl", RECORDS)
     one = _prep(data, tmp_path / "w1", 1, mode=mode)
     counts = (3,) if mode == "concat" else (2,)
     for workers in counts:
         _same(one, _prep(data, tmp_path / f"w{workers}", workers, mode=mode))
     assert pools == list(counts)  # the workers ran (after the driver's first batches)
+    train_files = [f for f in one.files if f.split == "train"]
+    assert len(train_files) >= 4 and small_files.count("write_file") == len(one.files)  # pass 2 on the workers
+    assert small_files.count("spill_batch") == 25 - 1  # pass 1: all but the driver's first batch
+    assert one.stats.rows_without_supervised_tokens_dropped == (1 if mode == "packed" else 0)
+
+
+def _rows(tokens: np.ndarray, lengths: np.ndarray, first: int, stop: int):
+    from shards.format import Rows
+
+    ends = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = ends[first:stop + 1] - ends[first]
+    piece = np.arange(stop - first + 1)
+    return Rows(tokens=tokens[ends[first]:ends[stop]], loss_mask=np.ones(offsets[-1], np.uint8), row_offsets=offsets,
+                segment_lengths=lengths[first:stop], segment_sources=np.arange(first, stop), segment_offsets=piece)
+
+
+def test_the_file_plan_writes_the_bytes_one_writer_writes_block_by_block(tmp_path):
+    """prep.rows.file_plan, each file written alone (as pass 2's tasks do), against one SplitWriter fed
+    the rows block by block (the single process before --workers): the same files, byte for byte. The
+    lengths give exact fits, rows that cross the bound, and blocks that end inside files."""
+    from prep.rows import file_plan
+    from shards.format import SplitWriter
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=300)
+    lengths[:5] = 40  # the first file is exactly full
+    tokens = rng.integers(0, 1000, size=int(lengths.sum())).astype(np.uint16)
+    block = 16
+    one = SplitWriter(tmp_path / "one", "train", np.uint16, 1000, max_tokens_per_file=200)
+    (tmp_path / "one").mkdir(), (tmp_path / "plan").mkdir()
+    for first in range(0, len(lengths), block):
+        one.write(_rows(tokens, lengths, first, min(first + block, len(lengths))))
+    sequential = one.finish()
+    planned = []
+    for index, batches in enumerate(file_plan(lengths, np.arange(len(lengths)) // block, 200)):
+        writer = SplitWriter(tmp_path / "plan", "train", np.uint16, 1000, max_tokens_per_file=sys.maxsize,
+                             first_index=index)
+        for first, stop in zip(batches[:-1], batches[1:]):
+            writer.write(_rows(tokens, lengths, first, stop))
+        planned += writer.finish()
+    assert len(sequential) >= 10 and planned == sequential
 
 
 def test_skipped_records_and_the_template_tally_are_the_same_for_any_number_of_workers(tmp_path, pools):
