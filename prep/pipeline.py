@@ -21,6 +21,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -31,13 +32,13 @@ from prep.records import combined_fingerprint, read_conversations
 from prep import workers
 from prep.rows import PrepError, write_rows
 from prep.spill import Spill
-from prep.template import ChatFormatError, ConversationEncoder, Tally
+from prep.template import ChatFormatError, ConversationEncoder, Tally, ensure_chat_format, load_tokenizer
 from sftcli import command_line
 from shards import format as fmt
 from shards.folders import on_disk_full, staged_folder
 from shards.lock import folder_lock
 from shards.manifest import Manifest, PromptMismatch, SourceEntry, TemplateRecord
-from shards.prompts import set_prompt_format, template_options
+from shards.prompts import set_prompt_format, set_template_options, template_options
 
 DISK_FIX = "the previous shard set (if any) is intact; free some space or choose another --out"
 
@@ -54,13 +55,12 @@ def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
                                  batch_size=config.batch_size, prompt_format=config.prompt_format)
-    tokenizer = workers.prep_tokenizer(config, lambda template: _template_date(config, template))
+    tokenizer = _tokenizer(config, lambda template: _template_date(config, template))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
-    date = template_options(tokenizer)[1]
     # a failure anywhere below leaves the previous set as it was, and stops every worker
     with staged_folder(config.out_dir) as staging, workers.Pool(config, lambda: (
-            config, date, encoder.text.name, staging, token_dtype)) as pool:
+            config, tokenizer, encoder.text.name, staging, token_dtype)) as pool:
         workers.use(workers.Worker(encoder, staging, token_dtype, config.max_length))  # the driver's own batches
         with on_disk_full(config.out_dir, DISK_FIX):
             spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, pool, progress)
@@ -75,6 +75,16 @@ def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
             fmt.write_manifest(staging, _manifest(config, command, tokenizer, encoder, batches, prompt_format,
                                                   token_dtype, staging, files, stats))
     return fmt.read_manifest(config.out_dir)
+
+
+def _tokenizer(config: PrepConfig, date_for: Callable[[str], str | None]):
+    """The tokenizer prep renders with: ChatML added where it has no template, --chat-template, and the
+    template options (--chat-template-kwargs, the date `date_for(template)` gives)."""
+    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
+    if config.chat_template is not None:  # after ChatML's tokens are added to a tokenizer without a template
+        tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
+    set_template_options(tokenizer, config.template_kwargs, date_for(tokenizer.chat_template))
+    return tokenizer
 
 
 def _manifest(config, command, tokenizer, encoder, batches, prompt_format, token_dtype, staging, files,

@@ -30,22 +30,11 @@ import numpy as np
 
 from prep.config import PrepConfig
 from prep.spill import Part
-from prep.template import ChatFormatError, ConversationEncoder, Tally, ensure_chat_format, load_tokenizer
-from shards.prompts import set_template_options
+from prep.template import ChatFormatError, ConversationEncoder, Tally
 
 
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def prep_tokenizer(config: PrepConfig, date_for: Callable[[str], str | None]):
-    """The tokenizer prep renders with: ChatML added where it has no template, --chat-template, and the
-    template options (--chat-template-kwargs, the date `date_for(template)` gives)."""
-    tokenizer = ensure_chat_format(load_tokenizer(config.tokenizer))
-    if config.chat_template is not None:  # after ChatML's tokens are added to a tokenizer without a template
-        tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
-    set_template_options(tokenizer, config.template_kwargs, date_for(tokenizer.chat_template))
-    return tokenizer
 
 
 @dataclass
@@ -108,13 +97,13 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def start_worker(config: PrepConfig, date: str | None, encoder_name: str, staging: Path, token_dtype,
+def start_worker(config: PrepConfig, tokenizer, encoder_name: str, staging: Path, token_dtype,
                  parent: int | None = None) -> None:
-    """A worker process's start: its own tokenizer (as the driver's) and spill part."""
+    """A worker process's start: the driver's tokenizer (pickled: loading it anew would import torch, seconds
+    a worker), its own encoder and spill part."""
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     with contextlib.redirect_stderr(io.StringIO()):  # the driver said it all already
-        tokenizer = prep_tokenizer(config, lambda template: date)
         encoder = ConversationEncoder(tokenizer, config.loss_on, encoder_name, config.system_message,
                                       verify_encoder=False)
     use(Worker(encoder, staging, token_dtype, config.max_length))
