@@ -60,7 +60,7 @@ def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     # a failure anywhere below leaves the previous set as it was, and stops every worker
     with staged_folder(config.out_dir) as staging, workers.Pool(config, lambda: (
-            config, tokenizer, encoder.text.name, staging, token_dtype)) as pool:
+            config, workers.share(tokenizer, staging), encoder.text.name, staging, token_dtype)) as pool:
         workers.use(workers.Worker(encoder, staging, token_dtype, config.max_length))  # the driver's own batches
         with on_disk_full(config.out_dir, DISK_FIX):
             spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, pool, progress)

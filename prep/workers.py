@@ -19,6 +19,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from prep.config import PrepConfig
-from prep.spill import Part
+from prep.spill import FOLDER, Part
 from prep.template import ChatFormatError, ConversationEncoder, Tally
 
 
@@ -97,13 +98,23 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def start_worker(config: PrepConfig, tokenizer, encoder_name: str, staging: Path, token_dtype,
+def share(tokenizer, staging: Path) -> Path:
+    """The driver's tokenizer, pickled into the staging folder for the workers. A file, not an argument:
+    a spawned process's arguments go down a pipe that the driver blocks on until the child has started,
+    which would start the workers one after another. Loading it anew in each worker would import torch."""
+    path = Path(staging) / FOLDER / "tokenizer.pickle"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(pickle.dumps(tokenizer))
+    return path
+
+
+def start_worker(config: PrepConfig, tokenizer_file: Path, encoder_name: str, staging: Path, token_dtype,
                  parent: int | None = None) -> None:
-    """A worker process's start: the driver's tokenizer (pickled: loading it anew would import torch, seconds
-    a worker), its own encoder and spill part."""
+    """A worker process's start: the driver's tokenizer (`share`), its own encoder and spill part."""
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     with contextlib.redirect_stderr(io.StringIO()):  # the driver said it all already
+        tokenizer = pickle.loads(Path(tokenizer_file).read_bytes())
         encoder = ConversationEncoder(tokenizer, config.loss_on, encoder_name, config.system_message,
                                       verify_encoder=False)
     use(Worker(encoder, staging, token_dtype, config.max_length))
