@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prep.config import PrepConfig
-from prep.readers import DataError
+from prep.readers import Bad, DataError
 from prep.records import combined_fingerprint, read_conversations
 from prep import workers
 from prep.rows import PrepError, write_rows
@@ -54,14 +54,15 @@ def _run(config: PrepConfig, command: str | None, progress: bool) -> Manifest:
     bad_counts: collections.Counter = collections.Counter()
     # Before the tokenizer (seconds of imports): a missing file or an offline hub fails at once.
     batches = read_conversations(config.data, split=config.split, skip_bad=config.skip_bad, bad_counts=bad_counts,
-                                 batch_size=config.batch_size, prompt_format=config.prompt_format)
+                                 batch_size=config.batch_size, prompt_format=config.prompt_format,
+                                 deferred=True)
     tokenizer = _tokenizer(config, lambda template: _template_date(config, template))
     encoder = ConversationEncoder(tokenizer, config.loss_on, config.encoder, config.system_message)
     token_dtype = fmt.token_dtype_for(len(tokenizer))
     # a failure anywhere below leaves the previous set as it was, and stops every worker
     with staged_folder(config.out_dir) as staging, workers.Pool(config, lambda: (
             config, workers.share(tokenizer, staging), encoder.text.name, staging, token_dtype)) as pool:
-        workers.use(workers.Worker(encoder, staging, token_dtype, config.max_length))  # the driver's own batches
+        workers.use(workers.Worker(encoder, staging, token_dtype, config))  # the driver's own batches
         with on_disk_full(config.out_dir, DISK_FIX):
             spill = _tokenize_to_spill(config, batches, encoder, staging, token_dtype, pool, progress)
         need = _check_disk_space(staging, spill, token_dtype, _tokenizer_bytes(tokenizer))
@@ -153,7 +154,7 @@ def _limited(batches, limit: int | None):
 def _encoded(config, batches, encoder, pool):
     """(batch, Encoded) for every batch, in order: in this process until the encoder's choice is final
     (prep.encoders checks the first texts both ways), then on the pool's workers."""
-    inputs = lambda batch: ([c.messages for c in batch], [c.tools for c in batch])  # noqa: E731
+    inputs = lambda batch: ([pending.record for pending in batch],)  # noqa: E731
     batches = iter(_limited(batches, config.limit))
     for batch in batches:
         yield batch, workers.spill_batch(*inputs(batch))
@@ -172,6 +173,9 @@ def _tokenize_to_spill(config, batches, encoder, staging, token_dtype, pool, pro
     # disable=None: tqdm hides the bar when stderr is not a terminal (a log file, make -j's output sync)
     with tqdm(desc="tokenize", unit=" records", disable=None if progress else True, file=sys.stderr) as bar:
         for batch, out in _encoded(config, batches, encoder, pool):
+            for position, reason, detail in out.rejected:  # stop at the first, or count them with --skip-bad
+                batches.reject(batch[position].index, batch[position].line, Bad(reason, detail))
+            bar.update(len(batch))
             for line in out.notices:  # each worker says what it found; the run says it once
                 if line not in said:
                     said.add(line)
@@ -185,13 +189,15 @@ def _tokenize_to_spill(config, batches, encoder, staging, token_dtype, pool, pro
                     "chat template ends prompts on a token boundary and renders contents as they are"
                 )
             tally.add(out.tally)
-            alpaca = alpaca or any(c.alpaca for c in batch)
+            if not out.kept:
+                continue
+            alpaca = alpaca or out.alpaca
             lengths.append(out.lengths)
-            parts.append(np.full(len(batch), names.setdefault(out.part, len(names)), dtype=np.int32))
+            parts.append(np.full(len(out.kept), names.setdefault(out.part, len(names)), dtype=np.int32))
             starts.append(out.start + np.cumsum(out.lengths) - out.lengths)
-            sources.append(np.fromiter((c.index for c in batch), dtype=np.int64, count=len(batch)))
+            sources.append(np.array([batch[position].index for position in out.kept], dtype=np.int64))
             heads.append(out.supervised_head)
-            bar.update(len(batch))
+    batches.finish()
     if not lengths:
         raise DataError(f"{_data_name(config)}: no records to prepare")
     encoder.tally = tally  # the run's, over every process

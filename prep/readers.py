@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from sftcli import UserError
 
@@ -145,7 +145,33 @@ def _folder(data: str, path: Path, known: str) -> list[Source]:
     return [Source(SUFFIXES[p.suffix.lower()], str(Path(data) / p.name), p) for p in files]
 
 
-def jsonl_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
+class Line(NamedTuple):  # a tuple: one is made for every line read
+    """One .jsonl record's bytes, not yet parsed: prep's workers parse it (`parse_line`), so that the
+    driver, which reads every record, only splits lines."""
+
+    raw: bytes
+    start: int  # bytes of a byte-order mark cut from the line's start
+    first: bool  # the file's first record
+
+
+def parse_line(line: Line) -> Any:
+    """A .jsonl line's record, or the `Bad` that says why it is none."""
+    try:
+        text = line.raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Bad("undecodable_bytes", f"invalid UTF-8 byte 0x{line.raw[e.start]:02x} at byte "
+                   f"{line.start + e.start + 1} of the line; re-save the file as UTF-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = "each record must be one complete JSON object on one line"
+        if line.first and text.lstrip().startswith("["):
+            hint = "this looks like a JSON array; name the file .json"
+        return Bad("malformed_json", f"malformed JSON at column {e.colno}: {e.msg} ({hint})")
+
+
+def jsonl_records(source: Source, parse: bool = True) -> Iterator[tuple[int, int | None, Any]]:
+    """(index, line, record or Bad) for every non-blank line; with `parse` False, a `Line` for the record."""
     assert source.path is not None
     index = 0
     # Binary mode: lines split on b"\n" only. Text mode's universal newlines
@@ -159,24 +185,8 @@ def jsonl_records(source: Source) -> Iterator[tuple[int, int | None, Any]]:
             raw = raw[start:].rstrip(b"\r\n")  # CRLF files: the \r is line ending, not data
             if not raw.strip():
                 continue  # blank lines (a trailing newline, a separator) are not records
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield index, lineno, Bad(
-                    "undecodable_bytes",
-                    f"invalid UTF-8 byte 0x{raw[e.start]:02x} at byte {start + e.start + 1} of the line; "
-                    "re-save the file as UTF-8",
-                )
-            else:
-                try:
-                    yield index, lineno, json.loads(text)
-                except json.JSONDecodeError as e:
-                    hint = "each record must be one complete JSON object on one line"
-                    if index == 0 and text.lstrip().startswith("["):
-                        hint = "this looks like a JSON array; name the file .json"
-                    yield index, lineno, Bad(
-                        "malformed_json", f"malformed JSON at column {e.colno}: {e.msg} ({hint})"
-                    )
+            line = Line(raw, start, index == 0)
+            yield index, lineno, parse_line(line) if parse else line
             index += 1
     if index == 0:
         raise DataError(

@@ -28,10 +28,11 @@ import collections
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from prep.hub import dataset_of, hub_records, preflight
-from prep.readers import Bad, DataError, Source, json_records, json_type, jsonl_records, record_line, resolve
+from prep.readers import (Bad, DataError, Line, Source, json_records, json_type, jsonl_records, parse_line,
+                          record_line, resolve)
 from prep.tables import csv_records, parquet_records
 from shards.format import sha256_file
 from shards.prompts import user_turn
@@ -80,6 +81,26 @@ class Conversation:
     tools: str | None = None  # the record's tool schemas, as JSON
 
 
+class Pending(NamedTuple):  # a tuple: one is made for every record read, and a frozen dataclass costs 3x
+    """A record read but not yet checked (`read_conversations(..., deferred=True)`): prep's workers
+    turn it into a conversation (`decode`), so that the driver reading every record does no more than
+    read; `ConversationReader.reject` then stops at, or counts, the bad ones."""
+
+    index: int
+    line: int | None
+    record: Any  # as read, or a .jsonl `Line` still to parse
+
+
+def decode(record: Any, prompt_format: str = "alpaca") -> tuple[tuple[tuple, ...], bool, str | None]:
+    """A record as read -> (its turns, whether it was an Alpaca record, its tools as JSON); raises `Bad`."""
+    if isinstance(record, Line):
+        record = parse_line(record)
+    if isinstance(record, Bad):
+        raise record
+    messages, alpaca = conversation(record, prompt_format)
+    return messages, alpaca, tools_of(record)  # a bad `tools` field is a bad record too
+
+
 def read_conversations(
     data: str | Sequence[str],
     *,
@@ -88,12 +109,15 @@ def read_conversations(
     bad_counts: collections.Counter | None = None,
     batch_size: int = 1000,
     prompt_format: str = "alpaca",
+    deferred: bool = False,
 ) -> "ConversationReader":
     """Yield the sources' conversations in lists of at most `batch_size`.
 
     Raises DataError on the first bad record, or, with `skip_bad`, counts it in
     `bad_counts[reason]` and goes on. File-level problems raise either way, as
     does a source whose records were all bad. `split` only applies to hub ids.
+    `deferred`: lists of `Pending` records instead, every record read, none checked: the caller
+    decodes them (`decode`), hands the bad ones to `reject`, and calls `finish` at the end.
 
     >>> batch = next(read_conversations("sample", batch_size=2))
     >>> len(batch), batch[0].index, [role for role, _ in batch[0].messages]
@@ -103,7 +127,7 @@ def read_conversations(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     # Resolve now, not on first next(): a wrong path or an unreachable hub fails where it was passed.
     sources = [preflight(source, split) for source in resolve_all(data)]
-    return ConversationReader(sources, split, skip_bad, bad_counts, batch_size, prompt_format)
+    return ConversationReader(sources, split, skip_bad, bad_counts, batch_size, prompt_format, deferred)
 
 
 class ConversationReader:
@@ -111,10 +135,13 @@ class ConversationReader:
 
     def __init__(self, sources: list[Source], split: str, skip_bad: bool = False,
                  bad_counts: collections.Counter | None = None, batch_size: int = 1000,
-                 prompt_format: str = "alpaca") -> None:
+                 prompt_format: str = "alpaca", deferred: bool = False) -> None:
         self.sources, self.split = sources, split
+        self.skip_bad, self.bad_counts = skip_bad, bad_counts
         self._starts: list[int] = []  # global index of each source's first record, as they are reached
-        self._batches = self._read(skip_bad, bad_counts, batch_size, prompt_format)
+        self._totals: list[int] = []  # records of each source read so far
+        self._bad: list[collections.Counter] = []  # each source's bad records by reason, for the all-bad message
+        self._batches = self._read(batch_size, prompt_format, deferred)
 
     def __iter__(self) -> "ConversationReader":
         return self
@@ -122,53 +149,67 @@ class ConversationReader:
     def __next__(self) -> list[Conversation]:
         return next(self._batches)
 
+    def _source(self, index: int) -> int:
+        return bisect.bisect_right(self._starts, index) - 1
+
     def locate(self, index: int) -> str:
         """"FILE: record K" for the global record `index` (one read by now), for messages."""
-        k = bisect.bisect_right(self._starts, index) - 1
+        k = self._source(index)
         return f"{self.sources[k].name}: record {index - self._starts[k]}"
 
     def fingerprints(self) -> list[dict[str, str]]:
         """[{source, fingerprint}] for every file (sha256 of its bytes) or hub dataset read."""
         return [{"source": s.name, "fingerprint": fingerprint(s, self.split)} for s in self.sources]
 
-    def _read(self, skip_bad: bool, bad_counts: collections.Counter | None, batch_size: int,
-              prompt_format: str) -> Iterator[list[Conversation]]:
-        batch: list[Conversation] = []
+    def reject(self, index: int, line: int | None, bad: Bad) -> None:
+        """A bad record (global `index`): stop with the message naming it, or count it under skip_bad."""
+        k = self._source(index)
+        source = self.sources[k]
+        if not self.skip_bad:
+            raise DataError(f"{source.name}: {_where(source, index - self._starts[k], line)}: {bad.detail}. "
+                            f"{_SKIP_HINT}", reason=bad.reason)
+        self._bad[k][bad.reason] += 1
+        if self.bad_counts is not None:
+            self.bad_counts[bad.reason] += 1
+
+    def finish(self, k: int | None = None) -> None:
+        """A source (each, by default) read to its end: refuse it if it held no good record."""
+        for k in range(len(self.sources)) if k is None else [k]:
+            total, bad = self._totals[k], self._bad[k]
+            if total == 0:  # every format checks this itself; kept so no source yields silently nothing
+                raise DataError(f"{self.sources[k].name}: zero records.", reason="no_records")
+            if sum(bad.values()) == total:
+                summary = ", ".join(f"{reason}: {n}" for reason, n in bad.most_common())
+                raise DataError(
+                    f"{self.sources[k].name}: all {total} records were bad ({summary}); nothing is left to train "
+                    "on. Run without --skip-bad to see the first error.",
+                    reason="all_bad",
+                )
+
+    def _read(self, batch_size: int, prompt_format: str, deferred: bool) -> Iterator[list]:
+        batch: list = []
         offset = 0  # records of the sources before this one: indices run on across files
-        for source in self.sources:
+        for k, source in enumerate(self.sources):
             self._starts.append(offset)
-            counts: collections.Counter = collections.Counter()  # this file's own, for the all-bad message
-            total = good = 0
-            for index, line, record in records(source, self.split, batch_size):
-                total += 1
-                try:
-                    if isinstance(record, Bad):
-                        raise record
-                    messages, alpaca = conversation(record, prompt_format)
-                    tools = tools_of(record)  # a bad `tools` field is a bad record too
-                except Bad as bad:
-                    if not skip_bad:
-                        raise DataError(f"{source.name}: {_where(source, index, line)}: {bad.detail}. {_SKIP_HINT}",
-                                        reason=bad.reason) from None
-                    counts[bad.reason] += 1
-                    if bad_counts is not None:
-                        bad_counts[bad.reason] += 1
-                    continue
-                good += 1
-                batch.append(Conversation(offset + index, line, messages, alpaca, tools))
+            self._totals.append(0)
+            self._bad.append(collections.Counter())
+            for index, line, record in records(source, self.split, batch_size, parse=not deferred):
+                self._totals[k] += 1
+                if deferred:
+                    batch.append(Pending(offset + index, line, record))
+                else:
+                    try:
+                        messages, alpaca, tools = decode(record, prompt_format)
+                    except Bad as bad:
+                        self.reject(offset + index, line, bad)
+                        continue
+                    batch.append(Conversation(offset + index, line, messages, alpaca, tools))
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []
-            if total == 0:  # every format checks this itself; kept so no source yields silently nothing
-                raise DataError(f"{source.name}: zero records.", reason="no_records")
-            if good == 0:
-                summary = ", ".join(f"{reason}: {n}" for reason, n in counts.most_common())
-                raise DataError(
-                    f"{source.name}: all {total} records were bad ({summary}); nothing is left to train on. "
-                    "Run without --skip-bad to see the first error.",
-                    reason="all_bad",
-                )
-            offset += total
+            if not deferred:
+                self.finish(k)
+            offset += self._totals[k]
         if batch:
             yield batch
 
@@ -200,11 +241,12 @@ def fingerprint(source: Source, split: str) -> str:
     return sha256_file(source.path)
 
 
-def records(source: Source, split: str, batch_size: int) -> Iterator[tuple[int, int | None, Any]]:
+def records(source: Source, split: str, batch_size: int,
+            parse: bool = True) -> Iterator[tuple[int, int | None, Any]]:
     """(index, line, record or Bad) for every record of one source; `line` is the 1-based line for
-    .jsonl, else None."""
+    .jsonl, else None. `parse` False: .jsonl records come as `Line`s, to parse later."""
     if source.kind == "jsonl":
-        return jsonl_records(source)
+        return jsonl_records(source, parse)
     if source.kind == "json":
         return json_records(source)
     if source.kind == "parquet":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import multiprocessing
 import os
@@ -30,6 +31,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from prep.config import PrepConfig
+from prep.readers import Bad
+from prep.records import decode
 from prep.spill import FOLDER, Part
 from prep.template import ChatFormatError, ConversationEncoder, Tally
 
@@ -40,8 +43,12 @@ def usable_cores() -> int:
 
 @dataclass
 class Encoded:
-    """One batch of pass 1: where its tokens went and the per-sample numbers; or where the template failed."""
+    """One batch of pass 1: which records it kept, where their tokens went and their per-sample numbers;
+    the bad records; or where the template failed. Positions are the batch's."""
 
+    kept: list[int]  # the positions of the good records, the samples below
+    rejected: list[tuple[int, str, str]]  # bad records: (position, reason, detail); only the first without skip_bad
+    alpaca: bool  # some kept record is an Alpaca record
     lengths: np.ndarray | None
     supervised_head: np.ndarray | None  # supervised tokens among each sample's first max_length
     part: str | None  # the spill part the batch was appended to
@@ -55,26 +62,49 @@ class Encoded:
 class Worker:
     """A process's tokenizer and its own spill part."""
 
-    def __init__(self, encoder: ConversationEncoder, staging: Path, token_dtype: np.dtype, max_length: int):
-        self.encoder, self.part = encoder, Part(staging)
-        self.token_dtype, self.max_length = np.dtype(token_dtype), max_length
+    def __init__(self, encoder: ConversationEncoder, staging: Path, token_dtype: np.dtype, config: PrepConfig):
+        self.encoder, self.part, self.token_dtype = encoder, Part(staging), np.dtype(token_dtype)
+        self.config = config
 
-    def spill(self, conversations: list, tools: list) -> Encoded:
+    def _decode(self, records: list) -> tuple[list, list, list, list, bool]:
+        kept, conversations, tools, rejected, alpaca = [], [], [], [], False
+        for position, record in enumerate(records):
+            try:
+                messages, is_alpaca, record_tools = decode(record, self.config.prompt_format)
+            except Bad as bad:
+                rejected.append((position, bad.reason, bad.detail))
+                if not self.config.skip_bad:
+                    break  # the run stops at this one
+                continue
+            kept.append(position)
+            conversations.append(messages)
+            tools.append(record_tools)
+            alpaca = alpaca or is_alpaca
+        return kept, conversations, tools, rejected, alpaca
+
+    def spill(self, records: list) -> Encoded:
+        kept, conversations, tools, rejected, alpaca = self._decode(records)
         encoder, notices = self.encoder, io.StringIO()
+        result = functools.partial(Encoded, kept, rejected, alpaca)
+        if not kept or (rejected and not self.config.skip_bad):
+            return result(None, None, None, 0, None, None, encoder.take_tally(), [])
         with contextlib.redirect_stderr(notices):
             try:
                 ids, mask, offsets = encoder.encode(conversations, tools)
             except ChatFormatError as e:
                 if getattr(e, "position", None) is None:
                     raise
-                return Encoded(None, None, None, 0, None, (e.position, str(e)), encoder.take_tally(),
-                               notices.getvalue().splitlines())
+                return result(None, None, None, 0, None, (kept[e.position], str(e)), encoder.take_tally(),
+                              notices.getvalue().splitlines())
             bad = encoder.check_prompts(conversations, ids, offsets, tools, mask)
-        start = self.part.append(ids.astype(self.token_dtype), mask) if bad is None else 0
+        if bad is not None:
+            return result(None, None, None, 0, (kept[bad[0]], bad[1]), None, encoder.take_tally(),
+                          notices.getvalue().splitlines())
+        start = self.part.append(ids.astype(self.token_dtype), mask)
         cumsum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-        head = cumsum[np.minimum(offsets[1:], offsets[:-1] + self.max_length)] - cumsum[offsets[:-1]]
-        return Encoded(np.diff(offsets), head, self.part.name, start, bad, None, encoder.take_tally(),
-                       notices.getvalue().splitlines())
+        head = cumsum[np.minimum(offsets[1:], offsets[:-1] + self.config.max_length)] - cumsum[offsets[:-1]]
+        return result(np.diff(offsets), head, self.part.name, start, None, None, encoder.take_tally(),
+                      notices.getvalue().splitlines())
 
 
 _WORKER: Worker | None = None  # this process's (the driver's own until a pool starts)
@@ -85,9 +115,9 @@ def use(worker: Worker) -> None:
     _WORKER = worker
 
 
-def spill_batch(conversations: list, tools: list) -> Encoded:
-    """Pass 1's task."""
-    return _WORKER.spill(conversations, tools)
+def spill_batch(records: list) -> Encoded:
+    """Pass 1's task: records as read (prep.records.Pending's) -> checked, tokenized, spilled."""
+    return _WORKER.spill(records)
 
 
 def _exit_with(parent: int) -> None:
@@ -117,7 +147,7 @@ def start_worker(config: PrepConfig, tokenizer_file: Path, encoder_name: str, st
         tokenizer = pickle.loads(Path(tokenizer_file).read_bytes())
         encoder = ConversationEncoder(tokenizer, config.loss_on, encoder_name, config.system_message,
                                       verify_encoder=False)
-    use(Worker(encoder, staging, token_dtype, config.max_length))
+    use(Worker(encoder, staging, token_dtype, config))
 
 
 def ordered(submit: Callable, result: Callable, items: Iterable, args_of: Callable, limit: int) -> Iterator:
