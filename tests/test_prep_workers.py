@@ -193,3 +193,22 @@ def test_a_killed_driver_leaves_the_old_set_whole_and_no_worker_behind(tmp_path)
         time.sleep(0.2)
     assert not [c for c in children if os.path.exists(f"/proc/{c}")], "workers outlived their driver"
     assert [(f.name, f.sha256) for f in read_manifest(out).files] == [(f.name, f.sha256) for f in old.files]
+
+
+def test_a_source_of_bad_records_only_is_refused_for_any_number_of_workers(tmp_path):
+    """The workers check the records (the driver only reads them): a source whose records are all bad
+    is still refused under --skip-bad, after the good source before it, with the same line."""
+    from prep.readers import DataError
+
+    good = write_jsonl(tmp_path / "good.jsonl", RECORDS)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a"}\nnot json\n')
+    lines = set()
+    for workers in (1, 2):
+        with pytest.raises(DataError) as caught:
+            run(PrepConfig(data=(str(good), str(bad)), out=str(tmp_path / f"w{workers}"), workers=workers,
+                           batch_size=16, max_length=128, skip_bad=True), progress=False)
+        lines.add(str(caught.value))
+        assert caught.value.reason == "all_bad" and not (tmp_path / f"w{workers}").exists()
+    (line,) = lines
+    assert line.startswith(f"{bad}: all 2 records were bad (") and "malformed_json: 1" in line
