@@ -33,7 +33,7 @@ import numpy as np
 from prep.config import PrepConfig
 from prep.readers import Bad
 from prep.records import decode
-from prep.spill import FOLDER, Part
+from prep.spill import FOLDER, Part, forget as forget_spill_maps
 from prep.template import ChatFormatError, ConversationEncoder, Tally
 
 
@@ -193,9 +193,12 @@ class Pool:
         return LocalBackend(self.local, self.worker_args())
 
     def close(self) -> None:
+        """Stop the workers, and forget this process's own (the driver's encoder, its maps of the spill)."""
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        use(None)
+        forget_spill_maps()
 
     def __enter__(self) -> "Pool":
         return self
