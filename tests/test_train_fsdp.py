@@ -70,6 +70,27 @@ def test_fsdp_refusals_are_one_line_each():
         transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), "--fsdp")
 
 
+def test_parallel_fsdp_is_fsdp_and_other_values_are_one_error_line(monkeypatch):
+    """`--parallel fsdp` is `--fsdp`; `--parallel ddp` (or nothing) is DDP; anything else, or a contradiction,
+    is one `error:` line before anything runs."""
+    from click.testing import CliRunner
+
+    from train.__main__ import main
+
+    started = []
+    monkeypatch.setattr(loop, "train", lambda config: started.append(config.fsdp) or {"stopped": None})
+    for given, sharded in ((["--parallel", "fsdp"], True), (["--parallel", "ddp"], False), ([], False),
+                           (["--fsdp"], True)):
+        assert CliRunner().invoke(main, ["--shards", "s", *given]).exit_code == 0
+        assert started.pop() is sharded, given
+    for given, words in ((["--parallel", "tp"], "--parallel: must be ddp or fsdp, got 'tp'"),
+                         (["--parallel", "ddp", "--fsdp"], "--parallel ddp contradicts --fsdp")):
+        outcome = CliRunner().invoke(main, ["--shards", "s", *given])
+        assert outcome.exit_code == 1 and outcome.output.startswith(f"error: {words}"), outcome.output
+        assert outcome.output.count("\n") == 1
+    assert not started
+
+
 def test_transformer_blocks_are_found_by_shape_in_gpt2_and_llama():
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
