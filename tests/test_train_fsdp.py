@@ -19,6 +19,7 @@ from tests.train_helpers import (cli_args, one_thread, read_metrics, shards, sub
 from train import loop
 from train.fsdp import transformer_blocks
 from train.model import ModelError
+from train.step import Dist
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train"]
 
@@ -89,6 +90,42 @@ def test_parallel_fsdp_is_fsdp_and_other_values_are_one_error_line(monkeypatch):
         assert outcome.exit_code == 1 and outcome.output.startswith(f"error: {words}"), outcome.output
         assert outcome.output.count("\n") == 1
     assert not started
+
+
+@pytest.mark.parametrize("kind", ["fsdp", "ddp"])
+def test_gradients_are_exchanged_on_the_last_micro_batch_only(shards, tmp_path, kind):
+    """3 micro-batches: FSDP2's reduce-scatter (`set_requires_gradient_sync`) and DDP's all-reduce (outside
+    `no_sync()`) run on the third only; the step's loss is the same as without either wrapper."""
+    from contextlib import contextmanager
+
+    from train import setup
+    from train.step import backward
+
+    class Spy(torch.nn.Module):  # what fully_shard or DDP makes of the loss model, recording each forward's sync
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.sync, self.seen = inner, True, []
+
+        def forward(self, **inputs):
+            self.seen.append(self.sync)
+            return self.inner(**inputs)
+
+    if kind == "fsdp":
+        Spy.set_requires_gradient_sync = lambda self, sync: setattr(self, "sync", sync)
+    else:
+        @contextmanager
+        def no_sync(self):
+            self.sync = False
+            yield
+            self.sync = True
+        Spy.no_sync = no_sync
+    run = setup.build(tiny_config(shards, tmp_path / "run", grad_accum=3, dropout=0.0), Dist())
+    batches = run.draw()[0]
+    spy = Spy(run.loss_model)
+    options = dict(loss_scale=1.0, autocast=run.autocast, scaler=run.scaler)
+    ours = backward(spy, run.loss_model, batches, **options)
+    assert spy.seen == [False, False, True]
+    torch.testing.assert_close(ours, backward(run.loss_model, run.loss_model, batches, **options))
 
 
 def test_transformer_blocks_are_found_by_shape_in_gpt2_and_llama():
@@ -183,21 +220,32 @@ def test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one(shards, 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_fsdp_with_activation_checkpointing_trains_a_llama_shaped_model_as_one_process(tmp_path):
-    """GQA (4 query heads, 2 key/value heads), an untied head, varlen attention, 2 micro-batches a step (each
-    reduce-scatters into the sharded gradients): --fsdp --activation-checkpointing on 2 ranks gives one plain
-    process's losses."""
+def test_a_llama_shaped_model_under_fsdp_matches_ddp_and_one_process_with_two_micro_batches(tmp_path):
+    """GQA (4 query heads, 2 key/value heads), an untied head, varlen attention and the label-only head, 5 steps,
+    fp32, dropout 0, 2 micro-batches a step (the gradients are exchanged on the second only): --fsdp
+    --activation-checkpointing on 2 ranks, DDP on 2 ranks and one process give the same losses and the same
+    weights (best/ of the one evaluation, at the last step) to 1e-5."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     folder = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(vocab_size=50259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                                  max_position_embeddings=128)).save_pretrained(folder)
     shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
-    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=2,
-                         attention="varlen", grad_accum=2)
+    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=5,
+                         attention="varlen", grad_accum=2, dropout=0.0)
+    ddp = dataclasses.replace(single, out=tmp_path / "ddp")
     sharded = dataclasses.replace(single, out=tmp_path / "fsdp", fsdp=True, activation_checkpointing=True)
     loop.train(single)
+    torchrun(ddp)
     torchrun(sharded)
+    assert_same_losses(ddp.out, single.out, rtol=1e-5)
     assert_same_losses(sharded.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
+    assert sorted(losses(sharded.out)) == [1, 2, 3, 4, 5]
+    theirs = load_file(single.out / "best" / "model.safetensors")
+    for run in (ddp, sharded):
+        ours = load_file(run.out / "best" / "model.safetensors")
+        assert ours.keys() == theirs.keys() and "lm_head.weight" in ours  # untied: a head of its own
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=f"{run.out.name} {name}")
