@@ -224,7 +224,7 @@ def test_a_llama_shaped_model_under_fsdp_matches_ddp_and_one_process_with_two_mi
     """GQA (4 query heads, 2 key/value heads), an untied head, varlen attention and the label-only head, 5 steps,
     fp32, dropout 0, 2 micro-batches a step (the gradients are exchanged on the second only): --fsdp
     --activation-checkpointing on 2 ranks, DDP on 2 ranks and one process give the same losses and the same
-    weights (best/ of the one evaluation, at the last step) to 1e-5."""
+    weights (best/, saved at the last step) to 1e-5."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -233,7 +233,7 @@ def test_a_llama_shaped_model_under_fsdp_matches_ddp_and_one_process_with_two_mi
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                                  max_position_embeddings=128)).save_pretrained(folder)
     shards = write_shard_set(tmp_path / "concat-64", "concat", max_length=64, train_samples=48, val_samples=7)
-    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=5,
+    single = tiny_config(shards, tmp_path / "one", model=str(folder), max_steps=5, eval_interval=4,
                          attention="varlen", grad_accum=2, dropout=0.0)
     ddp = dataclasses.replace(single, out=tmp_path / "ddp")
     sharded = dataclasses.replace(single, out=tmp_path / "fsdp", fsdp=True, activation_checkpointing=True)
@@ -244,6 +244,8 @@ def test_a_llama_shaped_model_under_fsdp_matches_ddp_and_one_process_with_two_mi
     assert_same_losses(sharded.out, single.out, rtol=1e-5, grad_norm_rtol=1e-4)
     assert sorted(losses(sharded.out)) == [1, 2, 3, 4, 5]
     theirs = load_file(single.out / "best" / "model.safetensors")
+    for run in (single, ddp, sharded):
+        assert json.loads((run.out / "best" / "trainer_state.json").read_text())["progress"]["step"] == 5
     for run in (ddp, sharded):
         ours = load_file(run.out / "best" / "model.safetensors")
         assert ours.keys() == theirs.keys() and "lm_head.weight" in ours  # untied: a head of its own
