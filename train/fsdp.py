@@ -24,6 +24,10 @@ from train.model import ModelError
 
 DCP_FOLDER = "dcp"  # last/dcp: model and optimizer, one file per rank and DCP's .metadata
 EXTRA_STATE = "extra.pt"  # last/extra.pt: scheduler, GradScaler, every rank's RNG (rank 0 writes it)
+# Whether an untied LM head is an FSDP unit of its own (its weight gathered around the label-only head's call)
+# rather than sharded with the root (gathered with the embeddings for the forward). `python -m
+# benchmarks.fsdp_head` measures both; docs/scale.md has its figures. The faster one is the default.
+HEAD_UNIT = False
 
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
@@ -76,19 +80,26 @@ def fsdp_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def shard(loss_model: torch.nn.Module, model: torch.nn.Module, autocast_dtype, device: torch.device) -> None:
+def shard(loss_model, model: torch.nn.Module, autocast_dtype, device: torch.device) -> None:
     """fully_shard every block, then the root (`loss_model`: embeddings, final norm and the LM head go with
-    it, so the label-only head reads the head weight the root gathered for its forward).
+    it, so the label-only head reads the head weight the root gathered for its forward). With `HEAD_UNIT` an
+    untied head is an FSDP unit of its own instead, gathered around the label-only head's call.
 
     On CUDA under bf16 the parameters are gathered in bf16 and gradients reduced in fp32; otherwise fp32.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     bf16 = device.type == "cuda" and autocast_dtype == torch.bfloat16
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
     for block in transformer_blocks(model, "--fsdp"):
         fully_shard(block, mp_policy=policy)
+    head = model.get_output_embeddings()
+    if HEAD_UNIT and head.weight is not model.get_input_embeddings().weight:  # a tied head is the embedding
+        head.label_head = loss_model.label_head  # the head's call becomes a forward of the head's unit
+        fully_shard(head, mp_policy=policy, reshard_after_forward=False)  # its backward needs no weight
+        register_fsdp_forward_method(head, "label_head")
+        loss_model.label_head = head.label_head
     fully_shard(loss_model, mp_policy=policy)
 
 
