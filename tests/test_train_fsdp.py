@@ -205,13 +205,17 @@ def test_fsdp_last_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 def test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one(shards, tmp_path):
-    """One process shards nothing under --fsdp, but last/ is DCP all the same; with a shard file gone, --resume
-    stops with one line saying how to move it aside."""
+    """One process shards nothing under --fsdp, but last/ is DCP all the same; --resume without --fsdp is refused
+    in one line that gives the command with it; with a shard file gone, --resume stops with one line saying how
+    to move it aside."""
     config = tiny_config(shards, tmp_path / "run", max_steps=2, eval_interval=2, fsdp=True)
     loop.train(config)
     last = config.out / "last"
     assert sorted(p.name for p in last.iterdir()) == ["chat_template.jinja", "config.json", "dcp", "extra.pt",
                                                       "tokenizer.json", "tokenizer_config.json", "trainer_state.json"]
+    with pytest.raises(ConfigError, match=r"^--resume with options that change the run: --fsdp: the run used True, "
+                                          r"now False; continue it with: python -m train .* --fsdp .*--resume"):
+        loop.train(dataclasses.replace(config, max_steps=3, resume=True, fsdp=False))  # DCP's last/ needs --fsdp
     for part in (last / "dcp").glob("*.distcp"):
         part.unlink()
     with pytest.raises(ConfigError, match=r"^--resume: .* is not a complete checkpoint .* move it aside"):
