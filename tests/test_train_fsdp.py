@@ -17,7 +17,7 @@ from sftcli import ConfigError
 from tests.train_helpers import (cli_args, one_thread, read_metrics, shards, subprocess_env,  # noqa: F401
                                  tiny_config, write_shard_set)
 from train import loop
-from train.fsdp import transformer_blocks
+from train.fsdp import start_weights, transformer_blocks
 from train.model import ModelError
 from train.step import Dist
 
@@ -69,6 +69,13 @@ def test_fsdp_refusals_are_one_line_each():
         assert words in str(refused.value) and "\n" not in str(refused.value)
     with pytest.raises(ModelError, match=r"^--fsdp: Sequential has no list of transformer blocks .* without --fsdp$"):
         transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), "--fsdp")
+
+    class Elsewhere(Dist):  # the other process built its model from another folder: one parameter fewer
+        def gather(self, value):
+            return [value, value[1:]]
+
+    with pytest.raises(ModelError, match=r"^--fsdp: the processes built different models from --model; give every "):
+        start_weights(torch.nn.Sequential(torch.nn.Linear(2, 2)), Elsewhere())
 
 
 def test_parallel_fsdp_is_fsdp_and_other_values_are_one_error_line(monkeypatch):
@@ -126,6 +133,50 @@ def test_gradients_are_exchanged_on_the_last_micro_batch_only(shards, tmp_path, 
     ours = backward(spy, run.loss_model, batches, **options)
     assert spy.seen == [False, False, True]
     torch.testing.assert_close(ours, backward(run.loss_model, run.loss_model, batches, **options))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_empty_model_sharded_and_filled_from_rank_0_computes_what_the_loaded_one_does(tmp_path):
+    """What every process but rank 0 does under --fsdp, here in a one-process group: a Llama-shaped model built
+    on the meta device (no weights in memory), sharded, allocated and filled with the loaded model's weights and
+    its rotary frequencies (buffers no state dict holds) holds exactly the loaded model's weights and buffers."""
+    import socket
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.train_helpers import chatml_tokenizer
+    from torch.distributed.tensor import DTensor
+
+    from train.fsdp import shard, spread_weights, start_weights
+    from train.head import LabelLossModel
+    from train.model import empty_model, load_model
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=50000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    options = dict(pad_vocab_to=64, attention="eager")  # resized from 50000 to the tokenizer's 50259, padded
+    loaded, empty = (make(str(tmp_path / "llama"), chatml_tokenizer(), **options) for make in (load_model, empty_model))
+    assert all(p.is_meta for p in empty.parameters()) and empty.config.vocab_size == loaded.config.vocab_size == 50304
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        weights = start_weights(loaded, Dist())
+        expected = {k: v.clone() for k, v in weights["state"].items()}  # the broadcast leaves shards in their place
+        loss_model = LabelLossModel(empty)
+        shard(loss_model, empty, None, torch.device("cpu"))
+        spread_weights(loss_model, empty, weights, torch.device("cpu"))
+        ids = torch.arange(1, 33)[None]
+        inputs = dict(input_ids=ids, position_ids=torch.arange(32)[None], labels=ids)
+        with torch.no_grad():  # the root is the loss model: it gathers the embeddings and the head
+            torch.testing.assert_close(loss_model.eval()(**inputs), LabelLossModel(loaded).eval()(**inputs),
+                                       rtol=1e-5, atol=0)  # the same weights; the gathered head sums in its order
+        gathered = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in empty.state_dict().items()}
+        assert gathered.keys() == expected.keys() and all(torch.equal(gathered[k], expected[k]) for k in expected)
+        buffers = dict(loaded.named_buffers())
+        assert buffers and all(torch.equal(b, buffers[name]) for name, b in empty.named_buffers())
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_transformer_blocks_are_found_by_shape_in_gpt2_and_llama():

@@ -103,6 +103,41 @@ def shard(loss_model, model: torch.nn.Module, autocast_dtype, device: torch.devi
     fully_shard(loss_model, mp_policy=policy)
 
 
+def start_weights(model: torch.nn.Module, dist) -> dict | None:
+    """Rank 0's weights (its model's state dict and unsaved buffers, on the CPU), taken before sharding; None
+    on the other processes, whose model is empty (`train.model.empty_model`). First every process checks that
+    all built the same model: the names, shapes and embedding padding rows of its parameters."""
+    layout = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    layout += [getattr(m, "padding_idx", None) for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    if any(other != layout for other in dist.gather(layout)):
+        raise ModelError("--fsdp: the processes built different models from --model; give every node the same "
+                         "model folder and library versions")
+    return {"state": model.state_dict(), "buffers": _unsaved_buffers(model)} if dist.main else None
+
+
+def _unsaved_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers no state dict holds (Llama's rotary frequencies), in module order."""
+    return [module._buffers[name] for module in model.modules() for name in sorted(module._non_persistent_buffers_set)
+            if module._buffers.get(name) is not None]
+
+
+def spread_weights(loss_model: torch.nn.Module, model: torch.nn.Module, weights: dict | None,
+                   device: torch.device) -> None:
+    """After sharding: the empty models get their shards (allocated on `device`), then every process takes its
+    shards of rank 0's `weights` (broadcast from rank 0), and rank 0's buffers that no state dict holds (Llama's
+    rotary frequencies), in module order. So no process but rank 0 ever holds the whole model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(p.is_meta for p in loss_model.parameters()):
+        loss_model.to_empty(device=device)
+    set_model_state_dict(model, weights["state"] if weights else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for i, buffer in enumerate(_unsaved_buffers(model)):
+        if weights:
+            buffer.copy_(weights["buffers"][i])
+        torch.distributed.broadcast(buffer, src=0)
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 

@@ -97,6 +97,20 @@ def load_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: i
     return model
 
 
+def empty_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: int = 1, seed: int = 0,
+                dropout: float | None = None, attention: str = "sdpa",
+                end_of_turn_token_id: int | None = None) -> PreTrainedModel:
+    """`load_model`'s model without weights, on the meta device (no memory): what every process but rank 0
+    builds under --fsdp; its shards are allocated and filled from rank 0's weights after sharding
+    (`train.fsdp.spread_weights`). `seed`: unused, as no weights are drawn."""
+    config = model_config(name, dropout)
+    config.vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)  # what load_model resizes to
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
+    set_special_tokens(model, tokenizer, end_of_turn_token_id)
+    return model
+
+
 def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        end_of_turn_token_id: int | None = None) -> None:
     """pad/eos/bos ids into the model and generation configs, as TRL's `setup_chat_format` does.
