@@ -4,7 +4,9 @@
 
 `train.setup.build` calls these in this order (torchtitan's and accelerate's): the blocks are
 checkpointed (`checkpoint_blocks`), then each block and then the root are sharded (`shard`), then
-the optimizer is made over the sharded parameters. Under `--fsdp` `last/` is a
+the optimizer is made over the sharded parameters. Only rank 0 loads the weights: the other processes
+build the model on the meta device (`train.model.empty_model`) and receive their shards from rank 0 after
+sharding (`start_weights` / `spread_weights`). Under `--fsdp` `last/` is a
 torch.distributed.checkpoint folder (`save_sharded` / `load_sharded`) that any number of processes
 can resume (DCP reshards); `best/` stays a plain Hugging Face folder gathered by `full_state_dict`.
 With one process `--fsdp` shards nothing (there is nowhere to shard to) but keeps the DCP `last/`.
