@@ -15,7 +15,7 @@ import sys
 import click
 
 from sftcli import click_options, main_errors
-from train.config import PARALLEL, TrainConfig, parallel_option
+from train.config import PARALLEL, TrainConfig, from_command_line
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -23,14 +23,14 @@ from train.config import PARALLEL, TrainConfig, parallel_option
 @click.option("--parallel", metavar="|".join(PARALLEL), default=None,
               help="under torchrun: ddp (the default) or fsdp (the same as --fsdp)")
 @main_errors()
-def main(parallel: str | None, **options) -> None:
+def main(**options) -> None:
     """Train a causal LM on a shard set (see train/__init__.py)."""
     # Imported here: `--help` and option errors stay fast (no torch import).
     from train.config import resume_command
     from train.loop import train
     from train.signals import exit_code
 
-    config = TrainConfig(**{**options, "fsdp": parallel_option(parallel, options["fsdp"])})
+    config = from_command_line(options)
     try:
         summary = train(config)
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the first step): at once, wherever the run was

@@ -164,6 +164,17 @@ def parallel_option(parallel: str | None, fsdp: bool) -> bool:
     return parallel == "fsdp"
 
 
+def from_command_line(options: dict) -> TrainConfig:
+    """The config of `python -m train`'s parsed options: --parallel folded into --fsdp.
+
+    >>> from_command_line({"shards": Path("s"), "fsdp": False, "parallel": "fsdp"}).fsdp
+    True
+    """
+    options = dict(options)
+    parallel = options.pop("parallel", None)
+    return TrainConfig(**{**options, "fsdp": parallel_option(parallel, options.get("fsdp", False))})
+
+
 def launcher() -> str:
     """How this process was started: `python -m train`, or torchrun with this node's processes."""
     world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")
