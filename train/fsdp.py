@@ -28,7 +28,9 @@ DCP_FOLDER = "dcp"  # last/dcp: model and optimizer, one file per rank and DCP's
 EXTRA_STATE = "extra.pt"  # last/extra.pt: scheduler, GradScaler, every rank's RNG (rank 0 writes it)
 # Whether an untied LM head is an FSDP unit of its own (its weight gathered around the label-only head's call)
 # rather than sharded with the root (gathered with the embeddings for the forward). `python -m
-# benchmarks.fsdp_head` measures both; docs/scale.md has its figures. The faster one is the default.
+# benchmarks.fsdp_head` measures both; docs/scale.md has its figures. The faster one is the default; on 2 CPU
+# processes neither was faster beyond the spread of its rounds, so the root keeps it (one collective fewer, and
+# where a tied head must be anyway).
 HEAD_UNIT = False
 
 
