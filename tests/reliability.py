@@ -54,6 +54,10 @@ OTHER_CASES = [
      "tests/test_reliability_train.py::test_sigterm_ends_a_train_process_with_143_and_resume_is_exact"),
     ("SIGTERM to torchrun (2 processes, gloo)", "every process stops after the same step and saves; `--resume` exact",
      "tests/test_train_ddp.py::test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_is_exact"),
+    ("`--fsdp` processes that built different models (another folder on one node)", "refused with one line "
+     "before any weight moves", "tests/test_train_fsdp.py::test_fsdp_refusals_are_one_line_each"),
+    ("a DCP `last/` (`--fsdp`) resumed without `--fsdp`", "refused with one line naming the command with `--fsdp`",
+     "tests/test_train_fsdp.py::test_one_process_fsdp_keeps_the_dcp_format_and_refuses_a_broken_one"),
     ("a second Ctrl-C during a checkpoint save", "stops at once, exit 130, one line; the previous `last/` byte-identical",
      "tests/test_reliability_train.py::test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_last"),
     ("train killed before its first checkpoint, then `--resume`",

@@ -235,6 +235,32 @@ def test_gpu_main_runs_whole_train_commands_and_writes_its_table(tmp_path, monke
         gpu.run_config(tmp_path, work / "run", 1, batch_size=2, model="tiny", attention="flash")
 
 
+def test_gpu_fsdp_configurations_run_train_under_torchrun_on_every_gpu_in_bf16(tmp_path, monkeypatch, records):
+    """`--only fsdp`: each layout one `torchrun --nproc_per_node <GPUs> -m train ... --fsdp --precision bf16`, whose
+    options `python -m train` accepts, with the batch rounded up to a multiple of the GPUs."""
+    from train.__main__ import main as train_main
+
+    given = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(gpu.common, "sample_records", lambda: records)
+    monkeypatch.setattr(gpu.common, "machine", lambda: {"cuda": "none: a test"})
+    monkeypatch.setattr(gpu, "run_config", lambda shards, out, steps, **options: given.append(options) or dict.fromkeys(
+        (*gpu.TIMED, *gpu.PEAKS), 1.0))
+    outcome = CliRunner().invoke(gpu.main, ["--only", "fsdp", "--copies", "1", "--work", str(tmp_path / "w"),
+                                            "--out", str(tmp_path / "r.json")])
+    assert outcome.exit_code == 0, outcome.output
+    assert given == [dict(attention="flash", compile=False, flatten=False, fsdp=3, precision="bf16")] * 3
+    assert "`concat_over_padding_flash_fsdp`" in outcome.output
+    command = gpu.train_command(tmp_path, tmp_path / "run", 5, batch_size=gpu.BATCH_SIZE, model=gpu.MODEL,
+                                **given[0])
+    at = command.index("train")
+    assert command[1:at + 1] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", "-m", "train"]
+    params = train_main.make_context("train", command[at + 1:]).params  # parsed as `python -m train` parses it
+    assert params["fsdp"] is True and params["precision"] == "bf16" and params["batch_size"] == 18
+    assert params["max_steps"] == 10 and params["attention"] == "flash" and not params["compile"]
+
+
 def test_gpu_without_cuda_says_so_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     outcome = CliRunner().invoke(gpu.main, [])
@@ -339,7 +365,8 @@ def test_kernels_step_variant_reports_time_and_memory(small_shards, variant):
 
 
 def test_gpu_matrix_runs_the_whole_matrix_or_the_named_part():
-    assert len(gpu.matrix()) == 3 * 4 * 2 * 2 and len({cell[0] for cell in gpu.matrix()}) == 48
+    assert len(gpu.matrix()) == 3 * 4 * 2 * 2 + 3 and len({cell[0] for cell in gpu.matrix()}) == 51
     picked = gpu.matrix("varlen, sdpa")
-    assert len(picked) == 3 * 2 * 2 * 2 and {attention for _, _, attention, _, _ in picked} == {"sdpa", "varlen"}
+    assert len(picked) == 3 * 2 * 2 * 2 and {cell[2] for cell in picked} == {"sdpa", "varlen"}
+    assert not any(cell[5] for cell in picked)
     assert [cell[0] for cell in gpu.matrix("concat_flex_compile_flatten")] == ["concat_flex_compile_flatten"]

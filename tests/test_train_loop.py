@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tests.train_helpers import (cli_args, one_thread, read_metrics, reference, shards, single_thread,  # noqa: F401
                                  subprocess_env, tiny_config, write_shard_set)
 from train.__main__ import main
-from train.config import TrainConfig
+from train.config import TrainConfig, from_command_line
 from train.data import RowOrder
 from train.logs import SUMMARY_KEYS, TRAIN_KEYS, VAL_KEYS
 from train import head, loop, setup
@@ -215,7 +215,7 @@ def named_command(stderr: str) -> TrainConfig:
 
     words = shlex.split(stderr.split("continue it with: ")[1].split(";")[0])
     assert words[:3] == ["python", "-m", "train"]
-    return TrainConfig(**main.make_context("train", words[3:]).params)
+    return from_command_line(main.make_context("train", words[3:]).params)
 
 
 def test_a_run_folder_is_not_reused_by_accident(reference):

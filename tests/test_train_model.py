@@ -29,6 +29,17 @@ def test_a_saved_model_folder_loads_and_is_resized(tmp_path):
     assert vocab_rows(model) == VOCAB and model.config.resid_pdrop == 0.0
 
 
+def test_dropout_overrides_the_probabilities_a_llama_has(tmp_path):
+    """--dropout on a model without GPT-2's *_pdrop keys sets the ones it has (Llama: attention_dropout)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, attention_dropout=0.1)).save_pretrained(tmp_path / "m")
+    assert load_model(str(tmp_path / "m"), chatml_tokenizer()).config.attention_dropout == 0.1
+    model = load_model(str(tmp_path / "m"), chatml_tokenizer(), dropout=0.0)
+    assert model.config.attention_dropout == 0.0 and not hasattr(model.config, "resid_pdrop")
+
+
 def test_tiny_untied_has_its_own_output_embedding_through_a_checkpoint(tmp_path):
     """The demo's shape: the LM head is a parameter of its own (in `tiny` it is the input embedding),
     and stays so through save_pretrained and loading, as lm-eval and `train.generate` load it."""

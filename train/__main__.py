@@ -15,11 +15,13 @@ import sys
 import click
 
 from sftcli import click_options, main_errors
-from train.config import TrainConfig
+from train.config import PARALLEL, TrainConfig, from_command_line
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click_options(TrainConfig)
+@click.option("--parallel", metavar="|".join(PARALLEL), default=None,
+              help="under torchrun: ddp (the default) or fsdp (the same as --fsdp)")
 @main_errors()
 def main(**options) -> None:
     """Train a causal LM on a shard set (see train/__init__.py)."""
@@ -28,7 +30,7 @@ def main(**options) -> None:
     from train.loop import train
     from train.signals import exit_code
 
-    config = TrainConfig(**options)
+    config = from_command_line(options)
     try:
         summary = train(config)
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the first step): at once, wherever the run was

@@ -142,6 +142,39 @@ class TrainConfig:
         ]
 
 
+PARALLEL = ("ddp", "fsdp")  # --parallel's values: how several processes share the training
+
+
+def parallel_option(parallel: str | None, fsdp: bool) -> bool:
+    """--parallel ddp|fsdp, another spelling of --fsdp: whether to shard (DDP is the default under torchrun).
+
+    >>> parallel_option("fsdp", False), parallel_option("ddp", False), parallel_option(None, True)
+    (True, False, True)
+    >>> parallel_option("tp", False)
+    Traceback (most recent call last):
+    ...
+    sftcli.ConfigError: --parallel: must be ddp or fsdp, got 'tp'
+    """
+    if parallel is None:
+        return fsdp
+    if parallel not in PARALLEL:
+        raise ConfigError(f"--parallel: must be {' or '.join(PARALLEL)}, got {parallel!r}")
+    if fsdp and parallel != "fsdp":
+        raise ConfigError(f"--parallel {parallel} contradicts --fsdp; give one of them")
+    return parallel == "fsdp"
+
+
+def from_command_line(options: dict) -> TrainConfig:
+    """The config of `python -m train`'s parsed options: --parallel folded into --fsdp.
+
+    >>> from_command_line({"shards": Path("s"), "fsdp": False, "parallel": "fsdp"}).fsdp
+    True
+    """
+    options = dict(options)
+    parallel = options.pop("parallel", None)
+    return TrainConfig(**{**options, "fsdp": parallel_option(parallel, options.get("fsdp", False))})
+
+
 def launcher() -> str:
     """How this process was started: `python -m train`, or torchrun with this node's processes."""
     world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE")

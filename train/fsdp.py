@@ -4,7 +4,9 @@
 
 `train.setup.build` calls these in this order (torchtitan's and accelerate's): the blocks are
 checkpointed (`checkpoint_blocks`), then each block and then the root are sharded (`shard`), then
-the optimizer is made over the sharded parameters. Under `--fsdp` `last/` is a
+the optimizer is made over the sharded parameters. Only rank 0 loads the weights: the other processes
+build the model on the meta device (`train.model.empty_model`) and receive their shards from rank 0 after
+sharding (`start_weights` / `spread_weights`). Under `--fsdp` `last/` is a
 torch.distributed.checkpoint folder (`save_sharded` / `load_sharded`) that any number of processes
 can resume (DCP reshards); `best/` stays a plain Hugging Face folder gathered by `full_state_dict`.
 With one process `--fsdp` shards nothing (there is nowhere to shard to) but keeps the DCP `last/`.
@@ -24,6 +26,12 @@ from train.model import ModelError
 
 DCP_FOLDER = "dcp"  # last/dcp: model and optimizer, one file per rank and DCP's .metadata
 EXTRA_STATE = "extra.pt"  # last/extra.pt: scheduler, GradScaler, every rank's RNG (rank 0 writes it)
+# Whether an untied LM head is an FSDP unit of its own (its weight gathered around the label-only head's call)
+# rather than sharded with the root (gathered with the embeddings for the forward). `python -m
+# benchmarks.fsdp_head` measures both; docs/scale.md has its figures. The faster one is the default; on 2 CPU
+# processes neither was faster beyond the spread of its rounds, so the root keeps it (one collective fewer, and
+# where a tied head must be anyway).
+HEAD_UNIT = False
 
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
@@ -76,20 +84,62 @@ def fsdp_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def shard(loss_model: torch.nn.Module, model: torch.nn.Module, autocast_dtype, device: torch.device) -> None:
+def shard(loss_model, model: torch.nn.Module, autocast_dtype, device: torch.device) -> None:
     """fully_shard every block, then the root (`loss_model`: embeddings, final norm and the LM head go with
-    it, so the label-only head reads the head weight the root gathered for its forward).
+    it, so the label-only head reads the head weight the root gathered for its forward). With `HEAD_UNIT` an
+    untied head is an FSDP unit of its own instead, gathered around the label-only head's call.
 
     On CUDA under bf16 the parameters are gathered in bf16 and gradients reduced in fp32; otherwise fp32.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     bf16 = device.type == "cuda" and autocast_dtype == torch.bfloat16
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
     for block in transformer_blocks(model, "--fsdp"):
         fully_shard(block, mp_policy=policy)
+    head = model.get_output_embeddings()
+    if HEAD_UNIT and head.weight is not model.get_input_embeddings().weight:  # a tied head is the embedding
+        head.label_head = loss_model.label_head  # the head's call becomes a forward of the head's unit
+        fully_shard(head, mp_policy=policy, reshard_after_forward=False)  # its backward needs no weight
+        register_fsdp_forward_method(head, "label_head")
+        loss_model.label_head = head.label_head
     fully_shard(loss_model, mp_policy=policy)
+
+
+def start_weights(model: torch.nn.Module, dist) -> dict | None:
+    """Rank 0's weights (its model's state dict and unsaved buffers, on the CPU), taken before sharding; None
+    on the other processes, whose model is empty (`train.model.empty_model`). First every process checks that
+    all built the same model: the names, shapes and embedding padding rows of its parameters."""
+    layout = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    layout += [getattr(m, "padding_idx", None) for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    if any(other != layout for other in dist.gather(layout)):
+        raise ModelError("--fsdp: the processes built different models from --model; give every node the same "
+                         "model folder and library versions")
+    return {"state": model.state_dict(), "buffers": _unsaved_buffers(model)} if dist.main else None
+
+
+def _unsaved_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers no state dict holds (Llama's rotary frequencies), in module order."""
+    return [module._buffers[name] for module in model.modules() for name in sorted(module._non_persistent_buffers_set)
+            if module._buffers.get(name) is not None]
+
+
+def spread_weights(loss_model: torch.nn.Module, model: torch.nn.Module, weights: dict | None,
+                   device: torch.device) -> None:
+    """After sharding: the empty models get their shards (allocated on `device`), then every process takes its
+    shards of rank 0's `weights` (broadcast from rank 0), and rank 0's buffers that no state dict holds (Llama's
+    rotary frequencies), in module order. So no process but rank 0 ever holds the whole model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(p.is_meta for p in loss_model.parameters()):
+        loss_model.to_empty(device=device)
+    set_model_state_dict(model, weights["state"] if weights else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for i, buffer in enumerate(_unsaved_buffers(model)):
+        if weights:
+            buffer.copy_(weights["buffers"][i])
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -161,4 +161,9 @@ class LabelLossModel(torch.nn.Module):
         with varlen_batch(varlen_index):  # not a model input: see train/attention.py
             hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                    **extra).last_hidden_state
-        return head_loss(*labelled(hidden, labels), self.model.get_output_embeddings().weight)
+        return self.label_head(*labelled(hidden, labels))
+
+    def label_head(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed loss of the labelled positions through the LM head's weight (under --fsdp with the head an
+        FSDP unit of its own, train/fsdp.py makes this call gather that unit's weight)."""
+        return head_loss(hidden, targets, self.model.get_output_embeddings().weight)

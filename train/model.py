@@ -66,9 +66,13 @@ def model_config(name: str, dropout: float | None = None) -> PretrainedConfig:
     if name in NAMED_CONFIGS:
         return GPT2Config(**NAMED_CONFIGS[name], **_overrides(dropout))
     try:
-        return AutoConfig.from_pretrained(name, **_overrides(dropout))
+        config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise _cannot_load(name, e) from None
+    for key, value in config.to_dict().items():  # GPT-2's *_pdrop, Llama's attention_dropout, ...: what it has
+        if dropout is not None and key.endswith(("pdrop", "dropout")) and type(value) in (int, float):
+            setattr(config, key, dropout)
+    return config
 
 
 def load_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: int = 1, seed: int = 0,
@@ -84,11 +88,25 @@ def load_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: i
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, attn_implementation=attention,
-                                                         **_overrides(dropout))
+                                                         config=model_config(name, dropout))
         except (OSError, ValueError) as e:
             raise _cannot_load(name, e) from None
         if model.get_input_embeddings().num_embeddings != vocab_size:
             model.resize_token_embeddings(vocab_size)
+    set_special_tokens(model, tokenizer, end_of_turn_token_id)
+    return model
+
+
+def empty_model(name: str, tokenizer: PreTrainedTokenizerBase, *, pad_vocab_to: int = 1, seed: int = 0,
+                dropout: float | None = None, attention: str = "sdpa",
+                end_of_turn_token_id: int | None = None) -> PreTrainedModel:
+    """`load_model`'s model without weights, on the meta device (no memory): what every process but rank 0
+    builds under --fsdp; its shards are allocated and filled from rank 0's weights after sharding
+    (`train.fsdp.spread_weights`). `seed`: unused, as no weights are drawn."""
+    config = model_config(name, dropout)
+    config.vocab_size = padded_vocab_size(len(tokenizer), pad_vocab_to)  # what load_model resizes to
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
     set_special_tokens(model, tokenizer, end_of_turn_token_id)
     return model
 

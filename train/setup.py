@@ -25,11 +25,12 @@ from train.attention import AttentionPlan, attention_dropout, register_attention
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import RowOrder, check_same_shards, check_shards, rank_share
-from train.fsdp import checkpoint_blocks, fsdp_precision, is_sharded_checkpoint, shard
+from train.fsdp import (checkpoint_blocks, fsdp_precision, is_sharded_checkpoint, shard, spread_weights,
+                        start_weights)
 from train.flops import attended_squares, datasheet_peak_flops, measured_peak_flops, parameter_counts, step_flops
 from train.head import LabelLossModel
 from train.logs import Progress
-from train.model import load_model, max_positions, model_config, vocab_rows
+from train.model import empty_model, load_model, max_positions, model_config, vocab_rows
 from train.step import (COMPILE_WIDTH_MULTIPLE, Dist, backward, get_batch, make_optimizer, resolve_precision,
                         update)
 
@@ -129,7 +130,8 @@ def build(config: TrainConfig, dist: Dist, device: torch.device | None = None) -
     if config.batch_size % dist.world_size or train_split.num_rows < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} "
                           f"processes and at most the {train_split.num_rows} train rows")
-    model.to(device)
+    if not (config.fsdp and dist.world_size > 1):  # sharding moves each unit's shards to the device itself
+        model.to(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls on tensor cores
     loss_model, ddp = _wrap(model, config, dist, device, autocast_dtype)
@@ -167,7 +169,9 @@ def _wrap(model, config: TrainConfig, dist: Dist, device: torch.device, autocast
     if dist.world_size == 1:
         return loss_model, loss_model
     if config.fsdp:
+        weights = start_weights(model, dist)
         shard(loss_model, model, autocast_dtype, device)
+        spread_weights(loss_model, model, weights, device)
         return loss_model, loss_model
     return loss_model, torch.nn.parallel.DistributedDataParallel(
         loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
@@ -179,8 +183,10 @@ def _open_shards_and_model(config: TrainConfig, dist: Dist, name: str, attention
     check_same_shards(shard_set, dist.rank, dist.world_size)
     manifest = shard_set.manifest
     tokenizer = AutoTokenizer.from_pretrained(str(shard_set.tokenizer_dir))
-    model = load_model(name, tokenizer, pad_vocab_to=config.pad_vocab_to, seed=config.seed, dropout=config.dropout,
-                       attention=attention.implementation, end_of_turn_token_id=manifest.end_of_turn_token_id)
+    empty = config.fsdp and dist.world_size > 1 and not dist.main  # rank 0's weights arrive after sharding
+    model = (empty_model if empty else load_model)(
+        name, tokenizer, pad_vocab_to=config.pad_vocab_to, seed=config.seed, dropout=config.dropout,
+        attention=attention.implementation, end_of_turn_token_id=manifest.end_of_turn_token_id)
     check_shards(shard_set, vocab_rows(model))
     width_multiple = COMPILE_WIDTH_MULTIPLE if config.compile else 1
     padded_length = -(-manifest.max_length // width_multiple) * width_multiple

@@ -119,21 +119,33 @@ def backward(ddp, model, batches: list, *, loss_scale: float, autocast, scaler) 
     """Forward and backward over one optimizer step's micro-batches; returns their summed token loss.
 
     Each micro-batch's summed loss is multiplied by `loss_scale` (1 / the step's supervised
-    tokens), so the gradients are of the token-weighted mean over the whole step. DDP
-    all-reduces once, on the last micro-batch. `model` is the `LabelLossModel` (`ddp` its
-    DDP wrapper, or itself); a plain Hugging Face model is wrapped here.
+    tokens), so the gradients are of the token-weighted mean over the whole step. The
+    processes exchange gradients once, on the last micro-batch (`gradient_sync`). `model` is
+    the `LabelLossModel` (`ddp` its DDP wrapper, or itself, sharded or not); a plain Hugging
+    Face model is wrapped here.
     """
     if not isinstance(model, LabelLossModel):
         ddp = model = LabelLossModel(model)
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
     for micro, (inputs, _) in enumerate(batches):
-        last_micro = micro == len(batches) - 1
-        with nullcontext() if last_micro or ddp is model else ddp.no_sync():
+        with gradient_sync(ddp, micro == len(batches) - 1):
             with autocast():
                 micro_loss = ddp(**inputs)
             scaler.scale(micro_loss * loss_scale).backward()
         loss_sum += micro_loss.detach()
     return loss_sum
+
+
+def gradient_sync(ddp, sync: bool):
+    """The context of one micro-batch's forward and backward: gradients are exchanged between the processes
+    only when `sync` (the step's last micro-batch); before, each process accumulates its own. DDP: its
+    `no_sync()`. FSDP2 (`fully_shard`): `set_requires_gradient_sync`, which skips the reduce-scatter and keeps
+    the unsharded gradients until the last micro-batch reduces their sum (more memory, less traffic).
+    One process: nothing to exchange."""
+    if hasattr(ddp, "set_requires_gradient_sync"):
+        ddp.set_requires_gradient_sync(sync)
+        return nullcontext()
+    return ddp.no_sync() if not sync and hasattr(ddp, "no_sync") else nullcontext()
 
 
 def parameter_groups(model, weight_decay: float, decay_all: bool = False) -> list[dict]:
