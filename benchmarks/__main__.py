@@ -95,7 +95,8 @@ def run_all(s: Settings, log=print) -> dict:
             data(scale.copies), data(2 * scale.copies), data(1), work, max_length=MAX_LENGTH, repeats=scale.repeats,
             with_trl=with_trl, llama3=llama3)),
         "prep_scale": (prep_scale.scaling_figures, lambda: prep_scale.measure_scaling(
-            data(scale.scaling_times * scale.copies), data(1), work, max_length=MAX_LENGTH, repeats=scale.repeats)),
+            data(scale.scaling_times * scale.copies), data(1), work, max_length=MAX_LENGTH, repeats=scale.repeats,
+            what=f"the benchmark data x{scale.scaling_times}")),
         "prep_memory": (prep_scale.memory_figures, lambda: prep_scale.measure_memory(
             records, scale.memory_records, work, max_length=MAX_LENGTH)),
         "packing": (packing.figures, lambda: packing.run(  # prep's own sample lengths

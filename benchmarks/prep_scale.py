@@ -51,9 +51,10 @@ def prep_command(data: Path, out: Path, workers: int, max_length: int, extra=())
 
 
 def measure_scaling(data: Path, warmup: Path, work: Path, *, max_length: int, repeats: int,
-                    help_text: str | None = None) -> dict:
-    """Seconds of each configuration over `data` in `repeats` rounds, records read per second, and the paired
-    ratios; checks that every configuration wrote the same shard set (the manifests' fingerprints)."""
+                    help_text: str | None = None, what: str = "the benchmark data x4") -> dict:
+    """Seconds of each configuration over `data` (`what` it is, for the notes) in `repeats` rounds, records read
+    per second, and the paired ratios; checks that every configuration wrote the same shard set (the manifests'
+    fingerprints). `help_text`: prep's --help (default: this checkout's), which says whether it has --engine."""
     from shards.manifest import read_manifest
 
     cores = sorted(os.sched_getaffinity(0))
@@ -77,13 +78,25 @@ def measure_scaling(data: Path, warmup: Path, work: Path, *, max_length: int, re
     seconds = {name: [r["seconds"] for r in runs] for name, runs in done.items()}
     manifests = {name: read_manifest(folder(name)) for name in configs}
     records = manifests["w1"].stats.records_read
-    return {"records": records, "cores": len(cores), "pinned_core": cores[0], "at_cores": at_cores,
+    return {"records": records, "data": what, "cores": len(cores), "pinned_core": cores[0], "at_cores": at_cores,
             "repeats": repeats, "seconds": seconds, "load_average": load, "ray_args": ray, "ray_not_run": why,
-            "rows_per_second": {name: records / median(s) for name, s in seconds.items()},
-            "scaling_2": paired_ratio(seconds["w1"], seconds["w2"]),
-            "ray_over_workers": paired_ratio(seconds["ray"], seconds[at_cores]) if ray else None,
+            "ray_address": os.environ.get("RAY_ADDRESS"),
+            **rates(seconds, records, at_cores),
             "checks": {f"{name}_same_shards_as_w1": manifests[name].fingerprint() == manifests["w1"].fingerprint()
                        for name in configs if name != "w1"}}
+
+
+def rates(seconds: dict[str, list[float]], records: int, at_cores: str) -> dict:
+    """Each configuration's records read per second (over its median seconds); `prep_scaling_2`, w1's seconds
+    over w2's, and `ray_over_workers`, Ray's over those of --workers at the cores (`at_cores`), round by round.
+
+    >>> r = rates({"w1": [4.0, 6.0], "w2": [2.0, 2.0]}, 100, "w2")
+    >>> r["rows_per_second"], r["scaling_2"]["median"], r["ray_over_workers"]
+    ({'w1': 20.0, 'w2': 50.0}, 2.5, None)
+    """
+    return {"rows_per_second": {name: records / median(s) for name, s in seconds.items()},
+            "scaling_2": paired_ratio(seconds["w1"], seconds["w2"]),
+            "ray_over_workers": paired_ratio(seconds["ray"], seconds[at_cores]) if "ray" in seconds else None}
 
 
 def numbered_records(folder: Path, records: list[dict], count: int) -> Path:
@@ -134,16 +147,17 @@ def scaling_figures(p: dict) -> list[dict]:
            "w2": "--workers 2, not pinned"}
     seconds = {name: ", ".join(f"{s:.3g}" for s in p["seconds"][name]) for name in SCALING}
     found = [f("prep", f"prep_rows_per_second_{name}", p["rows_per_second"][name], "rows/s",
-               note=f"python -m prep {how[name]} --mode concat, {p['repeats']} whole processes over the benchmark data "
-                    f"x4 ({n} records): records read / the median of {seconds[name]} s")
+               note=f"python -m prep {how[name]} --mode concat, {p['repeats']} whole processes over {p['data']} "
+                    f"({n} records): records read / the median of {seconds[name]} s")
              for name in SCALING]
     found.append(f("prep", "prep_scaling_2", p["scaling_2"]["median"], goal=(">=", 1.7),
                    note=f"w2 / w1 rows per second, {_spread(p['scaling_2'])}, on {p['cores']} cores; {load} "
-                        "(the goal holds on 2 idle cores)"))
+                        "(the goal is for 2 idle cores)"))
     ray = p["ray_over_workers"]
     note = (f"not run: {p['ray_not_run']}" if ray is None else
             f"python -m prep {' '.join(p['ray_args'])} --workers {p['cores']} over --workers {p['cores']}, seconds, "
-            f"{_spread(ray)}; Ray starts locally inside each process, its start-up counted")
+            f"{_spread(ray)}; " + (f"Ray joins RAY_ADDRESS={p['ray_address']}" if p.get("ray_address") else
+                                   "Ray starts locally inside each process, its start-up counted"))
     found.append(f("prep", "ray_over_workers", None if ray is None else ray["median"], goal=("<=", 1.5), note=note))
     return found + [{**report.checks("prep", p["checks"]), "name": "same_shards_for_every_configuration"}]
 

@@ -307,7 +307,7 @@ def test_quick_run_writes_results_and_the_table(tmp_path):
     assert "| training | `concat_over_padding` |" in outcome.output
 
 
-@pytest.mark.parametrize("module", [common, report, gpu, training, kernels, packing])
+@pytest.mark.parametrize("module", [common, report, gpu, training, kernels, packing, prep_scale])
 def test_docstring_examples(module):
     """`make test` collects doctests from prep/, shards/ and train/ only: run the benchmarks' here."""
     import doctest
@@ -424,12 +424,11 @@ def test_scaling_section_pins_one_worker_and_compares_paired_rounds(tmp_path, re
 
 def test_scaling_figures_from_literal_rounds():
     """w1 took 4, 6, 2 s and w2 2, 2, 2 s: ratios 2, 3, 1, median 2 (>= 1.7); Ray 3, 3, 3 s over w2: 1.5."""
-    p = {"records": 1000, "cores": 2, "pinned_core": 0, "at_cores": "w2", "repeats": 3, "load_average": [[0.1], [0.2]],
+    p = {"records": 1000, "data": "some data", "cores": 2, "pinned_core": 0, "at_cores": "w2", "repeats": 3,
+         "load_average": [[0.1], [0.2]],
          "seconds": {"w1": [4.0, 6.0, 2.0], "w2": [2.0, 2.0, 2.0], "ray": [3.0, 3.0, 3.0]}, "ray_not_run": None,
          "ray_args": ["--engine", "ray"], "checks": {"w2_same_shards_as_w1": True, "ray_same_shards_as_w1": False}}
-    p.update(rows_per_second={name: 1000 / common.median(s) for name, s in p["seconds"].items()},
-             scaling_2=common.paired_ratio(p["seconds"]["w1"], p["seconds"]["w2"]),
-             ray_over_workers=common.paired_ratio(p["seconds"]["ray"], p["seconds"]["w2"]))
+    p.update(prep_scale.rates(p["seconds"], 1000, "w2"))
     found = {f["name"]: f for f in prep_scale.scaling_figures(p)}
     assert (found["prep_scaling_2"]["value"], found["prep_scaling_2"]["passed"]) == (2.0, True)
     assert found["prep_rows_per_second_w1"]["value"] == 250 and found["prep_rows_per_second_w2"]["value"] == 500
