@@ -166,7 +166,8 @@ def memory_figures(p: dict) -> list[dict]:
     f = report.figure
     what = (f"python -m prep --workers {p['workers']} --mode concat --max-length {p['max_length']} on {p['records']:,} "
             f"synthetic records (the sample's, instructions numbered), {p['seconds']:.0f} s; summed over the driver "
-            f"and all its descendants (/proc/PID/status), polled every {p['interval']} s")
+            f"and all its descendants (/proc/PID/status), polled every {p['interval']} s; load average "
+            f"{p['load_average'][0]} at the start, {p['load_average'][1]} at the end")
     return [f("prep", "prep_peak_anon_mib_2m", p["peak_anon_mib"], "MiB", goal=("<", 1024),
               note=f"peak RssAnon of the process tree: {what}"),
             f("prep", "prep_peak_rss_mib_2m", p["peak_rss_mib"], "MiB",
