@@ -18,7 +18,7 @@ from benchmarks import common
 from sftcli import check_config, click_options, main_errors, opt
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("prep", "packing", "loading", "training", "kernels")
+SECTIONS = ("prep", "prep_scale", "prep_memory", "packing", "loading", "training", "kernels")
 MAX_LENGTH = 256  # of the prep, loading-memory and training sections (kernels: 1024)
 
 
@@ -29,6 +29,8 @@ class Scale:
     repeats: int = 3  # interleaved rounds of each slow measurement
     model_steps: int = 8  # gpt2-124m's timed training steps per layout, one a round: ~8 s each, ±10% apart
     copies: int = 52  # the embedded sample (999 records) repeated for prep and packing: 51,948 rows
+    scaling_times: int = 4  # prep's scaling on every core: the prep data this many times over (207,792 rows)
+    memory_records: int = 2_000_000  # synthetic records of prep's memory run (numbered, all different)
     records: int | None = None  # records of the embedded sample used (None: all)
     toy_steps: int = 6  # timed training steps per layout of the tiny model
     batch_size: int = 16  # rows per batch of loading and of the tiny model's training
@@ -37,8 +39,8 @@ class Scale:
     model: str = "gpt2-124m"  # the model users train (training and kernels; training also times the tiny toy)
 
 
-QUICK = Scale(repeats=1, model_steps=1, copies=2, records=120, toy_steps=1, batch_size=2, synthetic_count=20_000,
-              shard_mb=(1, 4), model="tiny")
+QUICK = Scale(repeats=1, model_steps=1, copies=2, memory_records=5_000, records=120, toy_steps=1,
+              batch_size=2, synthetic_count=20_000, shard_mb=(1, 4), model="tiny")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Settings:
 
 def run_all(s: Settings, log=print) -> dict:
     """Run the chosen sections; return (and write to s.out) the results."""
-    from benchmarks import kernels, loading, packing, prep_floor, prep_speed, training
+    from benchmarks import kernels, loading, packing, prep_floor, prep_scale, prep_speed, training
 
     scale, work = s.scale, Path(s.work)
     results, records = common.new_results(s, scale), common.sample_records(scale.records)
@@ -88,24 +90,31 @@ def run_all(s: Settings, log=print) -> dict:
     if why:
         results["skipped"]["prep_llama3_over_gpt2"] = why
     by_mode = lambda modes, max_length: {m: shards(m, max_length) for m in modes}  # noqa: E731
-    run = {  # each section: (its module, the call that measures it)
-        "prep": (prep_speed, lambda: prep_speed.measure(data(scale.copies), data(2 * scale.copies), data(1), work,
-                                                        max_length=MAX_LENGTH, repeats=scale.repeats,
-                                                        with_trl=with_trl, llama3=llama3)),
-        "packing": (packing, lambda: packing.run(prep_floor.sample_lengths(data(scale.copies)),  # prep's lengths
-                                                 synthetic_count=scale.synthetic_count)),
-        "loading": (loading, lambda: loading.measure({L: shards("concat", L) for L in packing.MAX_LENGTHS},
-                                                     work / "shards", scale.batch_size, scale.shard_mb, scale.repeats)),
-        "training": (training, lambda: {
+    run = {  # each section: (its figures from its result, the call that measures it)
+        "prep": (prep_speed.figures, lambda: prep_speed.measure(
+            data(scale.copies), data(2 * scale.copies), data(1), work, max_length=MAX_LENGTH, repeats=scale.repeats,
+            with_trl=with_trl, llama3=llama3)),
+        "prep_scale": (prep_scale.scaling_figures, lambda: prep_scale.measure_scaling(
+            data(scale.scaling_times * scale.copies), data(1), work, max_length=MAX_LENGTH, repeats=scale.repeats,
+            what=f"the benchmark data x{scale.scaling_times}")),
+        "prep_memory": (prep_scale.memory_figures, lambda: prep_scale.measure_memory(
+            records, scale.memory_records, work, max_length=MAX_LENGTH)),
+        "packing": (packing.figures, lambda: packing.run(  # prep's own sample lengths
+            prep_floor.sample_lengths(data(scale.copies)), synthetic_count=scale.synthetic_count)),
+        "loading": (loading.figures, lambda: loading.measure(
+            {L: shards("concat", L) for L in packing.MAX_LENGTHS}, work / "shards", scale.batch_size, scale.shard_mb,
+            scale.repeats)),
+        "training": (training.figures, lambda: {
             "model": training.measure(by_mode(training.MODES, MAX_LENGTH), 4, scale.model_steps, model=scale.model),
             "toy": training.measure(by_mode(training.MODES, MAX_LENGTH), scale.batch_size, scale.toy_steps)}),
-        "kernels": (kernels, lambda: kernels.measure(by_mode(("padding", "concat"), 1024), scale.model, scale.repeats)),
+        "kernels": (kernels.figures, lambda: kernels.measure(by_mode(("padding", "concat"), 1024), scale.model,
+                                                             scale.repeats)),
     }
     for name in (name for name in SECTIONS if name in s.section_list):
         log(f"{name} ...")
-        module, measure = run[name]
+        figures, measure = run[name]
         results["sections"][name] = measure()
-        results["figures"] += module.figures(results["sections"][name])
+        results["figures"] += figures(results["sections"][name])
     return common.write_results(results, Path(s.out))
 
 

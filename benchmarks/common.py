@@ -1,5 +1,6 @@
-"""What every section shares: inputs, one timer (`clock` + `rounds`), one memory probe (`proc_memory`, read
-in a process or polled from outside by `run_process`), one training set-up (`Setup`), the results record.
+"""What every section shares: inputs, one timer (`clock` + `rounds`, paired ratios of rounds), one memory probe
+(`proc_memory`, read in a process or polled from outside by `run_process`; `tree_memory` sums it over a process
+and its descendants), one training set-up (`Setup`), the results record.
 
     python -m benchmarks.common MODULE:FUNCTION '{"keyword": ...}'   # `in_process`'s child: prints its JSON
 """
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONED = ("torch", "transformers", "tokenizers", "pyarrow", "numpy", "datasets", "trl", "accelerate", "tiktoken")
@@ -52,6 +55,17 @@ def build_shards(data: Path, out: Path, mode: str, max_length: int) -> Path:
 
 def median(values) -> float:
     return float(statistics.median(list(values)))
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """The median of the rounds' own ratios and their interquartile range (numpy's linear quantiles).
+
+    >>> paired_ratio([2.0, 3.0, 6.0, 4.0], [1.0, 2.0, 2.0, 1.0])
+    {'median': 2.5, 'q1': 1.875, 'q3': 3.25, 'rounds': [2.0, 1.5, 3.0, 4.0]}
+    """
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"median": median(ratios), "q1": float(q1), "q3": float(q3), "rounds": ratios}
 
 
 def clock(function, *args, **kwargs) -> tuple[float, object]:
@@ -94,24 +108,64 @@ def proc_memory(pid: int | str = "self") -> dict:
     return found
 
 
-def run_process(command: list[str], interval: float = 0.02) -> dict:
-    """Run `command` from the repository root: its wall seconds, its peak anonymous memory (polled), and its
-    stdout. A failed command raises with its last lines of stderr."""
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants (children, their children...), from each process's parent in /proc/PID/stat.
 
-    def watch(out, err) -> tuple[int, int]:  # exit code, peak anonymous bytes
-        process, peak_anon = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), 0
+    >>> tree_pids(os.getpid())[0] == os.getpid()
+    True
+    """
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the fields after the name (which may hold spaces): state, then the parent's pid
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):  # it has just exited
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, index = [root], 0
+    while index < len(found):
+        found += parents.get(found[index], [])
+        index += 1
+    return found
+
+
+def tree_memory(root: int) -> dict:
+    """`proc_memory`'s current resident and anonymous resident bytes, summed over `root` and its descendants
+    at one instant (a peak of these sums is the tree's peak; the sum of each process's peak would overstate it)."""
+    sums = {"rss_bytes": 0, "rss_anon_bytes": 0}
+    for pid in tree_pids(root):
+        memory = proc_memory(pid)
+        for key in sums:
+            sums[key] += memory[key] or 0
+    return sums
+
+
+def run_process(command: list[str], interval: float = 0.02, *, tree: bool = False,
+                cpus: set[int] | None = None) -> dict:
+    """Run `command` from the repository root: its wall seconds, its peak anonymous and resident memory
+    (polled every `interval` seconds; `tree`: summed over the process and its descendants, `tree_memory`),
+    and its stdout. `cpus`: the only cores it may run on (its affinity, set before it starts; its children
+    inherit it). A failed command raises with its last lines of stderr."""
+    probe = tree_memory if tree else proc_memory
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+    def watch(out, err) -> tuple[int, dict]:  # exit code, peak bytes
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True, preexec_fn=pin)
+        peak = {"rss_anon_bytes": 0, "rss_bytes": 0}
         while process.poll() is None:
-            peak_anon = max(peak_anon, proc_memory(process.pid)["rss_anon_bytes"] or 0)
+            now = probe(process.pid)
+            peak = {key: max(value, now[key] or 0) for key, value in peak.items()}
             time.sleep(interval)
-        return process.returncode, peak_anon
+        return process.returncode, peak
 
     # Files, not pipes: a child that prints more than a pipe holds would block while we poll.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        seconds, (code, peak_anon) = clock(watch, out, err)
+        seconds, (code, peak) = clock(watch, out, err)
         out.seek(0), err.seek(0)
         if code != 0:
             raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{err.read().strip()[-2000:]}")
-        return {"seconds": seconds, "peak_anon_bytes": peak_anon, "stdout": out.read()}
+        return {"seconds": seconds, "peak_anon_bytes": peak["rss_anon_bytes"], "peak_rss_bytes": peak["rss_bytes"],
+                "stdout": out.read()}
 
 
 def python_module(module: str, *args) -> list[str]:

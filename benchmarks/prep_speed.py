@@ -153,12 +153,12 @@ def figures(p: dict) -> list[dict]:
     if "prep_one_over_cores" in p:
         found.append(f("prep", "prep_one_over_cores", p["prep_one_over_cores"],
                        note=f"prep --workers 1 over --workers {p['cores']} (the usable cores), whole processes on the "
-                            "benchmark data; issue 26's scaling figure (4x the data, --workers 1 pinned to one core) "
-                            "is not built yet"))
+                            "benchmark data, not pinned; prep_scaling_2 is the scaling on 4x the data with --workers 1 "
+                            "pinned to one core"))
     if "trl_over_prep" in p:
         found += [f("prep", "trl_over_prep", p["trl_over_prep"], goal=(">=", 2.5),
-                  note="TRL's faster of dataset_num_proc None / = cores, timed inside its process, over prep "
-                       "--workers = cores"),
+                  note=f"TRL at its best (the faster of dataset_num_proc None and = {p['cores']}, the cores), timed "
+                       f"inside its process, over prep --workers {p['cores']} (every core), a whole process"),
                   *(f("prep", f"{name}_over_prep", ratio) for name, ratio in p["trl_configs_over_prep"].items()),
                   f("prep", "trl_rows", p["trl_rows"], note="bfd rows of TRL (it packs per 1,000-row map batch)"),
                   f("prep", "prep_rows", p["prep_rows"])]

@@ -17,7 +17,7 @@ from typing import get_args
 import numpy as np
 
 from benchmarks import report
-from benchmarks.common import Setup, clock, median, rounds
+from benchmarks.common import Setup, clock, median, paired_ratio, rounds
 from prep.packing import Mode
 from shards.order import epoch_rows
 from shards.stats import shard_set_stats
@@ -39,17 +39,6 @@ def quantile_batches(setup: Setup, count: int, grouped: bool = False) -> tuple[l
     widths = lengths[batches].max(axis=1)
     by_width = np.argsort(widths, kind="stable")
     return [batches[i] for i in by_width[((np.arange(count) + 0.5) / count * len(by_width)).astype(np.int64)]], widths
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
-    """The median of the rounds' own ratios and their interquartile range (numpy's linear quantiles).
-
-    >>> paired_ratio([2.0, 3.0, 6.0, 4.0], [1.0, 2.0, 2.0, 1.0])
-    {'median': 2.5, 'q1': 1.875, 'q3': 3.25, 'rounds': [2.0, 1.5, 3.0, 4.0]}
-    """
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    q1, q3 = np.percentile(ratios, [25, 75])
-    return {"median": median(ratios), "q1": float(q1), "q3": float(q3), "rounds": ratios}
 
 
 def measure(shards_by_mode: dict[str, Path], batch_size: int = 16, steps: int = 6, seed: int = 0,

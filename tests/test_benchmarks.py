@@ -115,6 +115,16 @@ def test_packing_section_gets_the_real_lengths(prep_section):
     assert r["samples"] == 80 and r["padding_rows"] == 80
     assert r["concat_bfd_rows"] == stats.rows == result["prep_rows"]
     assert r["lower_bound_rows"] == stats.lower_bound_rows <= r["concat_bfd_rows"]
+    # the timed plan is prep's: its rows, in its shuffled order, are the rows prep wrote
+    from shards.format import ShardSet
+
+    written = ShardSet.open(work / "shards" / "prep-timed").split("train").row_lengths()
+    assert packing.plan(np.minimum(lengths, 256), 256).row_lengths().tolist() == written.tolist()
+    assert r["plan_seconds"] > 0 and r["plan_packer"] == "bfd"
+    found = {f["name"]: f for f in packing.figures({256: r})}
+    assert found["pack_plan_seconds_10m"]["goal"] == {"op": "<", "value": 5}
+    assert "1,000 lengths" in found["pack_plan_seconds_10m"]["note"]
+    assert "pack_plan_seconds_10m" not in {f["name"] for f in packing.figures(packing.run(lengths, (1024,), 1, 100))}
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +333,7 @@ def test_quick_run_writes_results_and_the_table(tmp_path):
     assert "| training | `concat_over_padding` |" in outcome.output
 
 
-@pytest.mark.parametrize("module", [common, report, gpu, training, kernels])
+@pytest.mark.parametrize("module", [common, report, gpu, training, kernels, packing])
 def test_docstring_examples(module):
     """`make test` collects doctests from prep/, shards/ and train/ only: run the benchmarks' here."""
     import doctest
@@ -370,3 +380,4 @@ def test_gpu_matrix_runs_the_whole_matrix_or_the_named_part():
     assert len(picked) == 3 * 2 * 2 * 2 and {cell[2] for cell in picked} == {"sdpa", "varlen"}
     assert not any(cell[5] for cell in picked)
     assert [cell[0] for cell in gpu.matrix("concat_flex_compile_flatten")] == ["concat_flex_compile_flatten"]
+
