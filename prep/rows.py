@@ -105,7 +105,7 @@ def file_plan(row_tokens: np.ndarray, block: np.ndarray, max_tokens: int) -> lis
     (the row that crosses the bound is its own record batch); batches also break where `block` (a row's
     write block) changes.
 
-    >>> [f.tolist() for f in file_plan(np.array([4, 4, 4, 4, 3]), np.array([0, 0, 0, 1, 1]), 10)]
+    >>> [f.tolist() for f in file_plan(np.array([4, 4, 4, 4, 3]), np.array([0, 0, 0, 0, 1]), 10)]
     [[0, 2, 3], [3, 4, 5]]
     """
     ends = np.concatenate([[0], np.cumsum(row_tokens)])
