@@ -115,4 +115,3 @@ class PrepConfig:
             problems.append(f"--chat-template: {self.chat_template}: no such file; give a .jinja chat template file")
         check_config(self, problems, "prep")
         return self
-

@@ -16,7 +16,6 @@ from prep import workers
 from prep.config import PrepConfig
 
 
-
 class _Actor:
     def __init__(self, *worker_args):
         workers.start_worker(*worker_args)

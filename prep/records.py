@@ -167,7 +167,7 @@ class ConversationReader:
         source = self.sources[k]
         if not self.skip_bad:
             raise DataError(f"{source.name}: {_where(source, index - self._starts[k], line)}: {bad.detail}. "
-                            f"{_SKIP_HINT}", reason=bad.reason)
+                            f"{_SKIP_HINT}", reason=bad.reason) from None
         self._bad[k][bad.reason] += 1
         if self.bad_counts is not None:
             self.bad_counts[bad.reason] += 1

@@ -132,9 +132,9 @@ def _row_supervised(spill: Spill, samples: np.ndarray, layout: packing.Layout) -
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def _file_specs(spill, staging, split, token_dtype, vocab_size, samples, layout, rows):
-    """The FileSpec of every file of the split's `rows` (layout rows, in order), one file at a time."""
-    row_tokens = fmt.per_row_sum(layout.stop - layout.start, layout.row_offsets)[rows]
+def _file_specs(spill, staging, split, token_dtype, vocab_size, samples, layout, rows, row_tokens):
+    """The FileSpec of every file of the split's `rows` (layout rows, in order, of `row_tokens` tokens each),
+    one file at a time."""
     for index, batches in enumerate(file_plan(row_tokens, rows // ROWS_PER_WRITE, fmt.MAX_TOKENS_PER_FILE)):
         file_rows = rows[batches[0]:batches[-1]]
         pieces_of_row = np.diff(layout.row_offsets)[file_rows]
@@ -151,7 +151,8 @@ def _write_split(config, spill, staging, split, mode, samples, lengths, token_dt
     rows = np.arange(layout.num_rows, dtype=np.int64)
     if mode == "packed":  # a cut can leave a row of prompt tokens only: it would give a 0/0 loss
         rows = rows[_row_supervised(spill, samples, layout) > 0]
-    specs = _file_specs(spill, staging, split, token_dtype, vocab_size, samples, layout, rows)
+    row_lengths = fmt.per_row_sum(layout.stop - layout.start, layout.row_offsets)[rows]
+    specs = _file_specs(spill, staging, split, token_dtype, vocab_size, samples, layout, rows, row_lengths)
     files, supervised = [], []
     bar = tqdm(desc=f"write {split}", unit=" files", disable=None if progress else True, file=sys.stderr)
     with bar:
@@ -160,7 +161,6 @@ def _write_split(config, spill, staging, split, mode, samples, lengths, token_dt
             supervised.append(row_supervised)
             bar.update()
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
-    row_lengths = fmt.per_row_sum(layout.stop - layout.start, layout.row_offsets)[rows]
     stats = row_stats(row_lengths, cat(supervised), np.diff(layout.row_offsets)[rows], config.max_length,
                       config.stats_batch_size)
     return files, dict(stats, rows_without_supervised_tokens_dropped=int(layout.num_rows - len(rows)),
